@@ -1,0 +1,335 @@
+//! The configuration tree: built-in defaults < TOML file < environment (`XMPP_CM_<SECTION>__<KEY>`),
+//! layered with figment. [`Config::validate`] checks the cross-field rules; `main` exits 64 with
+//! its one-line reason. Every key is documented in `config/example.toml`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub http: Http,
+    pub admin: Admin,
+    pub bosh: Bosh,
+    pub websocket: WebSocket,
+    pub upstream: Upstream,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http {
+    /// Public listeners: BOSH, WebSocket.
+    pub listen: Vec<String>,
+    pub bosh_path: String,
+    pub websocket_path: String,
+    /// Origins allowed by CORS on the BOSH path; empty means any (`*`).
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            listen: vec!["0.0.0.0:5280".into()],
+            bosh_path: "/http-bind".into(),
+            websocket_path: "/xmpp-websocket".into(),
+            cors_origins: vec![],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Admin {
+    /// Admin listener (/metrics /healthz /readyz); empty disables it.
+    pub listen: String,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin { listen: "127.0.0.1:9280".into() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Bosh {
+    /// Seconds; caps the client's `wait`.
+    pub max_wait: u64,
+    /// Caps the client's `hold`.
+    pub max_hold: u64,
+    /// Seconds of inactivity after which a long-poll session ends.
+    pub max_inactivity: u64,
+    /// Shortest allowed interval between empty polls, seconds (advertised as `polling`).
+    pub polling: u64,
+    /// Longest `pause` a client may ask for, seconds (advertised as `maxpause`); 0 disables.
+    pub max_pause: u64,
+    /// Largest accepted HTTP request body.
+    pub max_body_bytes: usize,
+    /// Domain used when a creation request has no `to`; empty: `improper-addressing`.
+    pub default_domain: String,
+    /// How often the same rid may be repeated before `policy-violation`.
+    pub max_rid_repeats: u32,
+}
+
+impl Default for Bosh {
+    fn default() -> Self {
+        Bosh {
+            max_wait: 60,
+            max_hold: 1,
+            max_inactivity: 60,
+            polling: 2,
+            max_pause: 120,
+            max_body_bytes: 262_144,
+            default_domain: String::new(),
+            max_rid_repeats: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocket {
+    /// Origins allowed to open a WebSocket; empty means any.
+    pub allowed_origins: Vec<String>,
+    /// Accept the legacy `<stream:stream>` framing (tsung, old clients).
+    pub legacy_framing: bool,
+    /// Seconds between pings to the client; 0 disables.
+    pub ping_interval: u64,
+    /// Seconds without any frame from the client (after a ping) before the session ends.
+    pub ping_timeout: u64,
+    /// Largest accepted message.
+    pub max_message_bytes: usize,
+}
+
+impl Default for WebSocket {
+    fn default() -> Self {
+        WebSocket {
+            allowed_origins: vec![],
+            legacy_framing: true,
+            ping_interval: 30,
+            ping_timeout: 30,
+            max_message_bytes: 262_144,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// STARTTLS (or direct TLS) is mandatory; a server that does not offer it is refused.
+    Required,
+    /// Use TLS when offered; go on in plaintext otherwise.
+    Opportunistic,
+    /// Never negotiate TLS (only for loopback or trusted networks).
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Upstream {
+    /// Domains served; anything else is `host-unknown` before any DNS or TCP work.
+    pub domains: Vec<String>,
+    pub tls: TlsMode,
+    /// Extra PEM trust anchors for upstream certificates.
+    pub ca_file: String,
+    /// Seconds for the whole connect (DNS, TCP, TLS, stream open).
+    pub connect_timeout: u64,
+    /// Static targets: domain → "host:port". Otherwise DNS SRV.
+    pub routes: BTreeMap<String, String>,
+    /// BOSH `route` values (`xmpp:host:port`) that may be honoured; everything else ignored.
+    pub allow_route: Vec<String>,
+    /// Largest stanza accepted in either direction.
+    pub max_stanza_bytes: usize,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream {
+            domains: vec!["example.org".into()],
+            tls: TlsMode::Required,
+            ca_file: String::new(),
+            connect_timeout: 10,
+            routes: BTreeMap::new(),
+            allow_route: vec![],
+            max_stanza_bytes: 262_144,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// `human` or `json`.
+    pub format: String,
+    /// tracing filter, e.g. `info` or `xmpp_cm=debug`. `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log { format: "human".into(), level: "info".into() }
+    }
+}
+
+/// A configuration problem, with a one-line reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Defaults < `file` (if any) < environment `XMPP_CM_*`.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::figment(file).extract::<Config>().map_err(|e| ConfigError(one_line(&e.to_string())))
+            .and_then(|c| c.validate().map(|_| c))
+    }
+
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut f = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(p) = file {
+            f = f.merge(Toml::file_exact(p));
+        }
+        f.merge(Env::prefixed("XMPP_CM_").split("__"))
+    }
+
+    /// Cross-field rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |s: String| Err(ConfigError(s));
+        for l in &self.http.listen {
+            if l.parse::<SocketAddr>().is_err() {
+                return err(format!("http.listen: '{l}' is not an address:port"));
+            }
+        }
+        if !self.admin.listen.is_empty() && self.admin.listen.parse::<SocketAddr>().is_err() {
+            return err(format!("admin.listen: '{}' is not an address:port", self.admin.listen));
+        }
+        for (name, p) in [("http.bosh_path", &self.http.bosh_path), ("http.websocket_path", &self.http.websocket_path)] {
+            if !p.starts_with('/') {
+                return err(format!("{name}: '{p}' must start with '/'"));
+            }
+        }
+        if self.http.bosh_path == self.http.websocket_path {
+            return err("http.bosh_path and http.websocket_path must differ".into());
+        }
+        if self.bosh.max_wait == 0 || self.bosh.max_wait > 300 {
+            return err("bosh.max_wait must be between 1 and 300 seconds".into());
+        }
+        if self.bosh.max_hold == 0 || self.bosh.max_hold > 5 {
+            return err("bosh.max_hold must be between 1 and 5".into());
+        }
+        if self.bosh.max_inactivity < 5 {
+            return err("bosh.max_inactivity must be at least 5 seconds".into());
+        }
+        if self.bosh.polling >= self.bosh.max_inactivity {
+            return err("bosh.polling must be shorter than bosh.max_inactivity".into());
+        }
+        if self.bosh.max_body_bytes < 1024 {
+            return err("bosh.max_body_bytes must be at least 1024".into());
+        }
+        if self.upstream.max_stanza_bytes < 1024 {
+            return err("upstream.max_stanza_bytes must be at least 1024".into());
+        }
+        if self.websocket.max_message_bytes < 1024 {
+            return err("websocket.max_message_bytes must be at least 1024".into());
+        }
+        if self.upstream.connect_timeout == 0 {
+            return err("upstream.connect_timeout must be at least 1 second".into());
+        }
+        if self.upstream.domains.is_empty() && self.upstream.routes.is_empty() {
+            return err("upstream.domains is empty: no domain would be served".into());
+        }
+        for (d, target) in &self.upstream.routes {
+            if split_host_port(target).is_none() {
+                return err(format!("upstream.routes.\"{d}\": '{target}' is not host:port"));
+            }
+        }
+        if !self.upstream.ca_file.is_empty() && !Path::new(&self.upstream.ca_file).is_file() {
+            return err(format!("upstream.ca_file: '{}' is not a readable file", self.upstream.ca_file));
+        }
+        if !matches!(self.log.format.as_str(), "human" | "json") {
+            return err(format!("log.format: '{}' must be human or json", self.log.format));
+        }
+        Ok(())
+    }
+
+    /// Is `domain` served (allow-list or static route)? Compared case-insensitively.
+    pub fn serves(&self, domain: &str) -> bool {
+        let d = domain.trim_end_matches('.');
+        self.upstream.domains.iter().any(|x| x.eq_ignore_ascii_case(d))
+            || self.upstream.routes.keys().any(|x| x.eq_ignore_ascii_case(d))
+    }
+
+    /// The static route for `domain`, if one is configured.
+    pub fn route_for(&self, domain: &str) -> Option<(String, u16)> {
+        let d = domain.trim_end_matches('.');
+        self.upstream
+            .routes
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(d))
+            .and_then(|(_, v)| split_host_port(v))
+    }
+}
+
+/// "host:port" or "[v6]:port" → (host, port).
+pub fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return None;
+    }
+    Some((host.to_string(), port))
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn layering_file_then_env() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[bosh]\nmax_wait = 30\nmax_hold = 2\n[upstream]\ndomains=['a.test']\n[upstream.routes]\n\"a.test\" = \"127.0.0.1:5222\"\n")?;
+            jail.set_env("XMPP_CM_BOSH__MAX_WAIT", "20");
+            let c = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.0)?;
+            assert_eq!(c.bosh.max_wait, 20);
+            assert_eq!(c.bosh.max_hold, 2);
+            assert_eq!(c.route_for("A.test"), Some(("127.0.0.1".into(), 5222)));
+            assert!(c.serves("a.test") && !c.serves("b.test"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_have_one_line_reasons() {
+        let cases: &[(&str, &str)] = &[
+            ("[bosh]\nmax_wait = 0\n", "bosh.max_wait"),
+            ("[http]\nlisten = ['nope']\n", "http.listen"),
+            ("[upstream]\ntls = 'sometimes'\n", "tls"),
+            ("[upstream.routes]\n'x' = 'no-port'\n", "upstream.routes"),
+            ("[bosh]\nunknown_key = 1\n", "unknown_key"),
+        ];
+        for (toml, want) in cases {
+            figment::Jail::expect_with(|jail| {
+                jail.create_file("c.toml", toml)?;
+                let e = Config::load(Some(Path::new("c.toml"))).unwrap_err().0;
+                assert!(e.contains(want), "{toml:?}: {e}");
+                assert!(!e.contains('\n'));
+                Ok(())
+            });
+        }
+    }
+}

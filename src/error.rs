@@ -1,0 +1,191 @@
+//! The one error type every session end is expressed in, with the side that caused it and a
+//! closed `kind`. [`Error::bosh_condition`], [`Error::stream_condition`] and [`Error::kind`] are
+//! the *only* places where a failure is mapped to a BOSH terminate condition, a WebSocket stream
+//! error and a metric label.
+
+use crate::xml::{Element, XmlError};
+
+/// Who caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+    Internal,
+}
+
+/// How an upstream connection attempt failed. Distinct kinds for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectKind {
+    Dns,
+    Tcp,
+    Tls,
+    StartTls,
+    Stream,
+    Timeout,
+}
+
+impl ConnectKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectKind::Dns => "dns",
+            ConnectKind::Tcp => "tcp",
+            ConnectKind::Tls => "tls",
+            ConnectKind::StartTls => "starttls",
+            ConnectKind::Stream => "stream",
+            ConnectKind::Timeout => "timeout",
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    // ---- client side
+    /// Malformed request or payload (bad XML, bad attribute, missing rid …).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// XML the client sent that XMPP forbids, or limits exceeded.
+    #[error("bad XML from client: {0}")]
+    ClientXml(XmlError),
+    /// Unknown or expired sid, rid outside the window, response no longer cached, key mismatch.
+    #[error("item not found: {0}")]
+    ItemNotFound(&'static str),
+    /// Overactivity, too-frequent polling, oversize body, limit hit.
+    #[error("policy violation: {0}")]
+    PolicyViolation(&'static str),
+    /// `to` missing.
+    #[error("improper addressing")]
+    ImproperAddressing,
+    /// A domain (or route) that is not served.
+    #[error("host unknown")]
+    HostUnknown,
+    /// The client asked to end the session.
+    #[error("terminated by client")]
+    ClientTerminate,
+    /// The client went away (inactivity, socket lost).
+    #[error("client inactive or gone")]
+    ClientGone,
+    /// WebSocket-level framing violation (binary frame, invalid namespace …): a stream condition.
+    #[error("stream error {condition}: {detail}")]
+    ClientStream { condition: &'static str, detail: String },
+
+    // ---- upstream side
+    /// Could not connect (DNS, TCP, TLS, STARTTLS, bad stream header, timeout).
+    #[error("upstream connect failed ({}): {detail}", kind.as_str())]
+    Connect { kind: ConnectKind, detail: String },
+    /// The upstream sent `<stream:error/>` (the element, as received).
+    #[error("upstream stream error")]
+    UpstreamStreamError(Box<Element>),
+    /// The upstream closed the stream with `</stream:stream>`.
+    #[error("upstream closed the stream")]
+    UpstreamClosed,
+    /// The upstream connection broke (EOF without close, reset, bad XML).
+    #[error("upstream connection lost: {0}")]
+    UpstreamLost(String),
+
+    // ---- ours
+    #[error("shutting down")]
+    Shutdown,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn side(&self) -> Side {
+        use Error::*;
+        match self {
+            BadRequest(_) | ClientXml(_) | ItemNotFound(_) | PolicyViolation(_)
+            | ImproperAddressing | HostUnknown | ClientTerminate | ClientGone
+            | ClientStream { .. } => Side::Client,
+            Connect { .. } | UpstreamStreamError(_) | UpstreamClosed | UpstreamLost(_) => {
+                Side::Upstream
+            }
+            Shutdown | Internal(_) => Side::Internal,
+        }
+    }
+
+    /// A closed label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        use Error::*;
+        match self {
+            BadRequest(_) => "bad_request",
+            ClientXml(_) => "bad_xml",
+            ItemNotFound(_) => "item_not_found",
+            PolicyViolation(_) => "policy_violation",
+            ImproperAddressing => "improper_addressing",
+            HostUnknown => "host_unknown",
+            ClientTerminate => "client_terminate",
+            ClientGone => "client_gone",
+            ClientStream { .. } => "client_stream_error",
+            Connect { kind, .. } => match kind {
+                ConnectKind::Dns => "connect_dns",
+                ConnectKind::Tcp => "connect_tcp",
+                ConnectKind::Tls => "connect_tls",
+                ConnectKind::StartTls => "connect_starttls",
+                ConnectKind::Stream => "connect_stream",
+                ConnectKind::Timeout => "connect_timeout",
+            },
+            UpstreamStreamError(_) => "upstream_stream_error",
+            UpstreamClosed => "upstream_closed",
+            UpstreamLost(_) => "upstream_lost",
+            Shutdown => "shutdown",
+            Internal(_) => "internal",
+        }
+    }
+
+    /// The XEP-0124 §17.2 terminate condition; `None` means a plain `type='terminate'`.
+    pub fn bosh_condition(&self) -> Option<&'static str> {
+        use Error::*;
+        match self {
+            BadRequest(_) | ClientXml(_) => Some("bad-request"),
+            ItemNotFound(_) => Some("item-not-found"),
+            PolicyViolation(_) => Some("policy-violation"),
+            ImproperAddressing => Some("improper-addressing"),
+            HostUnknown => Some("host-unknown"),
+            ClientTerminate | ClientGone | UpstreamClosed => None,
+            ClientStream { .. } => Some("bad-request"),
+            Connect { .. } | UpstreamLost(_) => Some("remote-connection-failed"),
+            UpstreamStreamError(_) => Some("remote-stream-error"),
+            Shutdown => Some("system-shutdown"),
+            Internal(_) => Some("internal-server-error"),
+        }
+    }
+
+    /// The RFC 6120 §4.9.3 stream error condition a WebSocket client gets; `None` means a
+    /// plain `<close/>` (or, for an upstream stream error, relaying the upstream's element).
+    pub fn stream_condition(&self) -> Option<&'static str> {
+        use Error::*;
+        match self {
+            BadRequest(_) => Some("bad-format"),
+            ClientXml(XmlError::Restricted(_)) => Some("restricted-xml"),
+            ClientXml(XmlError::TooLarge(_)) => Some("policy-violation"),
+            ClientXml(_) => Some("not-well-formed"),
+            ItemNotFound(_) => Some("undefined-condition"),
+            PolicyViolation(_) => Some("policy-violation"),
+            ImproperAddressing => Some("improper-addressing"),
+            HostUnknown => Some("host-unknown"),
+            ClientTerminate | UpstreamClosed => None,
+            ClientGone => Some("connection-timeout"),
+            ClientStream { condition, .. } => Some(condition),
+            Connect { .. } | UpstreamLost(_) => Some("remote-connection-failed"),
+            UpstreamStreamError(_) => None,
+            Shutdown => Some("system-shutdown"),
+            Internal(_) => Some("internal-server-error"),
+        }
+    }
+
+    /// HTTP status for sessions created without `ver` (XEP-0124 §17.1), when one applies.
+    pub fn legacy_http_status(&self) -> Option<u16> {
+        match self.bosh_condition() {
+            Some("bad-request") => Some(400),
+            Some("policy-violation") => Some(403),
+            Some("item-not-found") => Some(404),
+            _ => None,
+        }
+    }
+}
+
+impl From<XmlError> for Error {
+    fn from(e: XmlError) -> Self {
+        Error::ClientXml(e)
+    }
+}

@@ -1,0 +1,26 @@
+//! xmpp-cm: an XMPP connection manager.
+//!
+//! Clients speak BOSH (XEP-0124 + XEP-0206) or XMPP over WebSocket (RFC 7395) to xmpp-cm; for
+//! each client session xmpp-cm opens one ordinary client-to-server TCP stream (RFC 6120) to an
+//! unmodified upstream XMPP server. See `ARCHITECTURE.md` in the repository.
+//!
+//! Module map (layers only point down):
+//! - [`server`]: binds the public and admin listeners, builds the routers, drains on shutdown.
+//! - [`bosh`]: the BOSH transport (body parser, rid window, session task, registry, HTTP handler).
+//! - [`websocket`]: the RFC 7395 transport (and legacy `<stream:stream>` framing).
+//! - [`relay`]: every rewrite of what crosses the proxy, shared by all transports.
+//! - [`upstream`]: resolving, connecting, STARTTLS/direct TLS, the upstream XML stream.
+//! - [`xml`]: the element tree, the streaming framer, stream headers. No IO.
+//! - [`config`], [`error`], [`metrics`], [`shutdown`]: the ground floor.
+
+pub mod bosh;
+pub mod config;
+pub mod error;
+pub mod relay;
+pub mod server;
+pub mod shutdown;
+pub mod upstream;
+pub mod xml;
+
+pub use config::Config;
+pub use error::{Error, Side};

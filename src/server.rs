@@ -1,0 +1,1 @@
+//! Builds the public and admin routers, binds the listeners, drains on shutdown.

@@ -1,0 +1,1 @@
+//! SIGTERM/SIGINT → CancellationToken.
