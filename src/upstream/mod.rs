@@ -25,13 +25,34 @@ pub struct OpenParams {
     pub from: Option<String>,
 }
 
-/// Shared, built once at startup: the config, the rustls client config, the DNS resolver.
+/// Shared, built once at startup: the config, the rustls client configs, the DNS resolver.
 pub struct Upstream {
     pub config: std::sync::Arc<crate::Config>,
+    /// STARTTLS and direct-TLS client configs; building them reads `ca_file`, so once only.
+    pub tls: tls::TlsConfigs,
+    /// One resolver (and so one cache) for every session, rather than one per connect.
+    pub resolver: hickory_resolver::TokioAsyncResolver,
 }
 
 impl Upstream {
+    /// Builds the TLS configs (a bad `ca_file` is a [`ConfigError`](crate::config::ConfigError))
+    /// and the resolver (system config; defaults when `/etc/resolv.conf` is unusable).
     pub fn new(config: std::sync::Arc<crate::Config>) -> Result<Self, crate::config::ConfigError> {
-        Ok(Upstream { config })
+        let tls = tls::build(&config.upstream.ca_file)?;
+        Ok(Upstream { config, tls, resolver: new_resolver() })
     }
+}
+
+fn new_resolver() -> hickory_resolver::TokioAsyncResolver {
+    use hickory_resolver::config::{LookupIpStrategy, ResolverConfig, ResolverOpts};
+    let (conf, mut opts) = match hickory_resolver::system_conf::read_system_conf() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "system resolver configuration unusable; using defaults");
+            (ResolverConfig::default(), ResolverOpts::default())
+        }
+    };
+    // UP-04: every A and AAAA address of a target is tried, so ask for both.
+    opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    hickory_resolver::TokioAsyncResolver::tokio(conf, opts)
 }

@@ -1,2 +1,127 @@
-//! rustls client configuration for upstream connections: webpki roots plus the optional
-//! `ca_file`, certificate name checked against the XMPP domain.
+//! rustls client configuration for upstream connections, built once at startup: the webpki
+//! roots plus every certificate in the optional `upstream.ca_file`, TLS 1.2 and 1.3, ring as the
+//! crypto provider (passed explicitly, so no process-global default is installed). Two configs:
+//! one for STARTTLS and one identical but offering ALPN `xmpp-client` for XEP-0368 direct TLS.
+//! The name checked against the certificate is always the XMPP domain (RFC 6125, done by the
+//! webpki verifier); choosing that name is the caller's job ([`super::connect`]).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+use crate::config::ConfigError;
+
+/// The ALPN protocol id XEP-0368 §3 asks direct-TLS clients to offer.
+pub const ALPN_XMPP_CLIENT: &[u8] = b"xmpp-client";
+
+/// The two client configurations, shared by every upstream connection.
+#[derive(Clone)]
+pub struct TlsConfigs {
+    /// For STARTTLS on `_xmpp-client` targets and static routes (no ALPN: RFC 6120 defines none).
+    pub starttls: Arc<ClientConfig>,
+    /// For `_xmpps-client` targets: the same trust, plus ALPN `xmpp-client`.
+    pub direct: Arc<ClientConfig>,
+}
+
+impl std::fmt::Debug for TlsConfigs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfigs").finish_non_exhaustive()
+    }
+}
+
+/// Build both configurations. `ca_file` empty means webpki roots only; otherwise every PEM
+/// certificate in it is trusted as well, and a file that cannot be read, holds a malformed PEM
+/// block or no certificate at all is a configuration error with a one-line reason.
+pub fn build(ca_file: &str) -> Result<TlsConfigs, ConfigError> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if !ca_file.is_empty() {
+        for cert in read_ca_file(Path::new(ca_file))? {
+            roots.add(cert).map_err(|e| {
+                ConfigError(format!("upstream.ca_file: '{ca_file}': unusable certificate: {e}"))
+            })?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| ConfigError(format!("upstream TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut direct = config.clone();
+    direct.alpn_protocols = vec![ALPN_XMPP_CLIENT.to_vec()];
+    Ok(TlsConfigs { starttls: Arc::new(config), direct: Arc::new(direct) })
+}
+
+fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let shown = path.display();
+    let iter = CertificateDer::pem_file_iter(path)
+        .map_err(|e| ConfigError(format!("upstream.ca_file: '{shown}': {}", one_line(&e))))?;
+    let certs = iter
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError(format!("upstream.ca_file: '{shown}': {}", one_line(&e))))?;
+    if certs.is_empty() {
+        return Err(ConfigError(format!("upstream.ca_file: '{shown}' holds no PEM certificate")));
+    }
+    Ok(certs)
+}
+
+fn one_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn ca_pem() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    fn file_with(content: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(content.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn no_ca_file_uses_webpki_roots_and_alpn_only_on_direct() {
+        let c = build("").unwrap();
+        assert!(c.starttls.alpn_protocols.is_empty());
+        assert_eq!(c.direct.alpn_protocols, vec![b"xmpp-client".to_vec()]);
+    }
+
+    #[test]
+    fn ca_file_with_certificates_is_accepted() {
+        let f = file_with(&format!("{}\n{}", ca_pem(), ca_pem()));
+        build(f.path().to_str().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn bad_ca_files_are_one_line_config_errors() {
+        let empty = file_with("");
+        let not_pem = file_with("hello\nworld\n");
+        let broken = file_with("-----BEGIN CERTIFICATE-----\n!!!notbase64\n-----END CERTIFICATE-----\n");
+        let garbage_der =
+            file_with("-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n");
+        let cases = [
+            ("/nonexistent/ca.pem".to_string(), "upstream.ca_file"),
+            (empty.path().to_str().unwrap().to_string(), "no PEM certificate"),
+            (not_pem.path().to_str().unwrap().to_string(), "no PEM certificate"),
+            (broken.path().to_str().unwrap().to_string(), "upstream.ca_file"),
+            (garbage_der.path().to_str().unwrap().to_string(), "unusable certificate"),
+        ];
+        for (path, want) in cases {
+            let e = build(&path).unwrap_err().0;
+            assert!(e.contains(want), "{path}: {e}");
+            assert!(!e.contains('\n'), "{path}: {e}");
+        }
+    }
+}
