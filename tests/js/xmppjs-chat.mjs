@@ -1,0 +1,152 @@
+// Two xmpp.js (@xmpp/client 0.14) clients chat over WebSocket.
+//
+//   node xmppjs-chat.mjs --url ws://127.0.0.1:P/xmpp-websocket --domain localhost \
+//        --a alice:alicepass --b bob:bobpass [--url-b U2] [--messages 1] [--step-timeout 15000] [--debug]
+//
+// Same scenario as strophe-chat.mjs. xmpp.js serialises stanzas without `xmlns`, which the
+// proxy must treat as jabber:client. Its automatic reconnect is switched off: a drop must fail
+// the run, not be papered over. Prints one JSON line; exit 0 on success.
+import WebSocket from 'ws';
+import { parseArgs, usage, account, within, sleep, deferred, since, tag, log, run } from './lib.mjs';
+
+// Node 20 has no global WebSocket; @xmpp/websocket expects one.
+globalThis.WebSocket ??= WebSocket;
+const { client, xml } = await import('@xmpp/client');
+
+const args = parseArgs();
+const url = typeof args.url === 'string' ? args.url : usage('--url is required');
+const urlB = typeof args['url-b'] === 'string' ? args['url-b'] : url;
+for (const u of [url, urlB]) if (!/^wss?:/.test(u)) usage(`xmpp.js has no BOSH: ${u} is not ws:// or wss://`);
+const domain = typeof args.domain === 'string' ? args.domain : 'localhost';
+const accA = account(args.a ?? 'alice:alicepass', '--a');
+const accB = account(args.b ?? 'bob:bobpass', '--b');
+const messages = Number.parseInt(args.messages ?? '1', 10);
+const stepMs = Number.parseInt(args['step-timeout'] ?? '15000', 10);
+const debug = !!args.debug;
+if (!(messages >= 1)) usage('--messages must be >= 1');
+
+class Client {
+  constructor(name, service, acc) {
+    this.name = name;
+    this.x = client({ service, domain, username: acc.user, password: acc.pass, resource: `${name}-${tag()}` });
+    this.x.reconnect.stop();
+    this.events = [];
+    this.errors = [];
+    this.received = new Map();
+    this.order = [];
+    this.online = false;
+    this.x.on('status', (s) => this.events.push(s));
+    this.x.on('error', (e) => {
+      this.errors.push(String(e && e.message ? e.message : e));
+      log(`${name} error: ${e && e.stack ? e.stack : e}`);
+    });
+    if (debug) {
+      this.x.on('input', (d) => log(`${name} IN `, d));
+      this.x.on('output', (d) => log(`${name} OUT`, d));
+    }
+    this.x.on('stanza', (st) => {
+      if (st.is('message')) {
+        const text = st.getChildText('body');
+        if (text !== null && text !== undefined) {
+          this.received.set(text, (this.received.get(text) ?? 0) + 1);
+          this.order.push(text);
+          this.onMessage?.();
+        }
+      } else if (st.is('presence') && st.attrs.from === String(this.x.jid)) {
+        this.onOwnPresence?.();
+      }
+    });
+  }
+
+  async login() {
+    const address = await within(stepMs, `${this.name} login`, this.x.start());
+    this.online = true;
+    return String(address);
+  }
+
+  presence() {
+    const seen = deferred();
+    this.onOwnPresence = () => seen.resolve();
+    this.x.send(xml('presence'));
+    return within(stepMs, `${this.name} presence reflection`, seen.promise);
+  }
+
+  send(to, body) {
+    return this.x.send(xml('message', { to, type: 'chat', id: `m-${tag()}` }, xml('body', {}, body)));
+  }
+
+  waitFor(bodies) {
+    const done = deferred();
+    const check = () => {
+      if (bodies.every((b) => this.received.has(b))) done.resolve();
+    };
+    this.onMessage = check;
+    check();
+    const missing = () => bodies.filter((b) => !this.received.has(b)).length;
+    return within(stepMs, `${this.name} receiving ${bodies.length} messages`, done.promise)
+      .catch((e) => { throw new Error(`${e.message} (${missing()} missing)`); });
+  }
+
+  async disconnect() {
+    // stop() sends </close>, waits (≤2 s inside xmpp.js) for the server's <close/>, closes the socket.
+    await within(stepMs, `${this.name} disconnect`, this.x.stop());
+  }
+}
+
+function problems(c, bodies) {
+  const out = [];
+  for (const b of bodies) {
+    const n = c.received.get(b) ?? 0;
+    if (n !== 1) out.push(`${c.name} got '${b}' ${n} times`);
+  }
+  const got = c.order.filter((b) => bodies.includes(b));
+  if (got.length === bodies.length && got.some((b, i) => b !== bodies[i])) {
+    out.push(`${c.name} got messages out of order: ${got.join(',')}`);
+  }
+  return out;
+}
+
+const state = { transport: 'ws', messages, timings: {} };
+run(async () => {
+  const t = state.timings;
+  const t0 = performance.now();
+  const A = new Client('a', url, accA);
+  const B = new Client('b', urlB, accB);
+  state.events = { a: A.events, b: B.events };
+  state.errors = { a: A.errors, b: B.errors };
+
+  [state.jid_a, state.jid_b] = await Promise.all([
+    A.login().then((j) => { t.login_a_ms = since(t0); return j; }),
+    B.login().then((j) => { t.login_b_ms = since(t0); return j; }),
+  ]);
+
+  let t1 = performance.now();
+  await Promise.all([A.presence(), B.presence()]);
+  t.presence_ms = since(t1);
+
+  const run = tag();
+  const ab = Array.from({ length: messages }, (_, i) => `a2b-${run}-${i}`);
+  const ba = Array.from({ length: messages }, (_, i) => `b2a-${run}-${i}`);
+
+  t1 = performance.now();
+  for (const body of ab) await A.send(state.jid_b, body);
+  await B.waitFor(ab);
+  t.a_to_b_ms = since(t1);
+
+  t1 = performance.now();
+  for (const body of ba) await B.send(state.jid_a, body);
+  await A.waitFor(ba);
+  t.b_to_a_ms = since(t1);
+
+  await sleep(300);
+  const bad = [...problems(B, ab), ...problems(A, ba)];
+  if (bad.length) throw new Error(bad.join('; '));
+  const errors = [...A.errors, ...B.errors];
+  if (errors.length) throw new Error(`client errors: ${errors.join('; ')}`);
+
+  t1 = performance.now();
+  await Promise.all([A.disconnect(), B.disconnect()]);
+  t.disconnect_ms = since(t1);
+  t.total_ms = since(t0);
+  return {};
+}, { deadlineMs: stepMs * 6 + 5000, partial: state });
