@@ -45,3 +45,9 @@ impl Default for Limits {
         Limits { max_stanza_bytes: 262_144, max_depth: 64, max_attrs: 64, max_name_len: 256 }
     }
 }
+
+pub use parse::parse_document_with_bindings;
+pub use stream_header::client_header;
+
+#[cfg(test)]
+mod tests;

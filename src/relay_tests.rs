@@ -1,0 +1,3 @@
+//! Table tests for `relay`.
+
+use super::*;
