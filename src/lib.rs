@@ -20,6 +20,7 @@ pub mod relay;
 pub mod server;
 pub mod shutdown;
 pub mod upstream;
+pub mod websocket;
 pub mod xml;
 
 pub use config::Config;

@@ -1,0 +1,499 @@
+//! The task that runs one WebSocket session: it owns the socket and, once the client has opened
+//! its stream, both halves of the upstream connection, and moves elements between them with one
+//! `tokio::select!` loop (shutdown, client message, upstream frame, ping timer, ping deadline).
+//! Every way the loop can end is an [`Ending`] carrying a [`crate::Error`]; [`Session::finish`]
+//! turns it into what the client sees (stream error from `Error::stream_condition`, `<close/>`,
+//! WebSocket close code) and into what the upstream sees (graceful `</stream:stream>` or an
+//! abortive drop that keeps XEP-0198 sessions resumable).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::time::{sleep, sleep_until, timeout, Instant};
+
+use super::message::{self, Framing, Inbound, OpenRequest, Reply};
+use crate::error::Error;
+use crate::server::AppState;
+use crate::upstream::{self, OpenParams, UpstreamReader, UpstreamWriter};
+use crate::xml::{ns, Element, Frame, Limits, XmlError};
+
+/// How long after a client `<close/>` we wait for the upstream's `</stream:stream>` (WS-16;
+/// xmpp.js gives up on our `<close/>` after 2 s).
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// How long a client may keep an upgraded socket without opening a stream.
+const OPEN_WAIT: Duration = Duration::from_secs(30);
+/// Bound on the goodbye (stream error, `<close/>`, close frame) to a client that may be gone.
+const BYE_WAIT: Duration = Duration::from_secs(2);
+/// Bound on one message to the client when pings are off (otherwise `ping_timeout`).
+const DEFAULT_SEND_WAIT: Duration = Duration::from_secs(30);
+
+/// RFC 6455 §7.4.1 close codes we use.
+mod code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL: u16 = 1002;
+    pub const UNSUPPORTED: u16 = 1003;
+    pub const INVALID_DATA: u16 = 1007;
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// Why and how a session ends.
+#[derive(Debug)]
+pub(super) struct Ending {
+    pub error: Error,
+    /// WebSocket close code; the XMPP meaning is in the stream error, this only names the
+    /// frame-level faults (1003 binary, 1007 UTF-8, 1009 size) that RFC 6455 has codes for.
+    pub code: u16,
+    /// Whether the client can still be told anything (false once the socket is known dead).
+    pub tell_client: bool,
+}
+
+impl Ending {
+    fn new(error: Error) -> Self {
+        Ending { error, code: code::NORMAL, tell_client: true }
+    }
+    fn with_code(error: Error, code: u16) -> Self {
+        Ending { error, code, tell_client: true }
+    }
+    /// The socket is gone: nothing more can reach the client.
+    fn gone(detail: &str) -> Self {
+        tracing::debug!(detail, "websocket client gone");
+        Ending { error: Error::ClientGone, code: code::NORMAL, tell_client: false }
+    }
+}
+
+/// What a WebSocket read error means for us. tungstenite's error type is not nameable from this
+/// crate (axum wraps it and it is not a direct dependency), so its stable `Display` prefixes are
+/// matched; a unit test pins them against the tungstenite version axum uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ReadFault {
+    /// Text message not UTF-8 (RFC 6455 §8.1) → 1007.
+    Utf8,
+    /// Message or frame over `max_message_bytes` → 1009.
+    TooBig,
+    /// RFC 6455 violation (unmasked frame, bad opcode, reserved bits …) → 1002.
+    Protocol,
+    /// Reset, EOF, IO error: the client is gone.
+    Lost,
+}
+
+pub(super) fn read_fault(e: &axum::Error) -> ReadFault {
+    let s = e.to_string();
+    if s.starts_with("UTF-8 encoding error") {
+        ReadFault::Utf8
+    } else if s.starts_with("Space limit exceeded") {
+        ReadFault::TooBig
+    } else if s.starts_with("WebSocket protocol error: Connection reset without closing handshake") {
+        ReadFault::Lost
+    } else if s.starts_with("WebSocket protocol error") {
+        ReadFault::Protocol
+    } else {
+        ReadFault::Lost
+    }
+}
+
+/// The upstream halves, present once the client has opened its stream.
+struct Up {
+    writer: UpstreamWriter,
+    reader: UpstreamReader,
+    /// The domain the stream was opened for; restarts keep it.
+    domain: String,
+}
+
+/// Liveness of the client: pings at `interval`, session over if nothing arrives `timeout`
+/// after a ping.
+struct Keepalive {
+    interval: Option<Duration>,
+    timeout: Duration,
+    next_ping: Instant,
+    /// Set when a ping went out and no frame has arrived since.
+    deadline: Option<Instant>,
+}
+
+impl Keepalive {
+    fn new(interval: u64, timeout: u64) -> Self {
+        let interval = (interval > 0).then(|| Duration::from_secs(interval));
+        let now = Instant::now();
+        Keepalive {
+            interval,
+            timeout: Duration::from_secs(timeout.max(1)),
+            next_ping: now + interval.unwrap_or(Duration::ZERO),
+            deadline: None,
+        }
+    }
+    fn alive(&mut self) {
+        self.deadline = None;
+    }
+    fn pinged(&mut self) {
+        let now = Instant::now();
+        if self.deadline.is_none() {
+            self.deadline = Some(now + self.timeout);
+        }
+        self.next_ping = now + self.interval.unwrap_or(Duration::ZERO);
+    }
+}
+
+pub(super) struct Session<S> {
+    socket: S,
+    state: Arc<AppState>,
+    /// Chosen by the first message; `None` until then.
+    framing: Option<Framing>,
+    /// Whether our header (`<open/>` or legacy) has gone out; errors need one first.
+    opened: bool,
+    /// The domain the client asked for, for a fallback `from` on our `<open/>`.
+    asked_domain: Option<String>,
+    up: Option<Up>,
+    limits: Limits,
+    keepalive: Keepalive,
+    /// Bound on one send to the client: a peer that stops reading must not hold the task.
+    send_wait: Duration,
+}
+
+enum Flow {
+    Continue,
+    End(Ending),
+}
+
+impl<S> Session<S>
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + Send,
+{
+    pub(super) fn new(socket: S, state: Arc<AppState>) -> Self {
+        let c = &state.config;
+        let limits = Limits { max_stanza_bytes: c.upstream.max_stanza_bytes, ..Limits::default() };
+        let keepalive = Keepalive::new(c.websocket.ping_interval, c.websocket.ping_timeout);
+        let send_wait = if c.websocket.ping_interval > 0 {
+            Duration::from_secs(c.websocket.ping_timeout.max(1))
+        } else {
+            DEFAULT_SEND_WAIT
+        };
+        Session { socket, state, framing: None, opened: false, asked_domain: None, up: None, limits, keepalive, send_wait }
+    }
+
+    /// Run to the end, then say goodbye to both sides.
+    pub(super) async fn run(mut self) {
+        let ending = self.drive().await;
+        let kind = ending.error.kind();
+        match ending.error.side() {
+            crate::Side::Client => tracing::debug!(kind, error = %ending.error, "websocket session ended"),
+            _ => tracing::info!(kind, error = %ending.error, "websocket session ended"),
+        }
+        self.finish(ending).await;
+    }
+
+    async fn drive(&mut self) -> Ending {
+        let shutdown = self.state.shutdown.clone();
+        let open_deadline = Instant::now() + OPEN_WAIT;
+        loop {
+            let ping_enabled = self.keepalive.interval.is_some();
+            let next_ping = self.keepalive.next_ping;
+            let deadline = self.keepalive.deadline;
+            let waiting_open = self.up.is_none();
+            let up_reader = self.up.as_mut().map(|u| &mut u.reader);
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ending::with_code(Error::Shutdown, code::GOING_AWAY),
+                msg = self.socket.next() => {
+                    self.keepalive.alive();
+                    if let Flow::End(e) = self.on_client(msg).await {
+                        return e;
+                    }
+                }
+                frame = next_frame(up_reader) => {
+                    if let Flow::End(e) = self.on_upstream(frame).await {
+                        return e;
+                    }
+                }
+                _ = sleep_until(next_ping), if ping_enabled => {
+                    self.keepalive.pinged();
+                    if let Err(e) = self.send(Message::Ping(Default::default())).await {
+                        return e;
+                    }
+                }
+                _ = sleep_until(deadline.unwrap_or(next_ping)), if deadline.is_some() => {
+                    return Ending::new(Error::ClientGone);
+                }
+                _ = sleep_until(open_deadline), if waiting_open => {
+                    return Ending::new(Error::ClientGone);
+                }
+            }
+        }
+    }
+
+    async fn on_client(&mut self, msg: Option<Result<Message, axum::Error>>) -> Flow {
+        let text = match msg {
+            None => return Flow::End(Ending::gone("socket closed")),
+            Some(Err(e)) => {
+                return Flow::End(match read_fault(&e) {
+                    ReadFault::Utf8 => Ending::with_code(XmlError::InvalidUtf8.into(), code::INVALID_DATA),
+                    ReadFault::TooBig => Ending::with_code(
+                        XmlError::TooLarge(self.state.config.websocket.max_message_bytes).into(),
+                        code::TOO_BIG,
+                    ),
+                    ReadFault::Protocol => Ending {
+                        error: Error::ClientStream { condition: "not-well-formed", detail: e.to_string() },
+                        code: code::PROTOCOL,
+                        // The frame stream is out of step: only a close frame makes sense now.
+                        tell_client: false,
+                    },
+                    ReadFault::Lost => Ending::gone("read error"),
+                })
+            }
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Binary(_))) => {
+                return Flow::End(Ending::with_code(
+                    Error::ClientStream { condition: "unsupported-encoding", detail: "binary message".into() },
+                    code::UNSUPPORTED,
+                ))
+            }
+            // tungstenite queues the pong itself; any frame counts as a sign of life.
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Flow::Continue,
+            // Closing the socket without `<close/>` is a lost client (WS-24), not a close.
+            Some(Ok(Message::Close(_))) => return Flow::End(Ending::gone("close frame without <close/>")),
+        };
+        let legacy = self.state.config.websocket.legacy_framing;
+        let inbound = match message::classify(text.as_str(), self.framing, legacy, &self.limits) {
+            Ok(i) => i,
+            Err(e) => {
+                let code = match &e {
+                    Error::ClientXml(XmlError::TooLarge(_)) => code::TOO_BIG,
+                    _ => code::NORMAL,
+                };
+                return Flow::End(Ending::with_code(e, code));
+            }
+        };
+        match inbound {
+            Inbound::Nothing => Flow::Continue,
+            Inbound::Open(req, framing) => self.on_open(req, framing).await,
+            Inbound::Close => Flow::End(self.client_close().await),
+            Inbound::Element(el) => self.on_element(el).await,
+        }
+    }
+
+    async fn on_open(&mut self, req: OpenRequest, framing: Framing) -> Flow {
+        if self.framing.is_none() {
+            self.framing = Some(framing);
+        }
+        if self.asked_domain.is_none() {
+            self.asked_domain = req.to.clone();
+        }
+        let Some(to) = req.to.clone() else {
+            return Flow::End(Ending::new(Error::ImproperAddressing));
+        };
+        let params = OpenParams {
+            domain: to,
+            lang: req.lang.clone().unwrap_or_else(|| "en".into()),
+            version: req.version.clone().unwrap_or_else(|| "1.0".into()),
+            from: req.from.clone(),
+        };
+        if let Some(up) = self.up.as_mut() {
+            // Stream restart (WS-15): same TCP connection, same domain; our `<open/>` follows
+            // when the upstream's new header arrives.
+            let params = OpenParams { domain: up.domain.clone(), ..params };
+            return match up.writer.restart(&params).await {
+                Ok(()) => Flow::Continue,
+                Err(e) => Flow::End(Ending::new(e)),
+            };
+        }
+        if !self.state.config.serves(&params.domain) {
+            return Flow::End(Ending::new(Error::HostUnknown));
+        }
+        let shutdown = self.state.shutdown.clone();
+        let conn = tokio::select! {
+            c = upstream::connect(&self.state.upstream, &params) => c,
+            _ = shutdown.cancelled() => return Flow::End(Ending::with_code(Error::Shutdown, code::GOING_AWAY)),
+        };
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => return Flow::End(Ending::new(e)),
+        };
+        let reply = Reply::from_upstream(&conn.header, &params.domain, &message::local_id());
+        self.up = Some(Up { writer: conn.writer, reader: conn.reader, domain: params.domain });
+        if let Err(e) = self.send_open(&reply).await {
+            return Flow::End(e);
+        }
+        self.relay_to_client(conn.features).await
+    }
+
+    async fn on_element(&mut self, el: Element) -> Flow {
+        let Some(up) = self.up.as_mut() else {
+            // WS-10: the first message must open the stream.
+            return Flow::End(Ending::new(Error::ClientStream {
+                condition: "bad-format",
+                detail: "first message is not <open/>".into(),
+            }));
+        };
+        // WS-14: TLS cannot be negotiated through this binding.
+        if el.is("starttls", ns::TLS) {
+            return Flow::End(Ending::new(Error::ClientStream {
+                condition: "policy-violation",
+                detail: "starttls over websocket".into(),
+            }));
+        }
+        let el = match client_to_upstream(el) {
+            Ok(el) => el,
+            Err(e) => return Flow::End(Ending::new(e)),
+        };
+        match up.writer.send(&el).await {
+            Ok(()) => Flow::Continue,
+            Err(e) => Flow::End(Ending::new(e)),
+        }
+    }
+
+    async fn on_upstream(&mut self, frame: Result<Frame, Error>) -> Flow {
+        match frame {
+            Ok(Frame::StreamOpen(h)) => {
+                let domain = self.up.as_ref().map(|u| u.domain.clone()).unwrap_or_default();
+                let reply = Reply::from_upstream(&h, &domain, &message::local_id());
+                match self.send_open(&reply).await {
+                    Ok(()) => Flow::Continue,
+                    Err(e) => Flow::End(e),
+                }
+            }
+            Ok(Frame::Element(el)) => {
+                if el.is("error", ns::STREAM) {
+                    return Flow::End(Ending::new(Error::UpstreamStreamError(Box::new(el))));
+                }
+                self.relay_to_client(el).await
+            }
+            Ok(Frame::StreamClose) => Flow::End(Ending::new(Error::UpstreamClosed)),
+            Err(e) => Flow::End(Ending::new(e)),
+        }
+    }
+
+    async fn relay_to_client(&mut self, el: Element) -> Flow {
+        let Some(text) = upstream_to_client(el) else {
+            return Flow::Continue;
+        };
+        match self.send(Message::Text(text.into())).await {
+            Ok(()) => Flow::Continue,
+            Err(e) => Flow::End(e),
+        }
+    }
+
+    /// Client `<close/>` (WS-16): `</stream:stream>` upstream, wait a bounded time for the
+    /// upstream's close while still relaying what it sends, then our `<close/>` (in `finish`).
+    async fn client_close(&mut self) -> Ending {
+        if let Some(mut up) = self.up.take() {
+            if timeout(CLOSE_WAIT, up.writer.close()).await.is_ok_and(|r| r.is_ok()) {
+                let wait = sleep(CLOSE_WAIT);
+                tokio::pin!(wait);
+                loop {
+                    tokio::select! {
+                        _ = &mut wait => break,
+                        f = up.reader.next() => match f {
+                            Ok(Frame::Element(el)) if !el.is("error", ns::STREAM) => {
+                                // strophe.js drops the socket right after its `<close/>`;
+                                // a failed send only means nobody is listening any more.
+                                if let Some(text) = upstream_to_client(el) {
+                                    let _ = self.send(Message::Text(text.into())).await;
+                                }
+                            }
+                            Ok(Frame::StreamOpen(_)) => {}
+                            Ok(_) | Err(_) => break,
+                        },
+                    }
+                }
+            }
+        }
+        Ending::new(Error::ClientTerminate)
+    }
+
+    async fn send_open(&mut self, reply: &Reply) -> Result<(), Ending> {
+        let framing = self.framing.unwrap_or(Framing::Rfc7395);
+        self.opened = true;
+        self.send(Message::Text(message::open_for(framing, reply).into())).await
+    }
+
+    /// Send one message, bounded in time so a client that stops reading cannot pin the task.
+    async fn send(&mut self, msg: Message) -> Result<(), Ending> {
+        match timeout(self.send_wait, self.socket.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Ending::gone("write error")),
+            Err(_) => Err(Ending::gone("write timed out")),
+        }
+    }
+
+    /// Tell the upstream and the client how the session ended.
+    async fn finish(&mut self, ending: Ending) {
+        let Ending { error, code, tell_client } = ending;
+        if let Some(mut up) = self.up.take() {
+            match &error {
+                // XEP-0198 stays resumable (WS-24) and a draining replica hands clients on.
+                Error::ClientGone | Error::Shutdown => abort_upstream(up.writer),
+                // The upstream is gone or already closing; answer a close with a close.
+                Error::UpstreamLost(_) | Error::Connect { .. } => drop(up),
+                _ => {
+                    let _ = timeout(BYE_WAIT, up.writer.close()).await;
+                }
+            }
+        }
+        let bye = async {
+            if tell_client {
+                let framing = self.framing.unwrap_or(Framing::Rfc7395);
+                if !self.opened {
+                    let reply = Reply {
+                        from: self.asked_domain.clone().unwrap_or_else(|| self.default_domain()),
+                        id: message::local_id(),
+                        lang: "en".into(),
+                    };
+                    self.socket.feed(Message::Text(message::open_for(framing, &reply).into())).await?;
+                }
+                let err = match &error {
+                    Error::UpstreamStreamError(el) => Some(stream_error_from_upstream(el)),
+                    e => e.stream_condition().map(message::stream_error),
+                };
+                if let Some(err) = err {
+                    self.socket.feed(Message::Text(err.into())).await?;
+                }
+                self.socket.feed(Message::Text(message::close_for(framing).into())).await?;
+            }
+            let reason = error.kind();
+            self.socket.feed(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await?;
+            self.socket.flush().await?;
+            // Let the client's close frame (or remaining data) arrive so the TCP close is
+            // orderly and our last messages are not lost to a reset.
+            while let Some(Ok(_)) = self.socket.next().await {}
+            Ok::<(), axum::Error>(())
+        };
+        let _ = timeout(BYE_WAIT, bye).await;
+    }
+
+    fn default_domain(&self) -> String {
+        self.state.config.upstream.domains.first().cloned().unwrap_or_default()
+    }
+}
+
+/// The upstream reader's next frame, or never when there is no upstream yet.
+async fn next_frame(reader: Option<&mut UpstreamReader>) -> Result<Frame, Error> {
+    match reader {
+        Some(r) => r.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Drop the upstream without `</stream:stream>`.
+fn abort_upstream(writer: UpstreamWriter) {
+    // Dropping the writer closes the TCP connection without writing a stream close.
+    drop(writer);
+}
+
+/// A client element on its way upstream (namespace fixing: WS-23).
+fn client_to_upstream(mut el: Element) -> Result<Element, Error> {
+    if el.ns.is_empty() {
+        el.ns = ns::CLIENT.into();
+    }
+    Ok(el)
+}
+
+/// An upstream element on its way to the client, as a standalone document (WS-06); `None`
+/// when it must not pass.
+fn upstream_to_client(el: Element) -> Option<String> {
+    Some(el.to_xml(""))
+}
+
+/// The upstream's `<stream:error/>`, as a standalone document.
+fn stream_error_from_upstream(el: &Element) -> String {
+    el.to_xml("")
+}
