@@ -1,1 +1,81 @@
-fn main() {}
+//! `xmpp-cm --config FILE [--check-config]`: load the layered configuration (exit 64 with a
+//! one-line reason when it is bad), set up logging, bind, serve until SIGTERM, drain, exit 0.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(version, about = "XMPP connection manager: BOSH and WebSocket in front of any XMPP server")]
+struct Cli {
+    /// TOML configuration file; built-in defaults apply without it. Environment variables
+    /// XMPP_CM_<SECTION>__<KEY> override both.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Validate the configuration and exit (0 ok, 64 bad).
+    #[arg(long)]
+    check_config: bool,
+}
+
+const EX_CONFIG: i32 = 64;
+
+fn main() {
+    let cli = Cli::parse();
+    let config = match xmpp_cm::Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("xmpp-cm: bad configuration: {e}");
+            std::process::exit(EX_CONFIG);
+        }
+    };
+    if cli.check_config {
+        // Also build what startup builds from config (the CA file must parse).
+        if let Err(e) = xmpp_cm::upstream::Upstream::new(Arc::new(config.clone())) {
+            eprintln!("xmpp-cm: bad configuration: {e}");
+            std::process::exit(EX_CONFIG);
+        }
+        println!("configuration ok");
+        return;
+    }
+    init_logging(&config.log);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("xmpp-cm: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(config)) {
+        eprintln!("xmpp-cm: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(config: xmpp_cm::Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let state = match xmpp_cm::server::AppState::new(config.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("xmpp-cm: bad configuration: {e}");
+            std::process::exit(EX_CONFIG);
+        }
+    };
+    let (public, admin) = xmpp_cm::server::bind(&config).await?;
+    xmpp_cm::shutdown::on_signals(state.shutdown.clone());
+    xmpp_cm::server::serve(public, admin, state, Duration::from_secs(10)).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn init_logging(log: &xmpp_cm::config::Log) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if log.format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}

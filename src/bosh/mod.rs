@@ -1,1 +1,17 @@
 //! BOSH (XEP-0124 + XEP-0206).
+//!
+//! A request flows: [`http`] (HTTP edge: CORS, size limit, status codes) → [`body`] (parse the
+//! `<body/>` wrapper) → [`registry`] (sid → session, creation policy) → [`session`] (one task per
+//! session: [`window`] orders rids, holds requests, talks to the upstream). The mapping of every
+//! failure to a terminate condition is [`crate::error::Error::bosh_condition`].
+
+pub mod body;
+pub mod http;
+pub mod registry;
+pub mod session;
+pub mod window;
+
+pub use registry::Registry;
+
+/// Content-Type of responses when the session did not ask for another one (BOSH-S-13).
+pub const DEFAULT_CONTENT_TYPE: &str = "text/xml; charset=utf-8";

@@ -1,0 +1,182 @@
+//! The HTTP edge of BOSH (XEP-0124 §5, CHECKLIST §5): POST bodies with a size cap enforced while
+//! reading, CORS preflight, a harmless GET page, `Cache-Control`, and the status-code discipline
+//! (binding errors are HTTP 200 bodies; HTTP 4xx only for legacy clients created without `ver`).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::oneshot;
+
+use super::body::{self, ResponseBody};
+use super::session::{Incoming, Reply};
+use super::DEFAULT_CONTENT_TYPE;
+use crate::error::Error;
+use crate::server::AppState;
+use crate::xml::Limits;
+
+/// POST on the BOSH path.
+pub async fn post(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let cors = cors_origin(&state, &headers);
+    let max = state.config.bosh.max_body_bytes;
+    // Refuse early on the declared length; the limit below also stops chunked bodies (HTTP-15).
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return pre_session(413, &Error::PolicyViolation("body too large"), cors);
+    }
+    if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
+        if !enc.as_bytes().eq_ignore_ascii_case(b"identity") {
+            // No `accept` is advertised, so no encoding is acceptable (HTTP-09).
+            return pre_session(415, &Error::BadRequest("unsupported Content-Encoding".into()), cors);
+        }
+    }
+    if let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        if !charset_is_utf8(ct) {
+            return pre_session(200, &Error::BadRequest("only UTF-8 is accepted".into()), cors);
+        }
+    }
+    let bytes = match axum::body::to_bytes(body, max).await {
+        Ok(b) => b,
+        Err(_) => return pre_session(413, &Error::PolicyViolation("body too large"), cors),
+    };
+    let limits = Limits { max_stanza_bytes: max, ..Limits::default() };
+    let req = match body::parse(&bytes, &limits) {
+        Ok(r) => r,
+        Err(e) => return pre_session(200, &e, cors),
+    };
+    let legacy_creation = req.sid.is_none() && req.ver.is_none();
+    let (tx, rx) = oneshot::channel();
+    let inc = Incoming { req, reply: tx };
+    match inc.req.sid.clone() {
+        None => {
+            if let Err((e, _inc)) = state.bosh.create(&state, inc) {
+                let status = if legacy_creation { e.legacy_http_status().unwrap_or(200) } else { 200 };
+                return pre_session(status, &e, cors);
+            }
+        }
+        Some(sid) => {
+            let Some(session) = state.bosh.get(&sid) else {
+                // A-03: no session to ask whether the caller is legacy: 200 + item-not-found.
+                return pre_session(200, &Error::ItemNotFound("unknown sid"), cors);
+            };
+            if session.send(inc).await.is_err() {
+                return pre_session(200, &Error::ItemNotFound("session ended"), cors);
+            }
+        }
+    }
+    match rx.await {
+        Ok(reply) => respond(reply, cors),
+        // The session ended without answering (it always answers; this is defensive).
+        Err(_) => pre_session(200, &Error::ItemNotFound("session ended"), cors),
+    }
+}
+
+/// CORS preflight (HTTP-11/12).
+pub async fn options(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    let h = r.headers_mut();
+    if let Some(origin) = cors_origin(&state, &headers) {
+        set_cors(h, &origin);
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, OPTIONS"));
+        let allow = headers
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .cloned()
+            .unwrap_or_else(|| HeaderValue::from_static("Content-Type"));
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow);
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    }
+    h.insert(header::ALLOW, HeaderValue::from_static("GET, POST, OPTIONS"));
+    r
+}
+
+/// GET on the BOSH path: a short page, never a session (HTTP-14).
+pub async fn get(State(state): State<Arc<AppState>>) -> Response {
+    let page = format!(
+        "<!DOCTYPE html><html><head><title>xmpp-cm BOSH</title></head><body><p>This is an XMPP \
+         BOSH endpoint (XEP-0124/XEP-0206). Clients POST &lt;body/&gt; elements to {}.</p></body></html>\n",
+        state.config.http.bosh_path
+    );
+    let mut r = (StatusCode::OK, page).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    no_cache(r.headers_mut());
+    r
+}
+
+/// An answer for a request that has no session to speak for it.
+fn pre_session(status: u16, err: &Error, cors: Option<HeaderValue>) -> Response {
+    let body = ResponseBody::terminate(err.bosh_condition()).to_xml();
+    respond(Reply { status, body, content_type: Arc::from(DEFAULT_CONTENT_TYPE) }, cors)
+}
+
+fn respond(reply: Reply, cors: Option<HeaderValue>) -> Response {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    let mut r = (status, reply.body).into_response();
+    let h = r.headers_mut();
+    let ct = HeaderValue::from_str(&reply.content_type).unwrap_or_else(|_| HeaderValue::from_static(DEFAULT_CONTENT_TYPE));
+    h.insert(header::CONTENT_TYPE, ct);
+    no_cache(h);
+    if let Some(origin) = cors {
+        set_cors(h, &origin);
+    }
+    r
+}
+
+fn no_cache(h: &mut HeaderMap) {
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store, no-cache"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+fn set_cors(h: &mut HeaderMap, origin: &HeaderValue) {
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    if origin.as_bytes() != b"*" {
+        h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+}
+
+/// The `Access-Control-Allow-Origin` value for this request: `*` when no allow-list is
+/// configured, the exact origin when it is on the list, nothing otherwise.
+fn cors_origin(state: &AppState, headers: &HeaderMap) -> Option<HeaderValue> {
+    let list = &state.config.http.cors_origins;
+    if list.is_empty() {
+        return Some(HeaderValue::from_static("*"));
+    }
+    let origin = headers.get(header::ORIGIN)?;
+    let o = origin.to_str().ok()?;
+    list.iter().any(|x| x == o).then(|| origin.clone())
+}
+
+/// A Content-Type without charset, or with charset UTF-8, is fine (BOSH-S-24).
+fn charset_is_utf8(ct: &str) -> bool {
+    ct.split(';').skip(1).all(|p| {
+        let p = p.trim();
+        match p.split_once('=') {
+            Some((k, v)) if k.trim().eq_ignore_ascii_case("charset") => {
+                let v = v.trim().trim_matches('"');
+                v.eq_ignore_ascii_case("utf-8") || v.eq_ignore_ascii_case("utf8")
+            }
+            _ => true,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charsets() {
+        for (ct, ok) in [
+            ("text/xml; charset=utf-8", true),
+            ("text/xml; charset=UTF-8", true),
+            ("text/xml", true),
+            ("text/plain;charset=\"utf-8\"", true),
+            ("application/x-www-form-urlencoded", true),
+            ("text/xml; charset=iso-8859-1", false),
+        ] {
+            assert_eq!(charset_is_utf8(ct), ok, "{ct}");
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! The registry of live BOSH sessions: sid → the channel of the task that owns the session.
+//! Creating a session applies the policy that must hold before any DNS or TCP work: not
+//! draining, `to` present, domain served. A sharded map; nothing is held across `.await`.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use dashmap::DashMap;
+use tokio::sync::mpsc;
+
+use super::session::{Incoming, Params, Session};
+use crate::error::Error;
+use crate::server::AppState;
+
+/// How many requests may queue for one session before the handler waits. Clients keep at most
+/// `requests` (2) in flight, so this only bounds abuse.
+const SESSION_QUEUE: usize = 8;
+
+#[derive(Default)]
+pub struct Registry {
+    sessions: DashMap<String, mpsc::Sender<Incoming>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn get(&self, sid: &str) -> Option<mpsc::Sender<Incoming>> {
+        self.sessions.get(sid).map(|s| s.clone())
+    }
+
+    pub fn remove(&self, sid: &str) {
+        self.sessions.remove(sid);
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Check the creation policy and start the session task; the task answers `inc.reply`.
+    pub fn create(&self, state: &Arc<AppState>, inc: Incoming) -> Result<(), (Error, Incoming)> {
+        if state.shutdown.is_cancelled() {
+            return Err((Error::Shutdown, inc));
+        }
+        let cfg = &state.config;
+        let domain = match inc.req.to.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
+            Some(d) => d.to_ascii_lowercase(),
+            None if !cfg.bosh.default_domain.is_empty() => cfg.bosh.default_domain.to_ascii_lowercase(),
+            None => return Err((Error::ImproperAddressing, inc)),
+        };
+        // Not an open relay: anything not served is refused before any DNS or TCP work.
+        if !cfg.serves(&domain) {
+            return Err((Error::HostUnknown, inc));
+        }
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        let sid = loop {
+            let sid = new_sid();
+            if let dashmap::Entry::Vacant(v) = self.sessions.entry(sid.clone()) {
+                v.insert(tx);
+                break sid;
+            }
+        };
+        let params = Params::negotiate(sid, &inc.req, &cfg.bosh, domain);
+        let st = state.clone();
+        state.tracker.spawn(Session::run(st, params, inc, rx));
+        Ok(())
+    }
+}
+
+/// 128 bits from the OS CSPRNG, URL-safe base64 (22 characters). SEC-01.
+pub fn new_sid() -> String {
+    let mut b = [0u8; 16];
+    getrandom::getrandom(&mut b).expect("the OS random source is unavailable");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sids_are_unique_and_128_bits() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let s = new_sid();
+            assert_eq!(s.len(), 22);
+            assert!(s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            assert!(seen.insert(s));
+        }
+    }
+}

@@ -1,0 +1,676 @@
+//! One task per BOSH session. It owns everything about the session: the rid [`Window`], the
+//! held and parked HTTP requests, the queue of stanzas for the client, the timers (wait,
+//! inactivity, pause) and the upstream connection. HTTP handlers talk to it only through a
+//! channel of [`Incoming`] requests; no lock is held across an `.await`.
+//!
+//! Invariants (cite by name):
+//! - *in-order*: payloads are written upstream strictly in rid order; early rids are parked.
+//! - *answer-in-order*: held requests are answered oldest first.
+//! - *no-duplicate*: a repeated rid is answered from the cache or swapped for the held copy; its
+//!   payload is never written upstream twice.
+//! - *nothing-lost*: every stanza from upstream is queued until a response carries it; the
+//!   session's terminal response is kept until the client comes to fetch it (or goes idle).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::OptionFuture;
+use futures_util::Future;
+use sha1::{Digest, Sha1};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{sleep_until, Instant};
+use tracing::{debug, info, warn};
+
+use super::body::{Request, ResponseBody, VERSION};
+use super::window::{Class, Window};
+use crate::error::Error;
+use crate::relay;
+use crate::server::AppState;
+use crate::upstream::{self, Connection, OpenParams, UpstreamReader, UpstreamWriter};
+use crate::xml::{ns, Element, Frame};
+
+/// What the HTTP handler sends to a session: one request and where to put its answer.
+#[derive(Debug)]
+pub struct Incoming {
+    pub req: Request,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+/// An HTTP answer for one request.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub content_type: Arc<str>,
+}
+
+/// After the client acknowledged less than we answered, how old the oldest unacknowledged
+/// response must be before we tell the client with `report`/`time` (XEP-0124 §9.2). Below this
+/// the response is probably still on its way.
+const REPORT_AFTER: Duration = Duration::from_secs(2);
+/// How long a closing upstream stream is given to answer `</stream:stream>`.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Values fixed when the session is created (XEP-0124 §7.2).
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub sid: String,
+    pub wait: Duration,
+    pub hold: usize,
+    pub requests: u64,
+    pub inactivity: Duration,
+    pub polling: Duration,
+    /// `maxpause` in seconds; `None` when pause is off.
+    pub maxpause: Option<u64>,
+    pub content_type: Arc<str>,
+    /// Created without `ver`: binding errors use HTTP status codes (XEP-0124 §17.1).
+    pub legacy: bool,
+    /// Client asked for acks (`ack='1'` at creation).
+    pub ack_mode: bool,
+    pub ver: (u32, u32),
+    pub open: OpenParams,
+}
+
+impl Params {
+    /// Derive the session values from the creation request and the config (CHECKLIST §0.5).
+    pub fn negotiate(sid: String, req: &Request, cfg: &crate::config::Bosh, domain: String) -> Params {
+        let wait = req.wait.unwrap_or(cfg.max_wait).min(cfg.max_wait);
+        let hold = req.hold.unwrap_or(1).min(cfg.max_hold) as usize;
+        let polling_session = wait == 0 || hold == 0;
+        let mut inactivity = cfg.max_inactivity;
+        if polling_session {
+            inactivity = inactivity.max(2 * cfg.polling + 1);
+        }
+        let ver = match req.ver {
+            Some(v) if v < VERSION => v,
+            _ => VERSION,
+        };
+        Params {
+            sid,
+            wait: Duration::from_secs(wait),
+            hold,
+            requests: hold as u64 + 1,
+            inactivity: Duration::from_secs(inactivity),
+            polling: Duration::from_secs(cfg.polling),
+            maxpause: (cfg.max_pause > 0).then_some(cfg.max_pause),
+            content_type: Arc::from(req.content.clone().unwrap_or_else(|| super::DEFAULT_CONTENT_TYPE.to_string())),
+            legacy: req.ver.is_none(),
+            ack_mode: req.ack.is_some(),
+            ver,
+            open: OpenParams {
+                domain,
+                lang: req.lang.clone().unwrap_or_else(|| "en".into()),
+                version: req.xmpp_version.clone().unwrap_or_else(|| "1.0".into()),
+                from: req.from.clone(),
+            },
+        }
+    }
+
+    fn polling_session(&self) -> bool {
+        self.wait.is_zero() || self.hold == 0
+    }
+}
+
+struct Held {
+    rid: u64,
+    reply: oneshot::Sender<Reply>,
+    deadline: Instant,
+    /// The request carried no payload (for the polling-frequency rule).
+    empty: bool,
+}
+
+enum Up {
+    /// Connecting; client payloads that arrive meanwhile wait here, in rid order.
+    Connecting(Vec<Element>),
+    Open(UpstreamWriter),
+    Closed,
+}
+
+type ConnectFuture = Pin<Box<dyn Future<Output = Result<Connection, Error>> + Send>>;
+
+pub struct Session {
+    p: Params,
+    state: Arc<AppState>,
+    window: Window,
+    held: VecDeque<Held>,
+    parked: BTreeMap<u64, Incoming>,
+    /// Stanzas waiting for a response to carry them (already rewritten by relay).
+    out: Vec<Element>,
+    /// Attributes for the next response (creation attributes, or `from`/`authid` that were not
+    /// known yet when the creation response left).
+    next_attrs: Vec<(&'static str, String)>,
+    up: Up,
+    reader: Option<UpstreamReader>,
+    connecting: Option<ConnectFuture>,
+    /// When the last request was answered and none was pending (inactivity clock).
+    idle_since: Instant,
+    /// The inactivity limit in force (a `pause` replaces it until the next request).
+    inactivity: Duration,
+    /// Expected SHA-1 of the next `key` (hex, lowercase), once key sequencing started.
+    key: Option<String>,
+    /// Repeats of one rid, for the repeat cap (BOSH-R-13).
+    repeats: (u64, u32),
+    /// Arrival of the previous new request and whether it was empty (BOSH-R-16 b).
+    prev_new: Option<(Instant, bool)>,
+    /// When an empty request of a polling session was last answered empty (BOSH-R-16 a).
+    last_empty_poll: Option<Instant>,
+    /// The upstream said `<success/>`: a restart is now expected (XBOSH-13).
+    sasl_success: bool,
+    /// Set when the session is over but the client has not fetched the final body yet.
+    terminal: Option<String>,
+    done: bool,
+}
+
+impl Session {
+    /// Run a new session: `creation` is the session request, already validated by the registry.
+    pub async fn run(state: Arc<AppState>, p: Params, creation: Incoming, rx: mpsc::Receiver<Incoming>) {
+        let now = Instant::now();
+        let mut next_attrs: Vec<(&'static str, String)> = vec![
+            ("sid", p.sid.clone()),
+            ("wait", p.wait.as_secs().to_string()),
+            ("requests", p.requests.to_string()),
+            ("hold", p.hold.to_string()),
+            ("inactivity", p.inactivity.as_secs().to_string()),
+            ("polling", p.polling.as_secs().to_string()),
+            ("ver", format!("{}.{}", p.ver.0, p.ver.1)),
+            ("xmpp:restartlogic", "true".into()),
+        ];
+        if let Some(mp) = p.maxpause {
+            next_attrs.push(("maxpause", mp.to_string()));
+        }
+        if p.ack_mode {
+            next_attrs.push(("ack", creation.req.rid.to_string()));
+        }
+        let up_ctx = state.upstream.clone();
+        let open = p.open.clone();
+        let connecting: ConnectFuture = Box::pin(async move { upstream::connect(&up_ctx, &open).await });
+        let cache_cap = if p.ack_mode { 16 } else { p.requests as usize };
+        let mut s = Session {
+            window: Window::new(creation.req.rid, p.requests, cache_cap),
+            held: VecDeque::new(),
+            parked: BTreeMap::new(),
+            out: Vec::new(),
+            next_attrs,
+            up: Up::Connecting(Vec::new()),
+            reader: None,
+            connecting: Some(connecting),
+            idle_since: now,
+            inactivity: p.inactivity,
+            key: creation.req.newkey.as_deref().map(str::to_ascii_lowercase),
+            repeats: (0, 0),
+            prev_new: None,
+            last_empty_poll: None,
+            sasl_success: false,
+            terminal: None,
+            done: false,
+            state,
+            p,
+        };
+        // The creation request waits for the upstream features, at most `wait` (BOSH-S-31).
+        let empty = creation.req.is_empty();
+        s.held.push_back(Held { rid: creation.req.rid, reply: creation.reply, deadline: now + s.p.wait, empty });
+        s.main_loop(rx).await;
+    }
+
+    async fn main_loop(&mut self, mut rx: mpsc::Receiver<Incoming>) {
+        let shutdown = self.state.shutdown.clone();
+        while !self.done {
+            let wait_deadline = self.held.front().map(|h| h.deadline);
+            let idle_deadline = (self.held.is_empty() && self.parked.is_empty()).then(|| self.idle_since + self.inactivity);
+            let connecting = OptionFuture::from(self.connecting.as_mut());
+            let reading = OptionFuture::from(self.reader.as_mut().map(|r| r.next()));
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    self.end(Error::Shutdown, None).await;
+                }
+                inc = rx.recv() => match inc {
+                    Some(inc) => self.on_request(inc).await,
+                    None => self.done = true,
+                },
+                Some(res) = connecting => {
+                    self.connecting = None;
+                    self.on_connected(res).await;
+                }
+                Some(frame) = reading => self.on_frame(frame).await,
+                _ = sleep_until(wait_deadline.unwrap_or_else(far_future)), if wait_deadline.is_some() => {
+                    self.answer_oldest(false);
+                }
+                _ = sleep_until(idle_deadline.unwrap_or_else(far_future)), if idle_deadline.is_some() => {
+                    debug!(sid = %short(&self.p.sid), "inactivity timeout");
+                    self.end(Error::ClientGone, None).await;
+                }
+            }
+        }
+        self.state.bosh.remove(&self.p.sid);
+    }
+
+    // ------------------------------------------------------------------ upstream events
+
+    async fn on_connected(&mut self, res: Result<Connection, Error>) {
+        match res {
+            Ok(conn) => {
+                let backlog = match std::mem::replace(&mut self.up, Up::Closed) {
+                    Up::Connecting(b) => b,
+                    _ => Vec::new(),
+                };
+                let Connection { header, features, writer, reader, .. } = conn;
+                if let Some(from) = header.from.clone() {
+                    self.next_attrs.push(("from", from));
+                }
+                if let Some(id) = header.id.clone() {
+                    self.next_attrs.push(("authid", id));
+                }
+                self.next_attrs.push(("xmpp:version", header.version.clone().unwrap_or_else(|| "1.0".into())));
+                self.up = Up::Open(writer);
+                self.reader = Some(reader);
+                self.queue(features);
+                for el in backlog {
+                    if let Err(e) = self.write_up(&el).await {
+                        return self.end(e, None).await;
+                    }
+                }
+                self.flush();
+            }
+            Err(e) => {
+                warn!(sid = %short(&self.p.sid), domain = %self.p.open.domain, kind = e.kind(), error = %e, "upstream connect failed");
+                self.up = Up::Closed;
+                self.end(e, None).await;
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Result<Frame, Error>) {
+        match frame {
+            Ok(Frame::Element(el)) if el.is("error", ns::STREAM) => {
+                self.end(Error::UpstreamStreamError(Box::new(el)), None).await;
+            }
+            Ok(Frame::Element(el)) => {
+                if el.is("success", ns::SASL) {
+                    self.sasl_success = true;
+                }
+                self.queue(el);
+                self.flush();
+            }
+            Ok(Frame::StreamOpen(_)) => {} // the new header after a restart; features follow
+            Ok(Frame::StreamClose) => self.end(Error::UpstreamClosed, None).await,
+            Err(e) => self.end(e, None).await,
+        }
+    }
+
+    fn queue(&mut self, el: Element) {
+        self.out.push(relay::from_upstream(el));
+    }
+
+    async fn write_up(&mut self, el: &Element) -> Result<(), Error> {
+        match &mut self.up {
+            Up::Open(w) => w.send(el).await,
+            Up::Connecting(backlog) => {
+                backlog.push(el.clone());
+                Ok(())
+            }
+            Up::Closed => Err(Error::UpstreamLost("upstream already closed".into())),
+        }
+    }
+
+    // ------------------------------------------------------------------ client requests
+
+    async fn on_request(&mut self, inc: Incoming) {
+        if let Some(body) = self.terminal.take() {
+            // The session already ended; this is the client coming to learn why.
+            self.reply(inc.reply, 200, body);
+            self.done = true;
+            return;
+        }
+        let rid = inc.req.rid;
+        match self.window.classify(rid) {
+            Class::TooHigh => self.end(Error::ItemNotFound("rid outside the window"), Some(inc.reply)).await,
+            Class::Repeat => self.on_repeat(inc).await,
+            Class::Early => {
+                if let Some(old) = self.parked.insert(rid, inc) {
+                    // A retransmission of a parked rid: the newest copy wins (BOSH-R-11).
+                    self.reply(old.reply, 200, ResponseBody::new().attr("type", "error").to_xml());
+                    return self.count_repeat(rid).await;
+                }
+                if let Err(e) = self.check_overactivity(self.parked.get(&rid).map(|i| &i.req)) {
+                    let inc = self.parked.remove(&rid);
+                    return self.end(e, inc.map(|i| i.reply)).await;
+                }
+            }
+            Class::Next => {
+                if let Err(e) = self.check_overactivity(Some(&inc.req)) {
+                    return self.end(e, Some(inc.reply)).await;
+                }
+                self.process(inc).await;
+                while !self.done {
+                    let Some(next) = self.parked.remove(&self.window.next_rid()) else { break };
+                    self.process(next).await;
+                }
+            }
+        }
+    }
+
+    async fn on_repeat(&mut self, inc: Incoming) {
+        let rid = inc.req.rid;
+        if let Some(h) = self.held.iter_mut().find(|h| h.rid == rid) {
+            // Still held: answer the older copy with a recoverable error, keep the newest.
+            let old = std::mem::replace(&mut h.reply, inc.reply);
+            let _ = old.send(Reply { status: 200, body: ResponseBody::new().attr("type", "error").to_xml(), content_type: self.p.content_type.clone() });
+            return self.count_repeat(rid).await;
+        }
+        if let Some(c) = self.window.cached(rid) {
+            let body = c.body.clone();
+            self.reply(inc.reply, 200, body);
+            return self.count_repeat(rid).await;
+        }
+        self.end(Error::ItemNotFound("response no longer cached"), Some(inc.reply)).await;
+    }
+
+    async fn count_repeat(&mut self, rid: u64) {
+        if self.repeats.0 == rid {
+            self.repeats.1 += 1;
+        } else {
+            self.repeats = (rid, 1);
+        }
+        if self.repeats.1 > self.state.config.bosh.max_rid_repeats {
+            self.end(Error::PolicyViolation("rid repeated too often"), None).await;
+        }
+    }
+
+    /// XEP-0124 §11: more unanswered new requests than `requests` (one more allowed when the
+    /// newest is a pause or terminate); and §11/§12 too-frequent empty polls.
+    fn check_overactivity(&self, newest: Option<&Request>) -> Result<(), Error> {
+        let Some(req) = newest else { return Ok(()) };
+        let pending = self.held.len() + self.parked.len() + usize::from(!self.parked.contains_key(&req.rid));
+        let extra = u64::from(req.terminate || req.pause.is_some());
+        if pending as u64 > self.p.requests + extra {
+            return Err(Error::PolicyViolation("too many simultaneous requests"));
+        }
+        if req.is_empty() && !req.terminate && req.pause.is_none() && !req.restart {
+            let now = Instant::now();
+            if self.p.polling_session() {
+                if self.last_empty_poll.is_some_and(|t| now.duration_since(t) < self.p.polling) {
+                    return Err(Error::PolicyViolation("polling too frequently"));
+                }
+            } else if pending as u64 == self.p.requests
+                && self.prev_new.is_some_and(|(t, empty)| empty && now.duration_since(t) < self.p.polling)
+            {
+                return Err(Error::PolicyViolation("empty requests too frequently"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Process the next in-order request.
+    async fn process(&mut self, inc: Incoming) {
+        let Incoming { req, reply } = inc;
+        let now = Instant::now();
+        self.window.advance();
+        self.prev_new = Some((now, req.is_empty()));
+        self.inactivity = self.p.inactivity;
+
+        // Key sequencing (XEP-0124 §15): verify before anything of this request is used.
+        if let Some(expected) = self.key.clone() {
+            let ok = req.key.as_deref().is_some_and(|k| hex::encode(Sha1::digest(k.as_bytes())) == expected);
+            if !ok {
+                return self.end(Error::ItemNotFound("key sequence mismatch"), Some(reply)).await;
+            }
+            self.key = req.newkey.as_deref().or(req.key.as_deref()).map(str::to_ascii_lowercase);
+            if req.newkey.is_some() {
+                self.key = req.newkey.as_deref().map(str::to_ascii_lowercase);
+            }
+        } else if let Some(nk) = &req.newkey {
+            self.key = Some(nk.to_ascii_lowercase());
+        }
+
+        if self.p.ack_mode {
+            if let Some(ack) = req.ack {
+                if let Some(report) = self.report_for(ack, now) {
+                    // The client missed a response: tell it at once which one (§9.2).
+                    self.window.ack(ack);
+                    self.reply(reply, 200, report);
+                    return;
+                }
+                self.window.ack(ack);
+            }
+        }
+
+        if req.terminate {
+            return self.client_terminate(req, reply).await;
+        }
+
+        if let (Some(pause), Some(max)) = (req.pause, self.p.maxpause) {
+            // Pause (§10): answer everything now, without payloads; the pause request is not
+            // cached. The inactivity limit becomes the pause until the next request.
+            while let Some(h) = self.held.pop_front() {
+                let body = self.decorate(ResponseBody::new(), h.rid).to_xml();
+                self.window.store(h.rid, body.clone(), std::time::Instant::now());
+                self.reply(h.reply, 200, body);
+            }
+            self.reply(reply, 200, ResponseBody::new().to_xml());
+            self.inactivity = Duration::from_secs(pause.min(max));
+            self.idle_since = now;
+            return;
+        }
+
+        if req.restart {
+            if !self.sasl_success {
+                return self.end(Error::BadRequest("restart before SASL success".into()), Some(reply)).await;
+            }
+            self.sasl_success = false;
+            let mut open = self.p.open.clone();
+            if let Some(to) = &req.to {
+                open.domain.clone_from(to);
+            }
+            if let Some(lang) = &req.lang {
+                open.lang.clone_from(lang);
+            }
+            if req.from.is_some() {
+                open.from.clone_from(&req.from);
+            }
+            let res = match &mut self.up {
+                Up::Open(w) => w.restart(&open).await,
+                _ => Err(Error::BadRequest("restart before the upstream stream is open".into())),
+            };
+            if let Err(e) = res {
+                return self.end(e, Some(reply)).await;
+            }
+            // Stanzas inside a restart body are ignored (XBOSH-10).
+        } else {
+            for el in &req.payloads {
+                if let Err(e) = self.write_up(el).await {
+                    return self.end(e, Some(reply)).await;
+                }
+            }
+        }
+
+        self.held.push_back(Held { rid: req.rid, reply, deadline: now + self.p.wait, empty: req.is_empty() });
+        self.flush();
+        while self.held.len() > self.p.hold {
+            self.answer_oldest(false);
+        }
+    }
+
+    /// `report`/`time` body when the client's `ack` shows a response it did not get.
+    fn report_for(&self, ack: u64, now: Instant) -> Option<String> {
+        let last = self.window.last_answered()?;
+        if ack >= last {
+            return None;
+        }
+        let missing = self.window.cached(ack + 1)?;
+        let age = now.into_std().saturating_duration_since(missing.sent_at);
+        (age >= REPORT_AFTER).then(|| {
+            ResponseBody::new().attr("report", (ack + 1).to_string()).attr("time", age.as_millis().to_string()).to_xml()
+        })
+    }
+
+    async fn client_terminate(&mut self, req: Request, reply: oneshot::Sender<Reply>) {
+        // Forward the payloads (typically an unavailable presence) first (BOSH-T-01).
+        for el in &req.payloads {
+            if self.write_up(el).await.is_err() {
+                break;
+            }
+        }
+        // The oldest open request gets type='terminate', the others empty bodies (BOSH-T-02);
+        // when the terminate request is the only one open it gets type='terminate'.
+        let mut first = true;
+        while let Some(h) = self.held.pop_front() {
+            let body = if first { self.terminal_body(None) } else { ResponseBody::new().to_xml() };
+            first = false;
+            self.reply(h.reply, 200, body);
+        }
+        let body = if first { self.terminal_body(None) } else { ResponseBody::new().to_xml() };
+        self.reply(reply, 200, body);
+        self.close_upstream(Error::ClientTerminate).await;
+        self.done = true;
+    }
+
+    // ------------------------------------------------------------------ answering
+
+    /// Answer the oldest held request with everything queued (or empty).
+    fn answer_oldest(&mut self, _force: bool) {
+        let Some(h) = self.held.pop_front() else { return };
+        let mut b = ResponseBody::new();
+        let carried = !self.out.is_empty();
+        if carried {
+            b.push_elements(std::mem::take(&mut self.out).iter());
+        }
+        let body = self.decorate(b, h.rid).to_xml();
+        self.window.store(h.rid, body.clone(), std::time::Instant::now());
+        if self.p.polling_session() {
+            self.last_empty_poll = (h.empty && !carried).then(Instant::now);
+        }
+        self.reply(h.reply, 200, body);
+        if self.held.is_empty() {
+            self.idle_since = Instant::now();
+        }
+    }
+
+    /// Add the one-time attributes (creation / late `from`) and, in ack mode, `ack`.
+    fn decorate(&mut self, mut b: ResponseBody, rid: u64) -> ResponseBody {
+        for (n, v) in self.next_attrs.drain(..) {
+            b.push_attr(n, v);
+        }
+        if self.p.ack_mode {
+            let ack = self.window.last_in_order();
+            if ack != rid {
+                b.push_attr("ack", ack.to_string());
+            }
+        }
+        b
+    }
+
+    /// If anything is queued and a request is held, send it now (BOSH-R-07).
+    fn flush(&mut self) {
+        if !self.out.is_empty() && !self.held.is_empty() {
+            self.answer_oldest(true);
+        }
+    }
+
+    fn reply(&self, reply: oneshot::Sender<Reply>, status: u16, body: String) {
+        // The client may have gone away meanwhile; the cache covers a retransmission.
+        let _ = reply.send(Reply { status, body, content_type: self.p.content_type.clone() });
+    }
+
+    /// The terminate body for `condition`, carrying what is still queued (BOSH-T-20).
+    fn terminal_body(&mut self, err: Option<&Error>) -> String {
+        let mut b = ResponseBody::terminate(err.and_then(Error::bosh_condition));
+        for (n, v) in self.next_attrs.drain(..) {
+            b.push_attr(n, v);
+        }
+        b.push_elements(std::mem::take(&mut self.out).iter());
+        if let Some(Error::UpstreamStreamError(el)) = err {
+            b.push_elements(std::iter::once(el.as_ref()));
+        }
+        b.to_xml()
+    }
+
+    /// End the session because of `err`. `trigger` is the request that caused it (it gets the
+    /// condition; other held requests get `other-request`). Without a trigger the oldest held
+    /// request gets the condition; with none held, the body waits for the next request.
+    async fn end(&mut self, err: Error, trigger: Option<oneshot::Sender<Reply>>) {
+        let sid = short(&self.p.sid);
+        match err.side() {
+            crate::Side::Client => debug!(sid = %sid, kind = err.kind(), error = %err, "session ends"),
+            _ => info!(sid = %sid, kind = err.kind(), error = %err, "session ends"),
+        }
+        let body = self.terminal_body(Some(&err));
+        let status = if self.p.legacy { err.legacy_http_status().unwrap_or(200) } else { 200 };
+        let others = ResponseBody::terminate(Some("other-request")).to_xml();
+        match trigger {
+            Some(t) => {
+                while let Some(h) = self.held.pop_front() {
+                    self.reply(h.reply, 200, others.clone());
+                }
+                for (_, p) in std::mem::take(&mut self.parked) {
+                    self.reply(p.reply, 200, others.clone());
+                }
+                self.reply(t, status, body);
+                self.done = true;
+            }
+            None => {
+                let mut first = true;
+                while let Some(h) = self.held.pop_front() {
+                    let b = if first { body.clone() } else { ResponseBody::terminate(err.bosh_condition()).to_xml() };
+                    first = false;
+                    self.reply(h.reply, status, b);
+                }
+                for (_, p) in std::mem::take(&mut self.parked) {
+                    self.reply(p.reply, 200, others.clone());
+                }
+                if first && !matches!(err, Error::ClientGone | Error::Shutdown) {
+                    // Nobody to tell right now: keep the verdict for the next request, under the
+                    // inactivity clock.
+                    self.terminal = Some(body);
+                    self.idle_since = Instant::now();
+                } else {
+                    self.done = true;
+                }
+            }
+        }
+        self.close_upstream(err).await;
+    }
+
+    /// Tear the upstream down in bounded time. For a client that is gone, the stanzas it never
+    /// received are bounced before the stream is closed (XEP-0206 §7, BOSH-T-21). The rest runs
+    /// in its own task so the session ends now.
+    async fn close_upstream(&mut self, why: Error) {
+        self.connecting = None;
+        let up = std::mem::replace(&mut self.up, Up::Closed);
+        let reader = self.reader.take();
+        let Up::Open(mut writer) = up else { return };
+        if matches!(why, Error::UpstreamClosed | Error::UpstreamLost(_) | Error::UpstreamStreamError(_)) {
+            let _ = writer.close().await;
+            return;
+        }
+        let bounces: Vec<Element> = std::mem::take(&mut self.out).iter().filter_map(relay::bounce).collect();
+        self.state.tracker.spawn(async move {
+            for b in &bounces {
+                if writer.send(b).await.is_err() {
+                    return;
+                }
+            }
+            let _ = writer.close().await;
+            // Give the server a moment to close its side, so the last presence is processed.
+            let Some(mut reader) = reader else { return };
+            let deadline = Instant::now() + CLOSE_GRACE;
+            while let Ok(Ok(frame)) = tokio::time::timeout_at(deadline, reader.next()).await {
+                if frame == Frame::StreamClose {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// The first characters of a sid, enough to correlate log lines without revealing the bearer
+/// secret (SEC-08).
+pub fn short(sid: &str) -> &str {
+    sid.get(..6).unwrap_or(sid)
+}
