@@ -1,10 +1,44 @@
 //! TCP connect, STARTTLS / direct TLS, stream open, and the reader/writer halves of the
 //! upstream stream.
+//!
+//! [`connect`] runs under one overall `upstream.connect_timeout`: it walks the targets from
+//! [`super::resolve`] in order, every address of a target before the next target, and on the
+//! first socket that completes stream negotiation returns a [`Connection`] holding the server's
+//! post-TLS header and features exactly as received (filtering them is `relay`'s job). The
+//! socket is then type-erased and split: [`UpstreamReader`] owns the framer and an 8 KiB read
+//! buffer, [`UpstreamWriter`] serializes elements. Bytes never leave this file and `xml`.
+//! What happens to a failure (BOSH condition, WebSocket error, metric label) is `error.rs`'s.
 
-use crate::error::Error;
-use crate::xml::{Element, Frame, StreamHeader};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::config::TlsMode;
+use crate::error::{ConnectKind, Error};
+use crate::xml::{ns, stream_header, Element, Frame, Framer, Limits, StreamHeader, XmlError};
+
+use super::resolve::{self, Target};
 use super::OpenParams;
+
+/// Read buffer per connection: large enough that a typical stanza arrives in one or two reads,
+/// small enough that thousands of idle sessions cost little.
+const READ_BUF_BYTES: usize = 8 * 1024;
+
+/// The STARTTLS request (RFC 6120 §5.4.2.1).
+const STARTTLS: &str = "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
+
+/// The stream footer (RFC 6120 §4.4).
+const STREAM_CLOSE: &str = "</stream:stream>";
+
+/// Any byte stream the upstream runs over: plain TCP, or TLS over TCP. Boxed so that the
+/// reader and writer have one concrete type whichever way the connection was made.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+type BoxIo = Box<dyn Io>;
 
 /// An open upstream stream: the server's (post-TLS) header and first features, and the halves.
 pub struct Connection {
@@ -16,36 +50,398 @@ pub struct Connection {
     pub reader: UpstreamReader,
 }
 
+/// The writing half. Its methods are not cancel-safe (a cancelled write may leave half an
+/// element on the wire); a session should finish or abandon the connection after cancelling.
 pub struct UpstreamWriter {
-    _todo: (),
-}
-pub struct UpstreamReader {
-    _todo: (),
+    io: WriteHalf<BoxIo>,
+    /// Decides whether `from` may go into a restart header (UP-19).
+    secure: bool,
 }
 
-pub async fn connect(_ctx: &super::Upstream, _params: &OpenParams) -> Result<Connection, Error> {
-    todo!()
+/// The reading half.
+pub struct UpstreamReader {
+    io: ReadHalf<BoxIo>,
+    /// Carries over from negotiation: bytes after the features may already be buffered in it.
+    framer: Framer,
+    buf: Box<[u8]>,
+    /// Once the stream is broken, every later call repeats why, instead of reading on.
+    failed: Option<String>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("header", &self.header)
+            .field("secure", &self.secure)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolve `params.domain`, connect, negotiate TLS as configured, open the stream and read the
+/// first (post-TLS) features — all within `upstream.connect_timeout`.
+pub async fn connect(ctx: &super::Upstream, params: &OpenParams) -> Result<Connection, Error> {
+    let secs = ctx.config.upstream.connect_timeout.max(1);
+    let overall = Duration::from_secs(secs);
+    let attempt = async {
+        let targets = resolve::resolve(ctx, &params.domain).await?;
+        connect_targets(ctx, params, &targets, overall).await
+    };
+    match tokio::time::timeout(overall, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Connect {
+            kind: ConnectKind::Timeout,
+            detail: format!("{}: no stream within {secs} s", params.domain),
+        }),
+    }
+}
+
+/// Try the targets in order, every address of a target before the next (UP-04). The error
+/// returned when all fail is the one that got furthest (a TLS failure says more than the
+/// refused connection to a backup target). A `<stream:error/>` ends the attempt at once.
+pub(crate) async fn connect_targets(
+    ctx: &super::Upstream,
+    params: &OpenParams,
+    targets: &[Target],
+    overall: Duration,
+) -> Result<Connection, Error> {
+    // A black-holed address must not eat the whole budget (UP-26).
+    let per_address = overall / 2;
+    let mut best: Option<Error> = None;
+    let keep = |e: Error, best: &mut Option<Error>| {
+        if best.as_ref().is_none_or(|b| progress(&e) >= progress(b)) {
+            *best = Some(e);
+        }
+    };
+    for target in targets {
+        if target.direct_tls && ctx.config.upstream.tls == TlsMode::None {
+            tracing::debug!(host = %target.host, port = target.port, "direct-TLS target skipped: upstream.tls = none");
+            continue;
+        }
+        let addrs = match addresses(ctx, &target.host).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(host = %target.host, error = %e, "upstream target not resolved");
+                keep(e, &mut best);
+                continue;
+            }
+        };
+        for ip in addrs {
+            let addr = SocketAddr::new(ip, target.port);
+            match establish(ctx, params, target, addr, per_address).await {
+                Ok(c) => {
+                    tracing::debug!(host = %target.host, %addr, secure = c.secure, "upstream stream open");
+                    return Ok(c);
+                }
+                Err(e @ Error::UpstreamStreamError(_)) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(host = %target.host, %addr, error = %e, "upstream attempt failed");
+                    keep(e, &mut best);
+                }
+            }
+        }
+    }
+    Err(best.unwrap_or_else(|| Error::Connect {
+        kind: ConnectKind::Tls,
+        detail: "only direct-TLS targets, and upstream.tls = none".into(),
+    }))
+}
+
+/// How far an attempt got, to choose which failure to report.
+fn progress(e: &Error) -> u8 {
+    match e {
+        Error::Connect { kind: ConnectKind::Dns, .. } => 0,
+        Error::Connect { kind: ConnectKind::Tcp, .. } => 1,
+        _ => 2,
+    }
+}
+
+/// A target host's addresses: an IP literal as is, otherwise A and AAAA.
+async fn addresses(ctx: &super::Upstream, host: &str) -> Result<Vec<IpAddr>, Error> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![ip]);
+    }
+    let dns = |detail: String| Error::Connect { kind: ConnectKind::Dns, detail };
+    let lookup = ctx.resolver.lookup_ip(host).await.map_err(|e| dns(format!("{host}: {e}")))?;
+    let addrs: Vec<IpAddr> = lookup.iter().collect();
+    if addrs.is_empty() {
+        return Err(dns(format!("{host}: no address")));
+    }
+    Ok(addrs)
+}
+
+/// One attempt on one address: TCP, direct TLS or STARTTLS as the target and config say,
+/// stream open, features.
+async fn establish(
+    ctx: &super::Upstream,
+    params: &OpenParams,
+    target: &Target,
+    addr: SocketAddr,
+    tcp_timeout: Duration,
+) -> Result<Connection, Error> {
+    let tcp_err = |detail: String| Error::Connect { kind: ConnectKind::Tcp, detail };
+    let tcp = match tokio::time::timeout(tcp_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(tcp_err(format!("{addr}: {e}"))),
+        Err(_) => return Err(tcp_err(format!("{addr}: no TCP connection within {tcp_timeout:?}"))),
+    };
+    // Stanzas are small and interactive: no Nagle delay.
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(%addr, error = %e, "TCP_NODELAY not set");
+    }
+    let limits = Limits { max_stanza_bytes: ctx.config.upstream.max_stanza_bytes, ..Limits::default() };
+    let domain = params.domain.as_str();
+
+    if target.direct_tls {
+        // XEP-0368: TLS from the first byte, ALPN offered; never STARTTLS inside (UP-09).
+        let tls = tls_handshake(&ctx.tls.direct, domain, Box::new(tcp)).await?;
+        let mut wire = Wire::new(Box::new(tls), limits);
+        let (header, features) = open_stream(&mut wire, params, true).await?;
+        return Ok(wire.into_connection(header, features, true));
+    }
+
+    let mut wire = Wire::new(Box::new(tcp), limits);
+    let (header, features) = open_stream(&mut wire, params, false).await?;
+    let offered = features.child("starttls", ns::TLS).is_some();
+    let use_tls = match ctx.config.upstream.tls {
+        TlsMode::Required if !offered => {
+            return Err(Error::Connect {
+                kind: ConnectKind::StartTls,
+                detail: "server does not offer STARTTLS".into(),
+            })
+        }
+        TlsMode::Required => true,
+        TlsMode::Opportunistic => offered,
+        TlsMode::None => false,
+    };
+    if !use_tls {
+        return Ok(wire.into_connection(header, features, false));
+    }
+
+    let starttls_err = |detail: String| Error::Connect { kind: ConnectKind::StartTls, detail };
+    wire.write(STARTTLS).await.map_err(|e| starttls_err(format!("writing <starttls/>: {e}")))?;
+    match wire.read_frame().await.map_err(|e| e.during("STARTTLS"))? {
+        Frame::Element(el) if el.is("proceed", ns::TLS) => {}
+        Frame::Element(el) if el.is("failure", ns::TLS) => {
+            return Err(starttls_err("server answered <starttls/> with <failure/>".into()))
+        }
+        Frame::Element(el) if is_stream_error(&el) => return Err(Error::UpstreamStreamError(Box::new(el))),
+        other => return Err(starttls_err(format!("expected <proceed/>, got {}", describe(&other)))),
+    }
+    // Everything learned before TLS is discarded (RFC 6120 §5.4.3.3): new framer, new header.
+    let Wire { io, buf, .. } = wire;
+    let tls = tls_handshake(&ctx.tls.starttls, domain, io).await?;
+    let mut wire = Wire { io: Box::new(tls), framer: Framer::new(limits), buf };
+    let (header, features) = open_stream(&mut wire, params, true).await?;
+    Ok(wire.into_connection(header, features, true))
+}
+
+/// TLS client handshake with the XMPP domain as server name (SNI and the RFC 6125 check).
+async fn tls_handshake(
+    config: &Arc<rustls::ClientConfig>,
+    domain: &str,
+    io: BoxIo,
+) -> Result<tokio_rustls::client::TlsStream<BoxIo>, Error> {
+    let tls_err = |detail: String| Error::Connect { kind: ConnectKind::Tls, detail };
+    let name = rustls_pki_types::ServerName::try_from(domain.to_owned())
+        .map_err(|_| tls_err(format!("'{domain}' is not a valid TLS server name")))?;
+    TlsConnector::from(Arc::clone(config)).connect(name, io).await.map_err(|e| {
+        let detail = io_detail(&e);
+        tracing::warn!(domain, error = %detail, "upstream TLS handshake failed");
+        tls_err(detail)
+    })
+}
+
+/// The rustls error inside an IO error when there is one ("invalid peer certificate:
+/// UnknownIssuer"), the IO error otherwise.
+fn io_detail(e: &std::io::Error) -> String {
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(tls) => tls.to_string(),
+        None => e.to_string(),
+    }
+}
+
+fn is_rustls(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+}
+
+fn is_stream_error(el: &Element) -> bool {
+    el.is("error", ns::STREAM)
+}
+
+/// A short description of an unexpected frame for error details; never echoes content.
+fn describe(f: &Frame) -> String {
+    match f {
+        Frame::StreamOpen(_) => "a new stream header".into(),
+        Frame::Element(el) => format!("<{}/>", el.name),
+        Frame::StreamClose => "</stream:stream>".into(),
+    }
+}
+
+/// Write our header, read and validate the server's, then read its features (RFC 6120 §4.3).
+async fn open_stream(
+    wire: &mut Wire,
+    params: &OpenParams,
+    secure: bool,
+) -> Result<(StreamHeader, Element), Error> {
+    let stream_err = |detail: String| Error::Connect { kind: ConnectKind::Stream, detail };
+    let header = client_header(params, secure);
+    wire.write(&header).await.map_err(|e| stream_err(format!("writing stream header: {e}")))?;
+    let server = match wire.read_frame().await.map_err(|e| e.during("stream open"))? {
+        Frame::StreamOpen(h) => h,
+        Frame::Element(el) if is_stream_error(&el) => return Err(Error::UpstreamStreamError(Box::new(el))),
+        other => return Err(stream_err(format!("expected a stream header, got {}", describe(&other)))),
+    };
+    server.validate_server().map_err(|e| stream_err(format!("bad stream header: {e}")))?;
+    match wire.read_frame().await.map_err(|e| e.during("stream open"))? {
+        Frame::Element(el) if el.is("features", ns::STREAM) => Ok((server, el)),
+        Frame::Element(el) if is_stream_error(&el) => Err(Error::UpstreamStreamError(Box::new(el))),
+        other => Err(stream_err(format!("expected <stream:features/>, got {}", describe(&other)))),
+    }
+}
+
+/// Our header; `from` only on an encrypted stream (UP-19).
+fn client_header(params: &OpenParams, secure: bool) -> String {
+    let from = if secure { params.from.as_deref() } else { None };
+    stream_header::client_header(&params.domain, &params.lang, &params.version, from)
+}
+
+/// Why reading a frame failed.
+enum ReadFail {
+    Eof,
+    Io(std::io::Error),
+    Xml(XmlError),
+}
+
+impl ReadFail {
+    /// As a connect error while negotiating `what`.
+    fn during(self, what: &str) -> Error {
+        let (kind, detail) = match self {
+            ReadFail::Eof => (ConnectKind::Stream, format!("connection closed during {what}")),
+            ReadFail::Io(e) if is_rustls(&e) => (ConnectKind::Tls, io_detail(&e)),
+            ReadFail::Io(e) => (ConnectKind::Stream, format!("reading during {what}: {e}")),
+            ReadFail::Xml(e) => (ConnectKind::Stream, format!("bad XML during {what}: {e}")),
+        };
+        Error::Connect { kind, detail }
+    }
+
+    /// As the end of an open stream.
+    fn lost(self) -> String {
+        match self {
+            ReadFail::Eof => "connection closed without </stream:stream>".into(),
+            ReadFail::Io(e) => format!("read failed: {}", io_detail(&e)),
+            ReadFail::Xml(e) => format!("bad XML from upstream: {e}"),
+        }
+    }
+}
+
+/// Pull the next frame: from what the framer already holds, else read more. Cancel-safe: bytes
+/// are fed to the framer in the same poll that reads them.
+async fn read_frame<R: AsyncRead + Unpin>(
+    io: &mut R,
+    framer: &mut Framer,
+    buf: &mut [u8],
+) -> Result<Frame, ReadFail> {
+    loop {
+        if let Some(frame) = framer.next_frame().map_err(ReadFail::Xml)? {
+            return Ok(frame);
+        }
+        match io.read(buf).await {
+            Ok(0) => return Err(ReadFail::Eof),
+            Ok(n) => framer.feed(&buf[..n]),
+            Err(e) => return Err(ReadFail::Io(e)),
+        }
+    }
+}
+
+/// The whole socket during negotiation, before it is split.
+struct Wire {
+    io: BoxIo,
+    framer: Framer,
+    buf: Box<[u8]>,
+}
+
+impl Wire {
+    fn new(io: BoxIo, limits: Limits) -> Wire {
+        Wire { io, framer: Framer::new(limits), buf: vec![0u8; READ_BUF_BYTES].into_boxed_slice() }
+    }
+
+    async fn write(&mut self, s: &str) -> std::io::Result<()> {
+        self.io.write_all(s.as_bytes()).await?;
+        self.io.flush().await
+    }
+
+    async fn read_frame(&mut self) -> Result<Frame, ReadFail> {
+        read_frame(&mut self.io, &mut self.framer, &mut self.buf).await
+    }
+
+    fn into_connection(self, header: StreamHeader, features: Element, secure: bool) -> Connection {
+        let (r, w) = tokio::io::split(self.io);
+        Connection {
+            header,
+            features,
+            secure,
+            writer: UpstreamWriter { io: w, secure },
+            reader: UpstreamReader { io: r, framer: self.framer, buf: self.buf, failed: None },
+        }
+    }
 }
 
 impl UpstreamWriter {
     /// Serialize and write one top-level element (default namespace `jabber:client` in scope).
-    pub async fn send(&mut self, _el: &Element) -> Result<(), Error> {
-        todo!()
+    pub async fn send(&mut self, el: &Element) -> Result<(), Error> {
+        self.write(&el.to_xml(ns::CLIENT)).await
     }
-    /// Write a fresh stream header on the same socket (stream restart after SASL).
-    pub async fn restart(&mut self, _params: &OpenParams) -> Result<(), Error> {
-        todo!()
+
+    /// Write already-serialized bytes as they are: a whitespace keepalive (UP-24), or a
+    /// fragment the caller has checked. Nothing is validated here.
+    pub async fn send_raw(&mut self, s: &str) -> Result<(), Error> {
+        self.write(s).await
     }
-    /// Write `</stream:stream>` and shut down the write side.
+
+    /// Write a fresh stream header on the same socket (stream restart after SASL). The reader
+    /// then yields the server's new `StreamOpen` and features.
+    pub async fn restart(&mut self, params: &OpenParams) -> Result<(), Error> {
+        self.write(&client_header(params, self.secure)).await
+    }
+
+    /// Write `</stream:stream>` and shut down the write side. The reader stays usable to wait
+    /// for the server's own close (RFC 6120 §4.4).
     pub async fn close(&mut self) -> Result<(), Error> {
-        todo!()
+        self.write(STREAM_CLOSE).await?;
+        self.io.shutdown().await.map_err(|e| Error::UpstreamLost(format!("shutdown failed: {e}")))
+    }
+
+    /// End the connection *without* `</stream:stream>`, so that the server keeps a XEP-0198
+    /// session resumable: the write side is shut down (TCP FIN, after a TLS close_notify when
+    /// encrypted), bounded to one second, and the half is dropped. The socket is released once
+    /// the reader is dropped as well.
+    pub async fn abort(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
+    }
+
+    async fn write(&mut self, s: &str) -> Result<(), Error> {
+        let lost = |e: std::io::Error| Error::UpstreamLost(format!("write failed: {}", io_detail(&e)));
+        self.io.write_all(s.as_bytes()).await.map_err(lost)?;
+        self.io.flush().await.map_err(lost)
     }
 }
 
 impl UpstreamReader {
     /// The next frame from the server. Whitespace keepalives never come out of here. A new
-    /// `StreamOpen` arrives after a restart. EOF without `</stream:stream>` → `UpstreamLost`.
+    /// `StreamOpen` arrives after a restart; `<stream:error/>` is an ordinary `Frame::Element`
+    /// for the caller to act on. EOF without `</stream:stream>`, a read error or bad XML →
+    /// `UpstreamLost`, and every later call says the same. Cancel-safe (fine in `select!`).
     pub async fn next(&mut self) -> Result<Frame, Error> {
-        todo!()
+        if let Some(why) = &self.failed {
+            return Err(Error::UpstreamLost(why.clone()));
+        }
+        match read_frame(&mut self.io, &mut self.framer, &mut self.buf).await {
+            Ok(f) => Ok(f),
+            Err(e) => {
+                let why = e.lost();
+                self.failed = Some(why.clone());
+                Err(Error::UpstreamLost(why))
+            }
+        }
     }
 }

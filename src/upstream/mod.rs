@@ -10,6 +10,9 @@ pub mod connect;
 pub mod resolve;
 pub mod tls;
 
+#[cfg(test)]
+mod tests;
+
 pub use connect::{connect, Connection, UpstreamReader, UpstreamWriter};
 
 /// What the client asked for when opening (or restarting) the stream.
