@@ -77,3 +77,6 @@ fn offers_xmpp(headers: &HeaderMap) -> bool {
         .flat_map(|v| v.split(','))
         .any(|p| p.trim() == SUBPROTOCOL)
 }
+
+#[cfg(test)]
+mod tests;

@@ -15,6 +15,7 @@ use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use super::message::{self, Framing, Inbound, OpenRequest, Reply};
 use crate::error::Error;
+use crate::relay;
 use crate::server::AppState;
 use crate::upstream::{self, OpenParams, UpstreamReader, UpstreamWriter};
 use crate::xml::{ns, Element, Frame, Limits, XmlError};
@@ -421,7 +422,7 @@ where
         if let Some(mut up) = self.up.take() {
             match &error {
                 // XEP-0198 stays resumable (WS-24) and a draining replica hands clients on.
-                Error::ClientGone | Error::Shutdown => abort_upstream(up.writer),
+                Error::ClientGone | Error::Shutdown => up.writer.abort().await,
                 // The upstream is gone or already closing; answer a close with a close.
                 Error::UpstreamLost(_) | Error::Connect { .. } => drop(up),
                 _ => {
@@ -473,27 +474,19 @@ async fn next_frame(reader: Option<&mut UpstreamReader>) -> Result<Frame, Error>
     }
 }
 
-/// Drop the upstream without `</stream:stream>`.
-fn abort_upstream(writer: UpstreamWriter) {
-    // Dropping the writer closes the TCP connection without writing a stream close.
-    drop(writer);
+/// A client element on its way upstream: namespace fixing (WS-23) and refusals live in relay.
+fn client_to_upstream(el: Element) -> Result<Element, Error> {
+    relay::from_client(el)
 }
 
-/// A client element on its way upstream (namespace fixing: WS-23).
-fn client_to_upstream(mut el: Element) -> Result<Element, Error> {
-    if el.ns.is_empty() {
-        el.ns = ns::CLIENT.into();
-    }
-    Ok(el)
-}
-
-/// An upstream element on its way to the client, as a standalone document (WS-06); `None`
-/// when it must not pass.
+/// An upstream element on its way to the client, as a standalone document (WS-06): relay
+/// rewrites it (feature filtering, SM `location`), the serializer declares every namespace.
 fn upstream_to_client(el: Element) -> Option<String> {
-    Some(el.to_xml(""))
+    Some(relay::from_upstream(el).to_xml(""))
 }
 
-/// The upstream's `<stream:error/>`, as a standalone document.
+/// The upstream's `<stream:error/>` as a standalone document: `xmlns:stream` declared and the
+/// condition child carrying its own `xmlns` (strophe.js checks it literally, WS-18).
 fn stream_error_from_upstream(el: &Element) -> String {
     el.to_xml("")
 }

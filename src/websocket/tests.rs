@@ -1,0 +1,245 @@
+//! Unit tests of the pure parts: message classification (WS-07..WS-11, WS-21, WS-23), the
+//! messages xmpp-cm writes (WS-12, WS-18, WS-27), the handshake checks (WS-01, WS-02) and the
+//! mapping of tungstenite read errors to close codes (WS-04, WS-25).
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+
+use super::message::{self, classify, Framing, Inbound, OpenRequest, Reply, CLOSE};
+use super::session::{read_fault, ReadFault};
+use super::check_handshake;
+use crate::config::WebSocket as WsConfig;
+use crate::error::Error;
+use crate::xml::{ns, parse_document, Limits, XmlError};
+
+fn limits() -> Limits {
+    Limits { max_stanza_bytes: 4096, ..Limits::default() }
+}
+
+fn cls(text: &str, framing: Option<Framing>) -> Result<Inbound, Error> {
+    classify(text, framing, true, &limits())
+}
+
+fn condition(r: Result<Inbound, Error>) -> &'static str {
+    match r {
+        Err(e) => e.stream_condition().unwrap_or("none"),
+        Ok(i) => panic!("expected an error, got {i:?}"),
+    }
+}
+
+const OPEN: &str = "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='example.com' version='1.0'/>";
+
+#[test]
+fn open_is_parsed_with_its_attributes() {
+    let text = "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='example.com' version='1.0' xml:lang='de' from='a@example.com'/>";
+    let want = OpenRequest {
+        to: Some("example.com".into()),
+        from: Some("a@example.com".into()),
+        version: Some("1.0".into()),
+        lang: Some("de".into()),
+    };
+    assert_eq!(cls(text, None).unwrap(), Inbound::Open(want.clone(), Framing::Rfc7395));
+    // WS-15: the same on an open connection is a restart.
+    assert_eq!(cls(text, Some(Framing::Rfc7395)).unwrap(), Inbound::Open(want, Framing::Rfc7395));
+}
+
+#[test]
+fn xml_declaration_is_tolerated_ws08() {
+    let text = format!("<?xml version='1.0'?>\n{OPEN}");
+    assert!(matches!(cls(&text, None).unwrap(), Inbound::Open(..)));
+    assert_eq!(cls("<?xml version='1.0'?>", None).unwrap(), Inbound::Nothing);
+}
+
+#[test]
+fn whitespace_only_is_nothing_ws21() {
+    for t in ["", " ", "\r\n\t "] {
+        assert_eq!(cls(t, Some(Framing::Rfc7395)).unwrap(), Inbound::Nothing, "{t:?}");
+    }
+}
+
+#[test]
+fn close_is_recognised() {
+    assert_eq!(cls(CLOSE, Some(Framing::Rfc7395)).unwrap(), Inbound::Close);
+    assert_eq!(cls("<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>", Some(Framing::Rfc7395)).unwrap(), Inbound::Close);
+}
+
+#[test]
+fn open_outside_framing_namespace_is_invalid_namespace_ws09() {
+    let cases = [
+        "<open xmlns='jabber:client' to='example.com' version='1.0'/>",
+        "<open to='example.com' version='1.0'/>",
+        "<close xmlns='jabber:client'/>",
+    ];
+    for t in cases {
+        assert_eq!(condition(cls(t, None)), "invalid-namespace", "{t}");
+    }
+}
+
+#[test]
+fn legacy_header_selects_legacy_framing() {
+    let t = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='example.com' version='1.0'>";
+    match cls(t, None).unwrap() {
+        Inbound::Open(r, Framing::Legacy) => assert_eq!(r.to.as_deref(), Some("example.com")),
+        other => panic!("{other:?}"),
+    }
+    // Off by configuration, or on an RFC 7395 connection: invalid-namespace (WS-09).
+    assert_eq!(condition(classify(t, None, false, &limits())), "invalid-namespace");
+    assert_eq!(condition(cls(t, Some(Framing::Rfc7395))), "invalid-namespace");
+    // The legacy footer closes a legacy stream only.
+    assert_eq!(cls("</stream:stream>", Some(Framing::Legacy)).unwrap(), Inbound::Close);
+    assert_eq!(condition(cls("</stream:stream>", Some(Framing::Rfc7395))), "invalid-namespace");
+}
+
+#[test]
+fn legacy_stanzas_inherit_the_client_namespace() {
+    match cls("<message to='b@example.com'><body>hi</body></message>", Some(Framing::Legacy)).unwrap() {
+        Inbound::Element(el) => assert_eq!(el.ns, ns::CLIENT),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn unqualified_stanza_is_kept_for_relay_to_fix_ws23() {
+    match cls("<message to='b@example.com'><body>hi</body></message>", Some(Framing::Rfc7395)).unwrap() {
+        Inbound::Element(el) => {
+            assert_eq!(el.ns, "");
+            let fixed = crate::relay::from_client(el).unwrap();
+            assert_eq!(fixed.ns, ns::CLIENT);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn bad_messages_get_stream_conditions_ws07() {
+    let f = Some(Framing::Rfc7395);
+    let cases: &[(&str, &str)] = &[
+        ("<message/><message/>", "not-well-formed"),
+        ("<message>", "not-well-formed"),
+        ("hello", "not-well-formed"),
+        ("<message><!-- c --></message>", "restricted-xml"),
+        ("<!DOCTYPE x [<!ENTITY a 'b'>]><message/>", "restricted-xml"),
+        ("<message>&foo;</message>", "restricted-xml"),
+        ("<?pi x?><message/>", "restricted-xml"),
+        ("<stream:stream xmlns:stream='http://etherx.jabber.org/streams'/>", "invalid-namespace"),
+    ];
+    for (t, want) in cases {
+        let got = condition(cls(t, f));
+        // The XML layer decides between not-well-formed and restricted-xml for some inputs;
+        // either is a stream error that ends the session.
+        assert!(
+            got == *want || (matches!(*want, "restricted-xml" | "not-well-formed") && matches!(got, "restricted-xml" | "not-well-formed")),
+            "{t}: got {got}, want {want}"
+        );
+    }
+}
+
+#[test]
+fn oversize_message_is_policy_violation_ws25() {
+    let big = format!("<message><body>{}</body></message>", "x".repeat(5000));
+    let r = cls(&big, Some(Framing::Rfc7395));
+    assert!(matches!(r, Err(Error::ClientXml(XmlError::TooLarge(_)))), "{r:?}");
+    assert_eq!(condition(r), "policy-violation");
+}
+
+#[test]
+fn our_open_is_what_strophe_and_gloox_expect_ws12() {
+    let r = Reply { from: "example.com".into(), id: "a'b<c".into(), lang: "en".into() };
+    let s = message::open(&r);
+    assert!(s.starts_with("<open "), "{s}");
+    let el = parse_document(s.as_bytes(), &Limits::default(), &[]).unwrap();
+    assert!(el.is("open", ns::FRAMING));
+    assert_eq!(el.attr("version"), Some("1.0"));
+    assert_eq!(el.attr("from"), Some("example.com"));
+    assert_eq!(el.attr("id"), Some("a'b<c"));
+    assert_eq!(el.attr_ns(ns::XML, "lang"), Some("en"));
+    assert!(s.contains(r#"xmlns="urn:ietf:params:xml:ns:xmpp-framing""#));
+    assert!(!s.starts_with("<?xml"));
+}
+
+#[test]
+fn legacy_open_declares_both_namespaces() {
+    let r = Reply { from: "example.com".into(), id: "x".into(), lang: "en".into() };
+    let s = message::legacy_open(&r);
+    assert!(s.starts_with("<stream:stream ") && s.ends_with('>') && !s.ends_with("/>"));
+    let el = parse_document(format!("{s}</stream:stream>").as_bytes(), &Limits::default(), &[]).unwrap();
+    assert!(el.is("stream", ns::STREAM));
+    assert_eq!(el.attr("id"), Some("x"));
+}
+
+#[test]
+fn close_is_byte_exact_ws27() {
+    assert_eq!(CLOSE, r#"<close xmlns="urn:ietf:params:xml:ns:xmpp-framing" />"#);
+    assert_eq!(message::close_for(Framing::Legacy), "</stream:stream>");
+}
+
+#[test]
+fn stream_errors_declare_stream_prefix_and_condition_ns_ws06_ws18() {
+    let s = message::stream_error("host-unknown");
+    let el = parse_document(s.as_bytes(), &Limits::default(), &[]).unwrap();
+    assert!(el.is("error", ns::STREAM));
+    assert!(el.child("host-unknown", ns::STREAMS_ERR).is_some());
+    assert!(s.contains(r#"<host-unknown xmlns="urn:ietf:params:xml:ns:xmpp-streams"/>"#), "{s}");
+    assert!(message::stream_error("<evil/>").contains("undefined-condition"));
+}
+
+#[test]
+fn every_ending_maps_through_error() {
+    // The conditions this transport relies on, all from Error::stream_condition.
+    assert_eq!(Error::HostUnknown.stream_condition(), Some("host-unknown"));
+    assert_eq!(Error::ClientGone.stream_condition(), Some("connection-timeout"));
+    assert_eq!(Error::Shutdown.stream_condition(), Some("system-shutdown"));
+    assert_eq!(Error::UpstreamLost("x".into()).stream_condition(), Some("remote-connection-failed"));
+    assert_eq!(Error::ClientTerminate.stream_condition(), None);
+    assert_eq!(Error::UpstreamClosed.stream_condition(), None);
+}
+
+fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+    }
+    h
+}
+
+#[test]
+fn handshake_requires_xmpp_ws01_ws02() {
+    let c = WsConfig::default();
+    assert!(check_handshake(&headers(&[("sec-websocket-protocol", "xmpp")]), &c).is_ok());
+    assert!(check_handshake(&headers(&[("sec-websocket-protocol", "chat, xmpp")]), &c).is_ok());
+    assert!(check_handshake(&headers(&[("sec-websocket-protocol", "chat"), ("sec-websocket-protocol", "xmpp")]), &c).is_ok());
+    for h in [headers(&[]), headers(&[("sec-websocket-protocol", "chat")]), headers(&[("sec-websocket-protocol", "xmpp2")])] {
+        assert_eq!(check_handshake(&h, &c).unwrap_err().0, StatusCode::BAD_REQUEST);
+    }
+}
+
+#[test]
+fn handshake_checks_origin() {
+    let c = WsConfig { allowed_origins: vec!["https://chat.example.com".into()], ..WsConfig::default() };
+    let ok = headers(&[("sec-websocket-protocol", "xmpp"), ("origin", "https://chat.example.com")]);
+    assert!(check_handshake(&ok, &c).is_ok());
+    for o in [Some("https://evil.example"), None] {
+        let mut h = headers(&[("sec-websocket-protocol", "xmpp")]);
+        if let Some(o) = o {
+            h.insert("origin", HeaderValue::from_static(o).clone());
+        }
+        assert_eq!(check_handshake(&h, &c).unwrap_err().0, StatusCode::FORBIDDEN);
+    }
+}
+
+#[test]
+fn tungstenite_errors_map_to_faults() {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
+    use tokio_tungstenite::tungstenite::Error as T;
+    let cases = [
+        (T::Utf8("bad".into()), ReadFault::Utf8),
+        (T::Capacity(CapacityError::MessageTooLong { size: 10, max_size: 5 }), ReadFault::TooBig),
+        (T::Protocol(ProtocolError::UnmaskedFrameFromClient), ReadFault::Protocol),
+        (T::Protocol(ProtocolError::ResetWithoutClosingHandshake), ReadFault::Lost),
+        (T::Io(std::io::Error::other("reset")), ReadFault::Lost),
+        (T::ConnectionClosed, ReadFault::Lost),
+    ];
+    for (e, want) in cases {
+        let msg = e.to_string();
+        assert_eq!(read_fault(&axum::Error::new(e)), want, "{msg}");
+    }
+}
