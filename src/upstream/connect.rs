@@ -77,6 +77,18 @@ impl std::fmt::Debug for Connection {
     }
 }
 
+impl std::fmt::Debug for UpstreamWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamWriter").field("secure", &self.secure).finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for UpstreamReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamReader").field("failed", &self.failed).finish_non_exhaustive()
+    }
+}
+
 /// Resolve `params.domain`, connect, negotiate TLS as configured, open the stream and read the
 /// first (post-TLS) features — all within `upstream.connect_timeout`.
 pub async fn connect(ctx: &super::Upstream, params: &OpenParams) -> Result<Connection, Error> {

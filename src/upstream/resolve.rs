@@ -329,7 +329,7 @@ mod tests {
 
     #[test]
     fn order_srv_weights_one_to_three_split_about_25_75() {
-        let mut first_light = 0;
+        let mut first_light: i32 = 0;
         for _ in 0..4000 {
             let recs = vec![(srv(1, 1, 1, "light"), ()), (srv(1, 3, 1, "heavy"), ())];
             if order_srv(recs, &mut random_below)[0].0.target == "light" {
@@ -338,7 +338,7 @@ mod tests {
         }
         // P(light first) = 1/4: expect 1000; ±150 is more than 5 standard deviations (27).
         let expected = 1000;
-        assert!((first_light as i32 - expected).abs() < 150, "light first {first_light} times");
+        assert!((first_light - expected).abs() < 150, "light first {first_light} times");
     }
 
     #[test]

@@ -100,7 +100,7 @@ impl Pki {
 
 // ---------------------------------------------------------------- the fake upstream
 
-/// Read until `needle` has been seen after `from` (bounded by [`STEP`]); returns all received.
+/// Append to `got` until `needle` appears in the newly read part (bounded by [`STEP`]).
 async fn read_until<S: AsyncRead + Unpin>(s: &mut S, got: &mut String, needle: &str) -> bool {
     let start = got.len();
     let deadline = Instant::now() + STEP;
