@@ -1,0 +1,261 @@
+//! The xmpp-cm binary under test (`CARGO_BIN_EXE_xmpp-cm`), started from a TOML config in its
+//! own temp dir, output to a log file, stopped by PID on drop. Tests reach it only through its
+//! ports, signals and log, like an operator would.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use figment::providers::{Format, Toml};
+use figment::Figment;
+use tempfile::TempDir;
+
+use super::process::{wait_ports, Owned, Spawn};
+use super::{free_port, tail, Upstream};
+
+/// Path of the binary cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_xmpp-cm");
+
+/// A running xmpp-cm.
+pub struct XmppCm {
+    proc: Owned,
+    dir: TempDir,
+    http_port: u16,
+    admin_port: Option<u16>,
+    bosh_path: String,
+    ws_path: String,
+    log: PathBuf,
+    config: PathBuf,
+}
+
+impl XmppCm {
+    /// A config in front of `up`: public and admin listeners on free loopback ports, `up`'s
+    /// domain allowed and routed statically to its c2s port, TLS required and verified with
+    /// `up`'s test CA, 5 s connect timeout, debug logs for xmpp-cm.
+    pub fn config_for(up: &impl Upstream) -> String {
+        Self::config_with(up, &[])
+    }
+
+    /// [`Self::config_for`] with keys replaced or added: `("bosh.max_wait", "5")`,
+    /// `("upstream.tls", "\"none\"")`, `("upstream.routes.\"other.test\"", "\"127.0.0.1:1\"")`.
+    /// Values are TOML literals (quote strings; see [`toml_str`]).
+    pub fn config_with(up: &impl Upstream, overrides: &[(&str, &str)]) -> String {
+        let mut t = TomlTables::default();
+        t.set("http", "listen", &format!("[{}]", toml_str(&format!("127.0.0.1:{}", free_port()))));
+        t.set("admin", "listen", &toml_str(&format!("127.0.0.1:{}", free_port())));
+        t.set("upstream", "domains", &format!("[{}]", toml_str(up.domain())));
+        t.set("upstream", "tls", "\"required\"");
+        t.set("upstream", "ca_file", &toml_str(up.ca_file().to_str().expect("UTF-8 temp path")));
+        t.set("upstream", "connect_timeout", "5");
+        t.set("upstream.routes", &toml_str(up.domain()), &toml_str(&format!("127.0.0.1:{}", up.c2s_port())));
+        t.set("log", "level", "\"xmpp_cm=debug,info\"");
+        for (k, v) in overrides {
+            let (table, key) = split_key(k);
+            t.set(table, key, v);
+        }
+        t.render()
+    }
+
+    /// Start with `toml`; wait (≤10 s) until its HTTP (and admin) port accepts.
+    /// Panics with its log if it exits or does not come up.
+    pub fn start(toml: &str) -> XmppCm {
+        Self::start_with_env(toml, &[])
+    }
+
+    /// [`Self::start`] with extra environment (e.g. `XMPP_CM_BOSH__MAX_WAIT`). Inherited
+    /// `XMPP_CM_*` variables are removed so the developer's shell cannot change a test.
+    pub fn start_with_env(toml: &str, env: &[(&str, &str)]) -> XmppCm {
+        Self::try_start(toml, env).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Self::start_with_env`], but `Err(reason + log)` instead of panicking.
+    pub fn try_start(toml: &str, env: &[(&str, &str)]) -> Result<XmppCm, String> {
+        let (dir, config, log, mut proc) = spawn(toml, env);
+        let listen = Listen::from_toml(toml);
+        let mut ports = vec![listen.http_port];
+        ports.extend(listen.admin_port);
+        if let Err(why) = wait_ports(&mut proc, &ports, Duration::from_secs(10)) {
+            return Err(format!("xmpp-cm did not come up ({why}).\n--- config ---\n{toml}\n--- log ---\n{}", tail(&log, 80)));
+        }
+        Ok(XmppCm {
+            proc,
+            dir,
+            http_port: listen.http_port,
+            admin_port: listen.admin_port,
+            bosh_path: listen.bosh_path,
+            ws_path: listen.ws_path,
+            log,
+            config,
+        })
+    }
+
+    /// Run the binary with `toml` and `args` (e.g. `["--check-config"]`) until it exits (or
+    /// `timeout`, then it is killed): (exit status, combined output). For bad-config tests.
+    pub fn run_to_exit(toml: &str, args: &[&str], env: &[(&str, &str)], timeout: Duration) -> (Option<ExitStatus>, String) {
+        let tmp = tempfile::Builder::new().prefix("xmpp-cm-run-").tempdir().expect("temp dir");
+        let config = tmp.path().join("xmpp-cm.toml");
+        std::fs::write(&config, toml).expect("write config");
+        let log = tmp.path().join("xmpp-cm.log");
+        let mut spec = base_spawn(&config, &log, env);
+        spec.args.extend(args.iter().map(Into::into));
+        let mut proc = Owned::spawn("xmpp-cm", spec).unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+        let status = proc.wait_timeout(timeout);
+        drop(proc);
+        (status, std::fs::read_to_string(&log).unwrap_or_default())
+    }
+
+    /// BOSH endpoint, e.g. `http://127.0.0.1:P/http-bind`.
+    pub fn bosh_url(&self) -> String {
+        format!("http://127.0.0.1:{}{}", self.http_port, self.bosh_path)
+    }
+    /// WebSocket endpoint, e.g. `ws://127.0.0.1:P/xmpp-websocket`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}{}", self.http_port, self.ws_path)
+    }
+    /// `http://127.0.0.1:P` of the public listener (for host-meta, CORS, raw requests).
+    pub fn http_base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+    /// "127.0.0.1:P" of the public listener (for raw TCP tests).
+    pub fn http_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.http_port)
+    }
+    /// `http://127.0.0.1:Q` of the admin listener (/metrics, /healthz, /readyz).
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port.expect("admin listener disabled in this config"))
+    }
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+    /// Send a signal by name ("TERM", "INT", …) to its PID.
+    pub fn signal(&self, sig: &str) {
+        self.proc.signal(sig)
+    }
+    /// Wait up to `timeout` for it to exit by itself (after [`Self::signal`]).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.proc.wait_timeout(timeout)
+    }
+    /// SIGTERM, SIGKILL after 3 s.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        self.proc.stop(Duration::from_secs(3))
+    }
+}
+
+fn base_spawn(config: &Path, log: &Path, env: &[(&str, &str)]) -> Spawn {
+    let mut spec = Spawn::new(BIN, log).arg("--config").arg(config).env("RUST_BACKTRACE", "1");
+    spec.env_remove = std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| k.to_string_lossy().starts_with("XMPP_CM_"))
+        .collect();
+    for (k, v) in env {
+        spec = spec.env(*k, *v);
+    }
+    spec
+}
+
+fn spawn(toml: &str, env: &[(&str, &str)]) -> (TempDir, PathBuf, PathBuf, Owned) {
+    let dir = tempfile::Builder::new().prefix("xmpp-cm-").tempdir().expect("temp dir");
+    let config = dir.path().join("xmpp-cm.toml");
+    std::fs::write(&config, toml).expect("write config");
+    let log = dir.path().join("xmpp-cm.log");
+    let proc = Owned::spawn("xmpp-cm", base_spawn(&config, &log, env)).unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+    (dir, config, log, proc)
+}
+
+/// Where the config says it listens (defaults as in src/config.rs when a key is absent).
+struct Listen {
+    http_port: u16,
+    admin_port: Option<u16>,
+    bosh_path: String,
+    ws_path: String,
+}
+
+impl Listen {
+    fn from_toml(toml: &str) -> Listen {
+        let f = Figment::from(Toml::string(toml));
+        let listen: Vec<String> = f.extract_inner("http.listen").unwrap_or_else(|_| vec!["0.0.0.0:5280".into()]);
+        let first = listen.first().expect("http.listen is empty");
+        let port = |a: &str| -> u16 {
+            a.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or_else(|| panic!("cannot read a port in {a:?}"))
+        };
+        let admin: String = f.extract_inner("admin.listen").unwrap_or_else(|_| "127.0.0.1:9280".into());
+        Listen {
+            http_port: port(first),
+            admin_port: (!admin.is_empty()).then(|| port(&admin)),
+            bosh_path: f.extract_inner("http.bosh_path").unwrap_or_else(|_| "/http-bind".into()),
+            ws_path: f.extract_inner("http.websocket_path").unwrap_or_else(|_| "/xmpp-websocket".into()),
+        }
+    }
+}
+
+/// A TOML basic string literal for `s`.
+pub fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// "a.b.key" → ("a.b", "key"); a quoted last segment may contain dots: `t."x.y"`.
+fn split_key(k: &str) -> (&str, &str) {
+    if k.ends_with('"') {
+        if let Some(open) = k[..k.len() - 1].rfind('"') {
+            let table = k[..open].trim_end_matches('.');
+            return (table, &k[open..]);
+        }
+    }
+    k.rsplit_once('.').unwrap_or_else(|| panic!("config override {k:?} needs a table: section.key"))
+}
+
+/// Ordered TOML tables of `key = literal` lines.
+#[derive(Default)]
+struct TomlTables(Vec<(String, Vec<(String, String)>)>);
+
+impl TomlTables {
+    fn set(&mut self, table: &str, key: &str, value: &str) {
+        let idx = match self.0.iter().position(|(t, _)| t == table) {
+            Some(i) => i,
+            None => {
+                self.0.push((table.to_string(), Vec::new()));
+                self.0.len() - 1
+            }
+        };
+        let keys = &mut self.0[idx].1;
+        match keys.iter_mut().find(|(k, _)| k == key) {
+            Some(kv) => kv.1 = value.to_string(),
+            None => keys.push((key.to_string(), value.to_string())),
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::from("# written by tests/support/xmpp_cm.rs\n");
+        for (table, keys) in &self.0 {
+            out.push_str(&format!("\n[{table}]\n"));
+            for (k, v) in keys {
+                out.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+        out
+    }
+}
