@@ -284,6 +284,12 @@ impl Framer {
                         if self.pos - self.tag_start > self.limits.max_stanza_bytes {
                             return Err(XmlError::TooLarge(self.limits.max_stanza_bytes));
                         }
+                        // Let the document parser judge the declaration (version, encoding).
+                        let mut doc = self.buf[self.tag_start..self.pos].to_vec();
+                        doc.extend_from_slice(b"<x/>");
+                        let mut limits = self.limits;
+                        limits.max_stanza_bytes = limits.max_stanza_bytes.saturating_add(4);
+                        parse_document(&doc, &limits, &[])?;
                         self.consumed = self.pos;
                         self.decl_pending = true;
                     }
