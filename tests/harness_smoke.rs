@@ -156,3 +156,42 @@ fn clients_chat_through_xmpp_cm() {
     check("strophe WS via xmpp-cm", node("strophe-chat.mjs", &["--url", &cm.ws_url(), "--messages", "3"], t));
     check("xmpp.js WS via xmpp-cm", node("xmppjs-chat.mjs", &["--url", &cm.ws_url()], t));
 }
+
+/// config/example.toml documents every key of src/config.rs with its default value, so the
+/// annotated sample cannot drift from the code.
+#[test]
+fn example_config_lists_every_key_with_its_default() {
+    use figment::providers::{Format, Serialized, Toml};
+    use figment::value::{Dict, Value};
+    use figment::{Figment, Provider};
+    use xmpp_cm::Config;
+
+    let path = support::repo_root().join("config/example.toml");
+    let example = Figment::from(Toml::file_exact(&path));
+    let parsed: Config = example.extract().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(parsed, Config::default(), "config/example.toml values differ from the defaults in src/config.rs");
+
+    fn keys(prefix: &str, d: &Dict, out: &mut Vec<String>) {
+        for (k, v) in d {
+            let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            match v {
+                Value::Dict(_, inner) if !inner.is_empty() => keys(&name, inner, out),
+                _ => out.push(name),
+            }
+        }
+    }
+    let dict = |f: Figment| -> Dict {
+        f.data().expect("figment data").into_values().next().unwrap_or_default()
+    };
+    let (mut want, mut have) = (Vec::new(), Vec::new());
+    keys("", &dict(Figment::from(Serialized::defaults(Config::default()))), &mut want);
+    keys("", &dict(example), &mut have);
+    let missing: Vec<&String> = want.iter().filter(|k| !have.contains(k)).collect();
+    assert!(missing.is_empty(), "config/example.toml lacks keys: {missing:?}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    for k in &want {
+        let (section, key) = k.split_once('.').unwrap();
+        let env = format!("XMPP_CM_{}__{}", section.to_uppercase(), key.to_uppercase());
+        assert!(text.contains(&env), "config/example.toml does not name the environment variable {env}");
+    }
+}
