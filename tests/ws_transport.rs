@@ -582,3 +582,121 @@ async fn ws22_ping_timeout_frees_upstream() {
     assert!(!conn.seen().contains("</stream:stream>"), "{}", conn.seen());
     drop(ws);
 }
+
+// ---------------------------------------------------------------- more against real servers
+
+/// WS-03: a stanza split over three frames (text + 2 continuations, a ping between) is
+/// reassembled and relayed; WS-04: invalid UTF-8 → close 1007.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws03_fragments_reassembled_ws04_invalid_utf8_is_1007() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    let p = prosody();
+    let cm = XmppCm::start(&XmppCm::config_for(&p));
+    let d = p.domain().to_string();
+    let mut ws = connect(&cm.ws_url()).await;
+    login(&mut ws, &d, "alice", "alicepass", "frag").await;
+    let iq = format!("<iq type='get' to='{d}' id='frag1'><ping xmlns='urn:xmpp:ping'/></iq>");
+    let (a, rest) = iq.split_at(10);
+    let (b, c) = rest.split_at(15);
+    ws.send(Message::Frame(Frame::message(a.as_bytes().to_vec(), OpCode::Data(Data::Text), false))).await.expect("send");
+    ws.send(Message::Ping(b"between".to_vec().into())).await.expect("ping");
+    ws.send(Message::Frame(Frame::message(b.as_bytes().to_vec(), OpCode::Data(Data::Continue), false))).await.expect("send");
+    ws.send(Message::Frame(Frame::message(c.as_bytes().to_vec(), OpCode::Data(Data::Continue), true))).await.expect("send");
+    let r = recv_matching(&mut ws, |e| e.attr("id") == Some("frag1")).await;
+    assert_eq!(r.attr("type"), Some("result"));
+
+    ws.send(Message::Frame(Frame::message(b"<presence>\xff\xfe</presence>".to_vec(), OpCode::Data(Data::Text), true)))
+        .await
+        .expect("send");
+    let (_texts, code) = recv_to_close(&mut ws).await;
+    assert_eq!(code, Some(1007));
+}
+
+/// WS-18 with a real server: a second login with the same resource; the older session gets
+/// `<stream:error><conflict/>` with the streams namespace, then `<close/>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws18_resource_conflict_is_relayed_prosody() {
+    let p = prosody();
+    let cm = XmppCm::start(&XmppCm::config_for(&p));
+    let d = p.domain().to_string();
+    let mut first = connect(&cm.ws_url()).await;
+    login(&mut first, &d, "alice", "alicepass", "dup").await;
+    let mut second = connect(&cm.ws_url()).await;
+    login(&mut second, &d, "alice", "alicepass", "dup").await;
+    let (texts, code) = recv_to_close(&mut first).await;
+    let err = texts.iter().find_map(|t| stream_error_condition(t));
+    assert_eq!(err.as_deref(), Some("conflict"), "{texts:?}");
+    assert_eq!(texts.last().map(String::as_str), Some(CLOSE), "{texts:?}");
+    assert_eq!(code, Some(1000));
+    ping_server(&mut second, &d, "p2").await;
+}
+
+/// WS-24 + XEP-0198 end to end: SM enabled (`location` never reaches the client), the socket
+/// is cut, bob sends a message meanwhile, a new WebSocket resumes and gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws24_stream_management_resume_after_cut_prosody() {
+    let p = prosody();
+    let cm = XmppCm::start(&XmppCm::config_for(&p));
+    let d = p.domain().to_string();
+    let mut alice = connect(&cm.ws_url()).await;
+    let alice_jid = login(&mut alice, &d, "alice", "alicepass", "sm").await;
+    send(&mut alice, "<enable xmlns='urn:xmpp:sm:3' resume='true'/>").await;
+    let enabled = recv_matching(&mut alice, |e| e.name == "enabled").await;
+    assert!(enabled.attr("location").is_none(), "{enabled:?}");
+    let previd = enabled.attr("id").expect("resumption id").to_string();
+    send(&mut alice, "<presence/>").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(alice); // TCP gone, no close frame, no <close/>
+
+    let mut bob = connect(&cm.ws_url()).await;
+    login(&mut bob, &d, "bob", "bobpass", "sm").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    send(&mut bob, &format!("<message to='{alice_jid}' type='chat'><body>while you were away</body></message>")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut again = connect(&cm.ws_url()).await;
+    open_stream(&mut again, &d).await;
+    let creds = base64::engine::general_purpose::STANDARD.encode("\0alice\0alicepass");
+    send(&mut again, &format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>")).await;
+    assert!(recv(&mut again).await.contains("<success"));
+    let f = open_stream(&mut again, &d).await;
+    assert!(f.contains("urn:xmpp:sm:3"), "{f}");
+    send(&mut again, &format!("<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='0'/>")).await;
+    let resumed = recv_matching(&mut again, |e| e.name == "resumed" || e.name == "failed").await;
+    assert_eq!(resumed.name, "resumed", "{resumed:?}");
+    let m = recv_matching(&mut again, |e| e.name == "message").await;
+    assert_eq!(m.child("body", ns::CLIENT).map(|b| b.text()).as_deref(), Some("while you were away"));
+}
+
+/// WS-19 / drain: SIGTERM → `system-shutdown` stream error, `<close/>`, close 1001.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws19_shutdown_sends_system_shutdown() {
+    let p = prosody();
+    let mut cm = XmppCm::start(&XmppCm::config_for(&p));
+    let d = p.domain().to_string();
+    let mut ws = connect(&cm.ws_url()).await;
+    login(&mut ws, &d, "alice", "alicepass", "bye").await;
+    cm.signal("TERM");
+    let (texts, code) = recv_to_close(&mut ws).await;
+    let err = texts.iter().find_map(|t| stream_error_condition(t));
+    assert_eq!(err.as_deref(), Some("system-shutdown"), "{texts:?}");
+    assert_eq!(texts.last().map(String::as_str), Some(CLOSE), "{texts:?}");
+    assert_eq!(code, Some(1001));
+    assert!(cm.wait_exit(Duration::from_secs(10)).is_some(), "xmpp-cm did not exit");
+}
+
+/// The raw login, restart, bind and close against ejabberd (a second, different server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_login_restart_bind_close_ejabberd() {
+    let e = support::Ejabberd::start(support::EjabberdOpts::default());
+    let cm = XmppCm::start(&XmppCm::config_for(&e));
+    let d = e.domain().to_string();
+    let mut ws = connect(&cm.ws_url()).await;
+    login(&mut ws, &d, "alice", "alicepass", "ws").await;
+    ping_server(&mut ws, &d, "ej1").await;
+    send(&mut ws, CLOSE).await;
+    let (texts, code) = recv_to_close(&mut ws).await;
+    assert_eq!(texts.last().map(String::as_str), Some(CLOSE), "{texts:?}");
+    assert_eq!(code, Some(1000));
+}
