@@ -195,3 +195,26 @@ fn example_config_lists_every_key_with_its_default() {
         assert!(text.contains(&env), "config/example.toml does not name the environment variable {env}");
     }
 }
+
+/// strophe-sm.mjs (XEP-0198 resumption after a dropped WebSocket) works against Prosody's own
+/// WebSocket, so the same script through xmpp-cm tests the proxy, not the script.
+#[test]
+fn strophe_sm_script_resumes_on_prosodys_own_websocket() {
+    let p = Prosody::start(ProsodyOpts { http: true, ..Default::default() });
+    let out = node("strophe-sm.mjs", &["--url", &p.ws_url(), "--messages", "3", "--settle", "500"], Duration::from_secs(90));
+    eprintln!("strophe-sm on Prosody: {}", out.assert_ok("strophe-sm over Prosody's own WebSocket"));
+    assert!(out.result_line().contains("\"resumed\":true"), "{}", out.result_line());
+}
+
+/// XEP-0198 resumption through xmpp-cm: the proxy must drop the upstream stream without
+/// </stream:stream> when the client vanishes, and strip `location` from <enabled/>.
+#[test]
+fn strophe_resumes_a_dropped_websocket_session_through_xmpp_cm() {
+    let p = Prosody::start(ProsodyOpts { tls_required: true, ..Default::default() });
+    let cm = XmppCm::start(&XmppCm::config_for(&p));
+    let out = node("strophe-sm.mjs", &["--url", &cm.ws_url(), "--messages", "3"], Duration::from_secs(90));
+    if !out.success() {
+        eprintln!("--- xmpp-cm log ---\n{}\n--- prosody log ---\n{}", support::tail(cm.log_path(), 80), support::tail(p.log_path(), 40));
+    }
+    eprintln!("strophe-sm via xmpp-cm: {}", out.assert_ok("strophe-sm through xmpp-cm"));
+}

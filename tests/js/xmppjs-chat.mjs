@@ -124,9 +124,9 @@ run(async () => {
   await Promise.all([A.presence(), B.presence()]);
   t.presence_ms = since(t1);
 
-  const run = tag();
-  const ab = Array.from({ length: messages }, (_, i) => `a2b-${run}-${i}`);
-  const ba = Array.from({ length: messages }, (_, i) => `b2a-${run}-${i}`);
+  const runId = tag();
+  const ab = Array.from({ length: messages }, (_, i) => `a2b-${runId}-${i}`);
+  const ba = Array.from({ length: messages }, (_, i) => `b2a-${runId}-${i}`);
 
   t1 = performance.now();
   for (const body of ab) await A.send(state.jid_b, body);
