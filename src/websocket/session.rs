@@ -181,7 +181,7 @@ where
             crate::Side::Client => tracing::debug!(kind, error = %ending.error, "websocket session ended"),
             _ => tracing::info!(kind, error = %ending.error, "websocket session ended"),
         }
-        self.finish(ending).await;
+        Box::pin(self.finish(ending)).await;
     }
 
     async fn drive(&mut self) -> Ending {
@@ -266,8 +266,9 @@ where
         };
         match inbound {
             Inbound::Nothing => Flow::Continue,
-            Inbound::Open(req, framing) => self.on_open(req, framing).await,
-            Inbound::Close => Flow::End(self.client_close().await),
+            // Rare states are boxed so that their futures do not size every idle session.
+            Inbound::Open(req, framing) => Box::pin(self.on_open(req, framing)).await,
+            Inbound::Close => Flow::End(Box::pin(self.client_close()).await),
             Inbound::Element(el) => self.on_element(el).await,
         }
     }

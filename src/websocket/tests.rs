@@ -243,3 +243,40 @@ fn tungstenite_errors_map_to_faults() {
         assert_eq!(read_fault(&axum::Error::new(e)), want, "{msg}");
     }
 }
+
+/// A socket that never yields and accepts everything: enough to size the session future.
+struct NullSocket;
+
+impl futures_util::Stream for NullSocket {
+    type Item = Result<axum::extract::ws::Message, axum::Error>;
+    fn poll_next(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        std::task::Poll::Pending
+    }
+}
+
+impl futures_util::Sink<axum::extract::ws::Message> for NullSocket {
+    type Error = axum::Error;
+    fn poll_ready(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), axum::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn start_send(self: std::pin::Pin<&mut Self>, _: axum::extract::ws::Message) -> Result<(), axum::Error> {
+        Ok(())
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), axum::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_close(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), axum::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Idle sessions stay small: the session task's future (allocated once per connection, for
+/// its whole life) must not be sized by rare states such as connecting.
+#[test]
+fn session_future_is_small() {
+    let state = crate::server::AppState::new(std::sync::Arc::new(crate::Config::default())).unwrap();
+    let fut = super::session::Session::new(NullSocket, state).run();
+    let size = std::mem::size_of_val(&fut);
+    eprintln!("session future: {size} bytes");
+    assert!(size <= 2048, "session future is {size} bytes");
+}
