@@ -700,3 +700,34 @@ async fn ws_login_restart_bind_close_ejabberd() {
     assert_eq!(texts.last().map(String::as_str), Some(CLOSE), "{texts:?}");
     assert_eq!(code, Some(1000));
 }
+
+/// WS-03: an unmasked client frame fails the connection with close code 1002 (both servers
+/// observed in CHECKLIST §14 accept it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws03_unmasked_client_frame_is_1002() {
+    let fake = FakeUpstream::dead();
+    let cm = XmppCm::start(&fake.config(&[]));
+    let mut s = tokio::net::TcpStream::connect(cm.http_addr()).await.expect("connect");
+    let req = format!(
+        "GET /xmpp-websocket HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: xmpp\r\n\r\n",
+        cm.http_addr()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, s.read(&mut b)).await.expect("timeout").expect("read");
+        assert!(n == 1, "EOF in handshake: {}", String::from_utf8_lossy(&head));
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let payload = b"<presence/>";
+    let mut frame = vec![0x81, payload.len() as u8];
+    frame.extend_from_slice(payload);
+    s.write_all(&frame).await.expect("write frame");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+    // Server frames are unmasked: 0x88, length, then the 2-byte code.
+    assert!(out.len() >= 4 && out[0] == 0x88, "{out:?}");
+    assert_eq!(u16::from_be_bytes([out[2], out[3]]), 1002, "{out:?}");
+}
