@@ -596,6 +596,11 @@ impl Session {
             crate::Side::Client => debug!(sid = %sid, kind = err.kind(), error = %err, "session ends"),
             _ => info!(sid = %sid, kind = err.kind(), error = %err, "session ends"),
         }
+        if matches!(err, Error::ClientGone) && self.held.is_empty() && self.parked.is_empty() {
+            // Nobody is listening: what the client never received is bounced upstream.
+            self.done = true;
+            return self.close_upstream(err).await;
+        }
         let body = self.terminal_body(Some(&err));
         let status = if self.p.legacy { err.legacy_http_status().unwrap_or(200) } else { 200 };
         let others = ResponseBody::terminate(Some("other-request")).to_xml();

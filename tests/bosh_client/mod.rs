@@ -62,8 +62,9 @@ impl Bosh {
     /// Create a session; `extra` are additional attributes for the creation body.
     pub async fn create(url: &str, domain: &str, wait: u64, extra: &str) -> Bosh {
         let rid = 1_000_000 + u64::from(rand_u16()) * 1000;
+        let lang = if extra.contains("xml:lang") { "" } else { "xml:lang='en'" };
         let body = format!(
-            "<body {NS} {XBOSH} rid='{rid}' to='{domain}' xml:lang='en' wait='{wait}' hold='1' ver='1.6' xmpp:version='1.0' {extra}/>"
+            "<body {NS} {XBOSH} rid='{rid}' to='{domain}' {lang} wait='{wait}' hold='1' ver='1.6' xmpp:version='1.0' {extra}/>"
         );
         let a = post(url, &body, Duration::from_secs(wait + 10)).await;
         assert_eq!(a.status, 200, "{}", a.raw);
