@@ -218,3 +218,19 @@ fn strophe_resumes_a_dropped_websocket_session_through_xmpp_cm() {
     }
     eprintln!("strophe-sm via xmpp-cm: {}", out.assert_ok("strophe-sm through xmpp-cm"));
 }
+
+/// `config_for` works with the second upstream too: strophe over BOSH and WebSocket through
+/// xmpp-cm to ejabberd (STARTTLS required, verified with its test CA).
+#[test]
+fn clients_chat_through_xmpp_cm_to_ejabberd() {
+    let e = Ejabberd::start(EjabberdOpts { tls_required: true, ..Default::default() });
+    let cm = XmppCm::start(&XmppCm::config_for(&e));
+    let t = Duration::from_secs(60);
+    for url in [cm.bosh_url(), cm.ws_url()] {
+        let out = node("strophe-chat.mjs", &["--url", &url, "--messages", "2"], t);
+        if !out.success() {
+            eprintln!("--- xmpp-cm log ---\n{}\n--- ejabberd log ---\n{}", support::tail(cm.log_path(), 80), support::tail(e.log_path(), 40));
+        }
+        eprintln!("strophe via xmpp-cm to ejabberd: {}", out.assert_ok(&format!("strophe-chat {url} → ejabberd")));
+    }
+}

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::process::{signal_pid, which};
+use super::process::{have_setpriv, signal_pid, which};
 use super::repo_root;
 
 /// What a script run produced.
@@ -64,7 +64,15 @@ pub fn node(script: &str, args: &[&str], timeout: Duration) -> NodeOutput {
         panic!("tests/js/node_modules is missing: run scripts/test.sh (it runs `npm ci` in tests/js)");
     }
     let t0 = Instant::now();
-    let mut child = Command::new("node")
+    // Tied to this (waiting) thread: if the test process dies, the client dies with it.
+    let mut cmd = if have_setpriv() {
+        let mut c = Command::new("setpriv");
+        c.args(["--pdeathsig", "KILL", "--", "node"]);
+        c
+    } else {
+        Command::new("node")
+    };
+    let mut child = cmd
         .arg(js.join(script))
         .args(args)
         .current_dir(&js)

@@ -48,7 +48,7 @@ pub struct Owned {
 type Request = (Spawn, mpsc::Sender<std::io::Result<Child>>);
 
 /// Is `setpriv --pdeathsig` usable here (util-linux; present on Debian/Ubuntu)?
-fn have_setpriv() -> bool {
+pub fn have_setpriv() -> bool {
     static HAVE: OnceLock<bool> = OnceLock::new();
     *HAVE.get_or_init(|| {
         Command::new("setpriv")
