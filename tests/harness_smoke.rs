@@ -234,3 +234,45 @@ fn clients_chat_through_xmpp_cm_to_ejabberd() {
         eprintln!("strophe via xmpp-cm to ejabberd: {}", out.assert_ok(&format!("strophe-chat {url} → ejabberd")));
     }
 }
+
+/// `config_with` replaces and adds keys, including quoted keys with dots, and the result parses
+/// as xmpp-cm's config.
+#[test]
+fn config_with_overrides_keys() {
+    struct Fake(std::path::PathBuf);
+    impl support::Upstream for Fake {
+        fn domain(&self) -> &str {
+            "localhost"
+        }
+        fn c2s_port(&self) -> u16 {
+            5999
+        }
+        fn ca_file(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, "").unwrap();
+    let toml = XmppCm::config_with(
+        &Fake(ca.clone()),
+        &[
+            ("bosh.max_wait", "5"),
+            ("upstream.tls", "\"none\""),
+            ("upstream.routes.\"other.test\"", "\"127.0.0.1:1\""),
+            ("log.level", "\"info\""),
+        ],
+    );
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let c: xmpp_cm::Config = figment::Figment::from(<figment::providers::Toml as figment::providers::Format>::file_exact(&path))
+        .extract()
+        .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    assert_eq!(c.bosh.max_wait, 5, "{toml}");
+    assert_eq!(c.upstream.tls, xmpp_cm::config::TlsMode::None);
+    assert_eq!(c.upstream.routes.get("localhost").map(String::as_str), Some("127.0.0.1:5999"));
+    assert_eq!(c.upstream.routes.get("other.test").map(String::as_str), Some("127.0.0.1:1"));
+    assert_eq!(c.upstream.ca_file, ca.to_str().unwrap());
+    assert_eq!(c.log.level, "info");
+    assert!(c.http.listen[0].starts_with("127.0.0.1:") && c.admin.listen.starts_with("127.0.0.1:"));
+}
