@@ -458,3 +458,29 @@ fn strophe_js_chat_over_bosh() {
     );
     out.assert_ok("strophe.js BOSH chat");
 }
+
+/// BOSH-S-14, SEC-03: `route` is honoured only when allow-listed; anything else is ignored (the
+/// configured route is used).
+#[tokio::test]
+async fn route_attribute_only_when_allow_listed() {
+    let p = prosody();
+    let dead = support::free_port();
+    let good = format!("xmpp:127.0.0.1:{}", p.c2s_port());
+    let cfg = XmppCm::config_with(
+        &p,
+        &[
+            ("upstream.routes.\"localhost\"", &format!("\"127.0.0.1:{dead}\"")),
+            ("upstream.allow_route", &format!("[\"{good}\"]")),
+            ("upstream.connect_timeout", "2"),
+        ],
+    );
+    let cm = XmppCm::start(&cfg);
+    let url = cm.bosh_url();
+    let create = |route: &str| format!("<body {NS} rid='900' to='localhost' ver='1.6' wait='10' hold='1' route='{route}'/>");
+    let a = post(&url, &create(&good), Duration::from_secs(10)).await;
+    assert!(a.raw.contains("mechanisms"), "allow-listed route must be used: {}", a.raw);
+    for r in ["xmpp:127.0.0.1:22", "xmpp:169.254.169.254:5222"] {
+        let a = post(&url, &create(r), Duration::from_secs(10)).await;
+        assert_eq!(a.condition().as_deref(), Some("remote-connection-failed"), "{r} must be ignored: {}", a.raw);
+    }
+}

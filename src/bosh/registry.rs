@@ -65,11 +65,23 @@ impl Registry {
                 break sid;
             }
         };
-        let params = Params::negotiate(sid, &inc.req, &cfg.bosh, domain);
+        let mut params = Params::negotiate(sid, &inc.req, &cfg.bosh, domain);
+        // `route` is honoured only when allow-listed verbatim; otherwise ignored (BOSH-S-14).
+        params.route = inc.req.route.as_deref().and_then(|r| allowed_route(&cfg.upstream.allow_route, r));
         let st = state.clone();
         state.tracker.spawn(Session::run(st, params, inc, rx));
         Ok(())
     }
+}
+
+/// `xmpp:host:port` when it is on the allow-list, as a STARTTLS target. Never parsed as a URI.
+pub fn allowed_route(allow: &[String], route: &str) -> Option<crate::upstream::Target> {
+    if !allow.iter().any(|a| a == route) {
+        return None;
+    }
+    let rest = route.strip_prefix("xmpp:")?;
+    let (host, port) = crate::config::split_host_port(rest)?;
+    Some(crate::upstream::Target { host, port, direct_tls: false })
 }
 
 /// 128 bits from the OS CSPRNG, URL-safe base64 (22 characters). SEC-01.
@@ -82,6 +94,17 @@ pub fn new_sid() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_only_when_allow_listed() {
+        let allow = vec!["xmpp:127.0.0.1:5222".to_string()];
+        let t = allowed_route(&allow, "xmpp:127.0.0.1:5222").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 5222));
+        for r in ["xmpp:127.0.0.1:22", "xmpp:169.254.169.254:80", "http://127.0.0.1:5222", "127.0.0.1:5222"] {
+            assert!(allowed_route(&allow, r).is_none(), "{r}");
+        }
+        assert!(allowed_route(&["bogus".into()], "bogus").is_none());
+    }
 
     #[test]
     fn sids_are_unique_and_128_bits() {

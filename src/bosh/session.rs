@@ -71,6 +71,8 @@ pub struct Params {
     pub ack_mode: bool,
     pub ver: (u32, u32),
     pub open: OpenParams,
+    /// An allow-listed BOSH `route` to connect to instead of resolving the domain.
+    pub route: Option<upstream::Target>,
 }
 
 impl Params {
@@ -105,6 +107,7 @@ impl Params {
                 version: req.xmpp_version.clone().unwrap_or_else(|| "1.0".into()),
                 from: req.from.clone(),
             },
+            route: None,
         }
     }
 
@@ -185,7 +188,8 @@ impl Session {
         }
         let up_ctx = state.upstream.clone();
         let open = p.open.clone();
-        let connecting: ConnectFuture = Box::pin(async move { upstream::connect(&up_ctx, &open).await });
+        let route = p.route.clone();
+        let connecting: ConnectFuture = Box::pin(async move { upstream::connect_via(&up_ctx, &open, route).await });
         let cache_cap = if p.ack_mode { 16 } else { p.requests as usize };
         let mut s = Session {
             window: Window::new(creation.req.rid, p.requests, cache_cap),

@@ -92,10 +92,19 @@ impl std::fmt::Debug for UpstreamReader {
 /// Resolve `params.domain`, connect, negotiate TLS as configured, open the stream and read the
 /// first (post-TLS) features — all within `upstream.connect_timeout`.
 pub async fn connect(ctx: &super::Upstream, params: &OpenParams) -> Result<Connection, Error> {
+    connect_via(ctx, params, None).await
+}
+
+/// [`connect`], but to `route` (an allow-listed BOSH `route`, STARTTLS target) instead of
+/// resolving the domain. The certificate is still checked against the domain.
+pub async fn connect_via(ctx: &super::Upstream, params: &OpenParams, route: Option<Target>) -> Result<Connection, Error> {
     let secs = ctx.config.upstream.connect_timeout.max(1);
     let overall = Duration::from_secs(secs);
     let attempt = async {
-        let targets = resolve::resolve(ctx, &params.domain).await?;
+        let targets = match route {
+            Some(t) => vec![t],
+            None => resolve::resolve(ctx, &params.domain).await?,
+        };
         connect_targets(ctx, params, &targets, overall).await
     };
     match tokio::time::timeout(overall, attempt).await {

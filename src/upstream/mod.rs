@@ -13,7 +13,8 @@ pub mod tls;
 #[cfg(test)]
 mod tests;
 
-pub use connect::{connect, Connection, UpstreamReader, UpstreamWriter};
+pub use connect::{connect, connect_via, Connection, UpstreamReader, UpstreamWriter};
+pub use resolve::Target;
 
 /// What the client asked for when opening (or restarting) the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
