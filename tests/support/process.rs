@@ -148,7 +148,7 @@ impl Owned {
 
     /// SIGTERM, wait up to `grace`, then SIGKILL; reaps the child.
     pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
-        let Some(mut child) = self.child.take() else { return None };
+        let mut child = self.child.take()?;
         if let Ok(Some(s)) = child.try_wait() {
             return Some(s);
         }

@@ -219,8 +219,8 @@ pub fn toml_str(s: &str) -> String {
 
 /// "a.b.key" → ("a.b", "key"); a quoted last segment may contain dots: `t."x.y"`.
 fn split_key(k: &str) -> (&str, &str) {
-    if k.ends_with('"') {
-        if let Some(open) = k[..k.len() - 1].rfind('"') {
+    if let Some(inner) = k.strip_suffix('"') {
+        if let Some(open) = inner.rfind('"') {
             let table = k[..open].trim_end_matches('.');
             return (table, &k[open..]);
         }
