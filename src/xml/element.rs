@@ -10,8 +10,11 @@ use super::ns;
 /// One attribute. `ns` is `None` for unprefixed attributes (which have no namespace).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attr {
+    /// Prefix as written (`xml` in `xml:lang`); kept so re-serialization looks like the input.
     pub prefix: Option<String>,
+    /// Local name.
     pub name: String,
+    /// Resolved namespace of a prefixed attribute; `None` for unprefixed ones.
     pub ns: Option<String>,
     /// Unescaped value.
     pub value: String,
@@ -26,6 +29,7 @@ impl Attr {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
+    /// A child element.
     Element(Element),
     /// Unescaped character data.
     Text(String),
@@ -39,7 +43,10 @@ pub struct Element {
     pub name: String,
     /// Resolved namespace URI ("" when none).
     pub ns: String,
+    /// Attributes in document order, namespace declarations excluded.
     pub attrs: Vec<Attr>,
+    /// Child elements and character data in document order; adjacent text is merged by the
+    /// parser.
     pub children: Vec<Node>,
 }
 
