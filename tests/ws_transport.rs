@@ -686,6 +686,25 @@ async fn ws19_shutdown_sends_system_shutdown() {
     assert!(cm.wait_exit(Duration::from_secs(10)).is_some(), "xmpp-cm did not exit");
 }
 
+/// WS-20 / drain with a peer configured: SIGTERM → `<close see-other-uri='ws://peer…'/>`,
+/// no stream error, close 1001.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws20_drain_redirects_with_see_other_uri() {
+    let p = prosody();
+    let mut cm = XmppCm::start(&XmppCm::config_with(&p, &[("drain.redirect_url", "\"http://peer.example:5280\"")]));
+    let d = p.domain().to_string();
+    let mut ws = connect(&cm.ws_url()).await;
+    login(&mut ws, &d, "alice", "alicepass", "moved").await;
+    cm.signal("TERM");
+    let (texts, code) = recv_to_close(&mut ws).await;
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    let c = el(&texts[0]);
+    assert!(c.is("close", ns::FRAMING), "{texts:?}");
+    assert_eq!(c.attr("see-other-uri"), Some("ws://peer.example:5280/xmpp-websocket"));
+    assert_eq!(code, Some(1001));
+    assert!(cm.wait_exit(Duration::from_secs(10)).is_some(), "xmpp-cm did not exit");
+}
+
 /// The raw login, restart, bind and close against ejabberd (a second, different server).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_login_restart_bind_close_ejabberd() {

@@ -207,6 +207,12 @@ pub fn close_for(framing: Framing) -> &'static str {
     }
 }
 
+/// RFC 7395 §3.6.1 (WS-20): a `<close/>` that sends the client to another endpoint (a draining
+/// replica's peer). The URL comes from validated configuration (never a less secure scheme).
+pub fn close_redirect(uri: &str) -> String {
+    format!(r#"<close xmlns="{}" see-other-uri="{}" />"#, ns::FRAMING, escape_attr(uri))
+}
+
 /// A stream error xmpp-cm originates. `condition` comes from [`Error::stream_condition`], a
 /// closed set, but is checked anyway so that nothing but a name ever lands in the markup.
 pub fn stream_error(condition: &str) -> String {

@@ -32,6 +32,7 @@ const WRITE_BUFFER: usize = 4096;
 /// The WebSocket endpoint: checks the handshake, then spawns the session on `state.tracker`.
 pub async fn handler(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade, headers: HeaderMap) -> Response {
     if state.shutdown.is_cancelled() {
+        crate::metrics::metrics().pre_session(crate::metrics::Transport::WebSocket, &crate::Error::Shutdown);
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
     if let Err((status, reason)) = check_handshake(&headers, &state.config.websocket) {

@@ -15,6 +15,7 @@ use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use super::message::{self, Framing, Inbound, OpenRequest, Reply};
 use crate::error::Error;
+use crate::metrics::{metrics, Direction, SessionGuard, Transport};
 use crate::relay;
 use crate::server::AppState;
 use crate::upstream::{self, OpenParams, UpstreamReader, UpstreamWriter};
@@ -150,6 +151,8 @@ pub(super) struct Session<S> {
     keepalive: Keepalive,
     /// Bound on one send to the client: a peer that stops reading must not hold the task.
     send_wait: Duration,
+    /// Records the session in the metrics (active gauge, duration, how it ended) when dropped.
+    guard: SessionGuard,
 }
 
 enum Flow {
@@ -170,12 +173,14 @@ where
         } else {
             DEFAULT_SEND_WAIT
         };
-        Session { socket, state, framing: None, opened: false, asked_domain: None, up: None, limits, keepalive, send_wait }
+        let guard = metrics().session_started(Transport::WebSocket);
+        Session { socket, state, framing: None, opened: false, asked_domain: None, up: None, limits, keepalive, send_wait, guard }
     }
 
     /// Run to the end, then say goodbye to both sides.
     pub(super) async fn run(mut self) {
         let ending = self.drive().await;
+        self.guard.end(&ending.error);
         let kind = ending.error.kind();
         match ending.error.side() {
             crate::Side::Client => tracing::debug!(kind, error = %ending.error, "websocket session ended"),
@@ -194,7 +199,9 @@ where
             let waiting_open = self.up.is_none();
             let up_reader = self.up.as_mut().map(|u| &mut u.reader);
             tokio::select! {
-                _ = shutdown.cancelled() => return Ending::with_code(Error::Shutdown, code::GOING_AWAY),
+                _ = shutdown.cancelled() => {
+                    return Ending::with_code(self.state.drain_error(Transport::WebSocket), code::GOING_AWAY);
+                }
                 msg = self.socket.next() => {
                     self.keepalive.alive();
                     if let Flow::End(e) = self.on_client(msg).await {
@@ -213,6 +220,7 @@ where
                     }
                 }
                 _ = sleep_until(deadline.unwrap_or(next_ping)), if deadline.is_some() => {
+                    metrics().ws_ping_missed();
                     return Ending::new(Error::ClientGone);
                 }
                 _ = sleep_until(open_deadline), if waiting_open => {
@@ -302,10 +310,14 @@ where
             return Flow::End(Ending::new(Error::HostUnknown));
         }
         let shutdown = self.state.shutdown.clone();
+        let started = Instant::now();
         let conn = tokio::select! {
             c = upstream::connect(&self.state.upstream, &params) => c,
-            _ = shutdown.cancelled() => return Flow::End(Ending::with_code(Error::Shutdown, code::GOING_AWAY)),
+            _ = shutdown.cancelled() => {
+                return Flow::End(Ending::with_code(self.state.drain_error(Transport::WebSocket), code::GOING_AWAY));
+            }
         };
+        metrics().upstream_connect(started.elapsed(), &conn);
         let conn = match conn {
             Ok(c) => c,
             Err(e) => return Flow::End(Ending::new(e)),
@@ -338,7 +350,10 @@ where
             Err(e) => return Flow::End(Ending::new(e)),
         };
         match up.writer.send(&el).await {
-            Ok(()) => Flow::Continue,
+            Ok(()) => {
+                metrics().stanza(Direction::ToUpstream);
+                Flow::Continue
+            }
             Err(e) => Flow::End(Ending::new(e)),
         }
     }
@@ -369,7 +384,10 @@ where
             return Flow::Continue;
         };
         match self.send(Message::Text(text.into())).await {
-            Ok(()) => Flow::Continue,
+            Ok(()) => {
+                metrics().stanza(Direction::ToClient);
+                Flow::Continue
+            }
             Err(e) => Flow::End(e),
         }
     }
@@ -423,7 +441,7 @@ where
         if let Some(mut up) = self.up.take() {
             match &error {
                 // XEP-0198 stays resumable (WS-24) and a draining replica hands clients on.
-                Error::ClientGone | Error::Shutdown => up.writer.abort().await,
+                Error::ClientGone | Error::Shutdown | Error::Redirect(_) => up.writer.abort().await,
                 // The upstream is gone or already closing; answer a close with a close.
                 Error::UpstreamLost(_) | Error::Connect { .. } => drop(up),
                 _ => {
@@ -449,7 +467,11 @@ where
                 if let Some(err) = err {
                     self.socket.feed(Message::Text(err.into())).await?;
                 }
-                self.socket.feed(Message::Text(message::close_for(framing).into())).await?;
+                let close = match (&error, framing) {
+                    (Error::Redirect(uri), Framing::Rfc7395) => message::close_redirect(uri),
+                    _ => message::close_for(framing).to_string(),
+                };
+                self.socket.feed(Message::Text(close.into())).await?;
             }
             let reason = error.kind();
             self.socket.feed(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await?;

@@ -280,3 +280,12 @@ fn session_future_is_small() {
     eprintln!("session future: {size} bytes");
     assert!(size <= 2048, "session future is {size} bytes");
 }
+
+#[test]
+fn redirect_close_carries_see_other_uri_ws20() {
+    let s = message::close_redirect("wss://other.example/xmpp-websocket?a=1&b=2");
+    assert!(s.starts_with("<close "), "{s}");
+    let el = parse_document(s.as_bytes(), &Limits::default(), &[]).unwrap();
+    assert!(el.is("close", ns::FRAMING));
+    assert_eq!(el.attr("see-other-uri"), Some("wss://other.example/xmpp-websocket?a=1&b=2"));
+}
