@@ -19,6 +19,7 @@ pub struct Config {
     pub websocket: WebSocket,
     pub upstream: Upstream,
     pub log: Log,
+    pub drain: Drain,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -30,6 +31,11 @@ pub struct Http {
     pub websocket_path: String,
     /// Origins allowed by CORS on the BOSH path; empty means any (`*`).
     pub cors_origins: Vec<String>,
+    /// Public base URL clients reach this service at (`https://chat.example.org`), advertised
+    /// in XEP-0156 host-meta as `<public_url><bosh_path>` and `wss://…<websocket_path>`.
+    /// Empty: derived from the request's Host header, only when it came over HTTPS
+    /// (`X-Forwarded-Proto: https` from the TLS terminator).
+    pub public_url: String,
 }
 
 impl Default for Http {
@@ -39,6 +45,7 @@ impl Default for Http {
             bosh_path: "/http-bind".into(),
             websocket_path: "/xmpp-websocket".into(),
             cors_origins: vec![],
+            public_url: String::new(),
         }
     }
 }
@@ -177,6 +184,38 @@ impl Default for Log {
     }
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Drain {
+    /// Seconds the process waits after SIGTERM for sessions to end before it exits (0).
+    /// Keep Kubernetes' `terminationGracePeriodSeconds` above this plus the preStop sleep.
+    pub grace: u64,
+    /// Base URL of another replica (or the load balancer) serving the same paths. When set,
+    /// draining sends BOSH clients `see-other-uri` (`<redirect_url><bosh_path>`) and WebSocket
+    /// clients `<close see-other-uri='ws(s)://…<websocket_path>'/>` instead of
+    /// `system-shutdown`. Never less secure than `http.public_url` (SEC-14).
+    pub redirect_url: String,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Drain { grace: 10, redirect_url: String::new() }
+    }
+}
+
+impl Drain {
+    /// The BOSH and WebSocket URLs to send clients to while draining, if configured.
+    pub fn redirects(&self, http: &Http) -> Option<(String, String)> {
+        let base = self.redirect_url.trim_end_matches('/');
+        let ws = if let Some(rest) = base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else {
+            format!("ws://{}", base.strip_prefix("http://")?)
+        };
+        Some((format!("{base}{}", http.bosh_path), format!("{ws}{}", http.websocket_path)))
+    }
+}
+
 /// A configuration problem, with a one-line reason.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -250,6 +289,21 @@ impl Config {
         }
         if !self.upstream.ca_file.is_empty() && !Path::new(&self.upstream.ca_file).is_file() {
             return err(format!("upstream.ca_file: '{}' is not a readable file", self.upstream.ca_file));
+        }
+        let pu = &self.http.public_url;
+        if !pu.is_empty() && (!pu.starts_with("https://") || pu.len() <= "https://".len()) {
+            // DISCO-03: host-meta advertises only https:// and wss:// URLs.
+            return err(format!("http.public_url: '{pu}' must be an https:// URL"));
+        }
+        let ru = &self.drain.redirect_url;
+        if !ru.is_empty() {
+            if !(ru.starts_with("https://") || ru.starts_with("http://")) {
+                return err(format!("drain.redirect_url: '{ru}' must be an http:// or https:// URL"));
+            }
+            if pu.starts_with("https://") && !ru.starts_with("https://") {
+                // SEC-14 / WS-20: never redirect to a less secure scheme.
+                return err(format!("drain.redirect_url: '{ru}' is less secure than http.public_url '{pu}'"));
+            }
         }
         if !matches!(self.log.format.as_str(), "human" | "json") {
             return err(format!("log.format: '{}' must be human or json", self.log.format));

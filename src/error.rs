@@ -85,6 +85,10 @@ pub enum Error {
     // ---- ours
     #[error("shutting down")]
     Shutdown,
+    /// Draining with `[drain] redirect_url` set: the client should go on at this URL (the
+    /// transport's own: BOSH `see-other-uri` + `<uri/>`, WebSocket `<close see-other-uri/>`).
+    #[error("shutting down, client sent to {0}")]
+    Redirect(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -99,7 +103,7 @@ impl Error {
             Connect { .. } | UpstreamStreamError(_) | UpstreamClosed | UpstreamLost(_) => {
                 Side::Upstream
             }
-            Shutdown | Internal(_) => Side::Internal,
+            Shutdown | Redirect(_) | Internal(_) => Side::Internal,
         }
     }
 
@@ -128,6 +132,7 @@ impl Error {
             UpstreamClosed => "upstream_closed",
             UpstreamLost(_) => "upstream_lost",
             Shutdown => "shutdown",
+            Redirect(_) => "shutdown_redirect",
             Internal(_) => "internal",
         }
     }
@@ -146,6 +151,7 @@ impl Error {
             Connect { .. } | UpstreamLost(_) => Some("remote-connection-failed"),
             UpstreamStreamError(_) => Some("remote-stream-error"),
             Shutdown => Some("system-shutdown"),
+            Redirect(_) => Some("see-other-uri"),
             Internal(_) => Some("internal-server-error"),
         }
     }
@@ -169,6 +175,8 @@ impl Error {
             Connect { .. } | UpstreamLost(_) => Some("remote-connection-failed"),
             UpstreamStreamError(_) => None,
             Shutdown => Some("system-shutdown"),
+            // RFC 7395 §3.6.1: a `<close see-other-uri/>`, no stream error.
+            Redirect(_) => None,
             Internal(_) => Some("internal-server-error"),
         }
     }

@@ -11,11 +11,16 @@
 //! - [`relay`]: every rewrite of what crosses the proxy, shared by all transports.
 //! - [`upstream`]: resolving, connecting, STARTTLS/direct TLS, the upstream XML stream.
 //! - [`xml`]: the element tree, the streaming framer, stream headers. No IO.
+//! - [`admin`]: the admin listener (/metrics, /healthz, /readyz); [`hostmeta`]: XEP-0156
+//!   discovery documents on the public listeners.
 //! - [`config`], [`error`], [`metrics`], [`shutdown`]: the ground floor.
 
+pub mod admin;
 pub mod bosh;
 pub mod config;
 pub mod error;
+pub mod hostmeta;
+pub mod metrics;
 pub mod relay;
 pub mod server;
 pub mod shutdown;

@@ -64,7 +64,7 @@ async fn run(config: xmpp_cm::Config) -> anyhow::Result<()> {
     };
     let (public, admin) = xmpp_cm::server::bind(&config).await?;
     xmpp_cm::shutdown::on_signals(state.shutdown.clone());
-    xmpp_cm::server::serve(public, admin, state, Duration::from_secs(10)).await?;
+    xmpp_cm::server::serve(public, admin, state, Duration::from_secs(config.drain.grace)).await?;
     tracing::info!("stopped");
     Ok(())
 }

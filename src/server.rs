@@ -38,43 +38,48 @@ impl AppState {
             bosh: crate::bosh::Registry::new(),
         }))
     }
+
+    /// How a draining process ends a session of `transport` (or refuses a new one):
+    /// `Redirect` to the peer in `[drain] redirect_url`, else `Shutdown`.
+    pub fn drain_error(&self, transport: crate::metrics::Transport) -> crate::Error {
+        match self.config.drain.redirects(&self.config.http) {
+            Some((bosh, _)) if transport == crate::metrics::Transport::Bosh => crate::Error::Redirect(bosh),
+            Some((_, ws)) => crate::Error::Redirect(ws),
+            None => crate::Error::Shutdown,
+        }
+    }
 }
 
 /// The public router: BOSH and WebSocket on their configured paths.
 pub fn public_router(state: Arc<AppState>) -> Router {
     let c = &state.config.http;
     let bosh = get(crate::bosh::http::get).post(crate::bosh::http::post).options(crate::bosh::http::options);
+    let routes = Arc::new(crate::metrics::HttpRoutes { bosh: c.bosh_path.clone(), websocket: c.websocket_path.clone() });
     Router::new()
         .route(&c.bosh_path, bosh)
         .route(&c.websocket_path, get(crate::websocket::handler))
+        .merge(crate::hostmeta::routes())
+        .layer(axum::middleware::from_fn_with_state(routes, crate::metrics::track_http))
         .with_state(state)
 }
 
-/// The admin router: health and readiness (metrics come with the operations work).
+/// The admin router: /metrics, /healthz, /readyz (see [`crate::admin`]).
 pub fn admin_router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            get(|axum::extract::State(s): axum::extract::State<Arc<AppState>>| async move {
-                if s.shutdown.is_cancelled() {
-                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-                } else {
-                    (axum::http::StatusCode::OK, "ready\n")
-                }
-            }),
-        )
-        .with_state(state)
+    crate::admin::router(state)
 }
 
 /// Serve until `state.shutdown` is cancelled, then drain: sessions are told (BOSH
 /// `system-shutdown`, WebSocket stream error) and given `grace` to finish.
 pub async fn serve(listeners: Vec<TcpListener>, admin: Option<TcpListener>, state: Arc<AppState>, grace: Duration) -> std::io::Result<()> {
+    // The listeners outlive `state.shutdown`: during the drain the public ones still answer
+    // (new sessions get an explicit refusal, clients fetch their terminal bodies) and the
+    // admin one reports /readyz 503. They stop when the drain is over.
+    let stopped = CancellationToken::new();
     let mut servers = Vec::new();
     for l in listeners {
         info!(addr = %l.local_addr()?, "public listener");
         let app = public_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let token = state.shutdown.clone();
+        let token = stopped.clone();
         servers.push(tokio::spawn(async move {
             axum::serve(l, app).with_graceful_shutdown(async move { token.cancelled().await }).await
         }));
@@ -82,15 +87,19 @@ pub async fn serve(listeners: Vec<TcpListener>, admin: Option<TcpListener>, stat
     if let Some(l) = admin {
         info!(addr = %l.local_addr()?, "admin listener");
         let app = admin_router(state.clone());
-        let token = state.shutdown.clone();
+        let token = stopped.clone();
         servers.push(tokio::spawn(async move {
             axum::serve(l, app).with_graceful_shutdown(async move { token.cancelled().await }).await
         }));
     }
     state.shutdown.cancelled().await;
-    info!("draining");
+    crate::metrics::metrics().set_draining();
+    info!(grace_secs = grace.as_secs(), "draining");
     state.tracker.close();
-    let _ = tokio::time::timeout(grace, state.tracker.wait()).await;
+    if tokio::time::timeout(grace, state.tracker.wait()).await.is_err() {
+        tracing::warn!(left = state.tracker.len(), "drain grace over; exiting with sessions still open");
+    }
+    stopped.cancel();
     for s in servers {
         // In-flight HTTP requests were answered by their sessions; don't wait on idle sockets.
         let _ = tokio::time::timeout(Duration::from_secs(1), s).await;

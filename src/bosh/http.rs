@@ -18,7 +18,7 @@ use crate::server::AppState;
 use crate::xml::Limits;
 
 /// POST on the BOSH path.
-pub async fn post(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+pub async fn post(State(state): State<Arc<AppState>>, ext: axum::http::Extensions, headers: HeaderMap, body: Body) -> Response {
     let cors = cors_origin(&state, &headers);
     let max = state.config.bosh.max_body_bytes;
     // Refuse early on the declared length; the limit below also stops chunked bodies (HTTP-15).
@@ -49,9 +49,13 @@ pub async fn post(State(state): State<Arc<AppState>>, headers: HeaderMap, body: 
     let legacy_creation = req.sid.is_none() && req.ver.is_none();
     let (tx, rx) = oneshot::channel();
     let inc = Incoming { req, reply: tx };
+    let held_since = std::time::Instant::now();
     match inc.req.sid.clone() {
         None => {
-            if let Err((e, _inc)) = state.bosh.create(&state, inc) {
+            // The session task's span (transport, short sid) nests under this one.
+            let ip = ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+            let span = tracing::info_span!("client", ip = ip.map(tracing::field::display));
+            if let Err((e, _inc)) = span.in_scope(|| state.bosh.create(&state, inc)) {
                 let status = if legacy_creation { e.legacy_http_status().unwrap_or(200) } else { 200 };
                 return pre_session(status, &e, cors);
             }
@@ -67,7 +71,10 @@ pub async fn post(State(state): State<Arc<AppState>>, headers: HeaderMap, body: 
         }
     }
     match rx.await {
-        Ok(reply) => respond(reply, cors),
+        Ok(reply) => {
+            crate::metrics::metrics().bosh_held(held_since.elapsed());
+            respond(reply, cors)
+        }
         // The session ended without answering (it always answers; this is defensive).
         Err(_) => pre_session(200, &Error::ItemNotFound("session ended"), cors),
     }
@@ -106,7 +113,13 @@ pub async fn get(State(state): State<Arc<AppState>>) -> Response {
 
 /// An answer for a request that has no session to speak for it.
 fn pre_session(status: u16, err: &Error, cors: Option<HeaderValue>) -> Response {
-    let body = ResponseBody::terminate(err.bosh_condition()).to_xml();
+    crate::metrics::metrics().pre_session(crate::metrics::Transport::Bosh, err);
+    let mut body = ResponseBody::terminate(err.bosh_condition());
+    if let Error::Redirect(uri) = err {
+        // XEP-0124 §17.2 see-other-uri: where to go on.
+        body.push_elements(std::iter::once(&crate::xml::Element::new("uri", crate::xml::ns::HTTPBIND).with_text(uri.as_str())));
+    }
+    let body = body.to_xml();
     respond(Reply { status, body, content_type: Arc::from(DEFAULT_CONTENT_TYPE) }, cors)
 }
 

@@ -45,7 +45,7 @@ impl Registry {
     /// Check the creation policy and start the session task; the task answers `inc.reply`.
     pub fn create(&self, state: &Arc<AppState>, inc: Incoming) -> Result<(), (Error, Incoming)> {
         if state.shutdown.is_cancelled() {
-            return Err((Error::Shutdown, inc));
+            return Err((state.drain_error(crate::metrics::Transport::Bosh), inc));
         }
         let cfg = &state.config;
         let domain = match inc.req.to.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
@@ -69,7 +69,9 @@ impl Registry {
         // `route` is honoured only when allow-listed verbatim; otherwise ignored (BOSH-S-14).
         params.route = inc.req.route.as_deref().and_then(|r| allowed_route(&cfg.upstream.allow_route, r));
         let st = state.clone();
-        state.tracker.spawn(Session::run(st, params, inc, rx));
+        // One span per session; the caller's span (client IP) is its parent.
+        let span = tracing::info_span!("session", transport = "bosh", sid = %super::session::short(&params.sid));
+        state.tracker.spawn(tracing::Instrument::instrument(Session::run(st, params, inc, rx), span));
         Ok(())
     }
 }

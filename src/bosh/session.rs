@@ -164,6 +164,8 @@ pub struct Session {
     /// Set when the session is over but the client has not fetched the final body yet.
     terminal: Option<String>,
     done: bool,
+    /// Counts the session in the metrics; records why it ended when the task drops it.
+    metrics: crate::metrics::SessionGuard,
 }
 
 impl Session {
@@ -209,6 +211,7 @@ impl Session {
             sasl_success: false,
             terminal: None,
             done: false,
+            metrics: crate::metrics::metrics().session_started(crate::metrics::Transport::Bosh),
             state,
             p,
         };
@@ -228,7 +231,16 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
-                    self.end(Error::Shutdown, None).await;
+                    // Drain: requests the client already handed over are processed first, so
+                    // their stanzas reach the upstream; then every held request is answered.
+                    while !self.done {
+                        let Ok(inc) = rx.try_recv() else { break };
+                        self.on_request(inc).await;
+                    }
+                    if !self.done {
+                        let err = self.state.drain_error(crate::metrics::Transport::Bosh);
+                        self.end(err, None).await;
+                    }
                 }
                 inc = rx.recv() => match inc {
                     Some(inc) => self.on_request(inc).await,
@@ -305,12 +317,17 @@ impl Session {
     }
 
     fn queue(&mut self, el: Element) {
+        crate::metrics::metrics().stanza(crate::metrics::Direction::ToClient);
         self.out.push(relay::from_upstream(el));
     }
 
     async fn write_up(&mut self, el: &Element) -> Result<(), Error> {
         match &mut self.up {
-            Up::Open(w) => w.send(el).await,
+            Up::Open(w) => {
+                w.send(el).await?;
+                crate::metrics::metrics().stanza(crate::metrics::Direction::ToUpstream);
+                Ok(())
+            }
             Up::Connecting(backlog) => {
                 backlog.push(el.clone());
                 Ok(())
@@ -527,6 +544,7 @@ impl Session {
         }
         let body = if first { self.terminal_body(None) } else { ResponseBody::new().to_xml() };
         self.reply(reply, 200, body);
+        self.metrics.end(&Error::ClientTerminate);
         self.close_upstream(Error::ClientTerminate).await;
         self.done = true;
     }
@@ -588,6 +606,10 @@ impl Session {
         if let Some(Error::UpstreamStreamError(el)) = err {
             b.push_elements(std::iter::once(el.as_ref()));
         }
+        if let Some(Error::Redirect(uri)) = err {
+            // XEP-0124 §17.2 see-other-uri: where to go on.
+            b.push_elements(std::iter::once(&Element::new("uri", ns::HTTPBIND).with_text(uri.as_str())));
+        }
         b.to_xml()
     }
 
@@ -595,6 +617,7 @@ impl Session {
     /// condition; other held requests get `other-request`). Without a trigger the oldest held
     /// request gets the condition; with none held, the body waits for the next request.
     async fn end(&mut self, err: Error, trigger: Option<oneshot::Sender<Reply>>) {
+        self.metrics.end(&err);
         let sid = short(&self.p.sid);
         match err.side() {
             crate::Side::Client => debug!(sid = %sid, kind = err.kind(), error = %err, "session ends"),
@@ -629,7 +652,7 @@ impl Session {
                 for (_, p) in std::mem::take(&mut self.parked) {
                     self.reply(p.reply, 200, others.clone());
                 }
-                if first && !matches!(err, Error::ClientGone | Error::Shutdown) {
+                if first && !matches!(err, Error::ClientGone | Error::Shutdown | Error::Redirect(_)) {
                     // Nobody to tell right now: keep the verdict for the next request, under the
                     // inactivity clock.
                     self.terminal = Some(body);

@@ -107,13 +107,16 @@ pub async fn connect_via(ctx: &super::Upstream, params: &OpenParams, route: Opti
         };
         connect_targets(ctx, params, &targets, overall).await
     };
-    match tokio::time::timeout(overall, attempt).await {
+    let started = std::time::Instant::now();
+    let res = match tokio::time::timeout(overall, attempt).await {
         Ok(r) => r,
         Err(_) => Err(Error::Connect {
             kind: ConnectKind::Timeout,
             detail: format!("{}: no stream within {secs} s", params.domain),
         }),
-    }
+    };
+    crate::metrics::metrics().upstream_connect(started.elapsed(), &res);
+    res
 }
 
 /// Try the targets in order, every address of a target before the next (UP-04). The error
@@ -368,7 +371,10 @@ async fn read_frame<R: AsyncRead + Unpin>(
         }
         match io.read(buf).await {
             Ok(0) => return Err(ReadFail::Eof),
-            Ok(n) => framer.feed(&buf[..n]),
+            Ok(n) => {
+                crate::metrics::metrics().bytes(crate::metrics::Direction::ToClient, n);
+                framer.feed(&buf[..n])
+            }
             Err(e) => return Err(ReadFail::Io(e)),
         }
     }
@@ -443,6 +449,7 @@ impl UpstreamWriter {
     async fn write(&mut self, s: &str) -> Result<(), Error> {
         let lost = |e: std::io::Error| Error::UpstreamLost(format!("write failed: {}", io_detail(&e)));
         self.io.write_all(s.as_bytes()).await.map_err(lost)?;
+        crate::metrics::metrics().bytes(crate::metrics::Direction::ToUpstream, s.len());
         self.io.flush().await.map_err(lost)
     }
 }

@@ -310,14 +310,13 @@ where
             return Flow::End(Ending::new(Error::HostUnknown));
         }
         let shutdown = self.state.shutdown.clone();
-        let started = Instant::now();
+        // Connect time and failures are counted by upstream::connect itself (both transports).
         let conn = tokio::select! {
             c = upstream::connect(&self.state.upstream, &params) => c,
             _ = shutdown.cancelled() => {
                 return Flow::End(Ending::with_code(self.state.drain_error(Transport::WebSocket), code::GOING_AWAY));
             }
         };
-        metrics().upstream_connect(started.elapsed(), &conn);
         let conn = match conn {
             Ok(c) => c,
             Err(e) => return Flow::End(Ending::new(e)),

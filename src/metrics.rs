@@ -1,0 +1,632 @@
+//! Every Prometheus metric xmpp-cm exports, in one registry, with closed label sets only.
+//!
+//! Names are prefixed `xmpp_cm_`. Label values come from the small enums below ([`Transport`],
+//! [`Direction`], [`Limit`], [`Route`]) or from [`Error::kind`] / [`ConnectKind::as_str`], which
+//! are closed sets too; a sid, JID, IP or free-text error never becomes a label. Transports call
+//! the small methods on [`Metrics`] through the process-wide [`metrics()`]; the admin listener
+//! ([`crate::admin`]) encodes the registry as OpenMetrics text. Grafana's dashboard
+//! (`dashboards/xmpp-cm.json`) queries only names defined here, and a test checks that.
+//!
+//! Exported (OpenMetrics names):
+//! - `xmpp_cm_build_info{version}` — always 1.
+//! - `xmpp_cm_sessions_active{transport}` — gauge.
+//! - `xmpp_cm_sessions_created_total{transport}`, `xmpp_cm_sessions_ended_total{transport,side,condition}`
+//!   (`condition` is [`Error::kind`]), `xmpp_cm_sessions_refused_total{transport,condition}`
+//!   (creation refused before a session existed: host-unknown, shutdown …).
+//! - `xmpp_cm_session_duration_seconds{transport}` — histogram.
+//! - `xmpp_cm_upstream_connect_duration_seconds` — histogram of successful connects;
+//!   `xmpp_cm_upstream_connect_failures_total{kind}` with kind dns, tcp, tls, starttls, stream, timeout.
+//! - `xmpp_cm_http_requests_total{route,status}`, `xmpp_cm_http_request_duration_seconds{route}`,
+//!   `xmpp_cm_bosh_hold_seconds` (how long a BOSH request waited for its answer).
+//! - `xmpp_cm_stanzas_relayed_total{direction}`, `xmpp_cm_relayed_bytes_total{direction}`.
+//! - `xmpp_cm_limit_hits_total{limit}`.
+//! - `xmpp_cm_websocket_pings_missed_total`.
+//! - `xmpp_cm_draining` — 1 once SIGTERM arrived.
+//! - `xmpp_cm_process_cpu_seconds_total`, `xmpp_cm_process_resident_memory_bytes`,
+//!   `xmpp_cm_process_open_fds` — read from `/proc/self` at scrape time (Linux only).
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::error::{ConnectKind, Error};
+use crate::xml::XmlError;
+use crate::Side;
+
+/// Which client transport a session uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Bosh,
+    WebSocket,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Bosh => "bosh",
+            Transport::WebSocket => "websocket",
+        }
+    }
+}
+
+/// Which way a stanza (top-level element) or byte went through the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ToUpstream,
+    ToClient,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::ToUpstream => "to_upstream",
+            Direction::ToClient => "to_client",
+        }
+    }
+}
+
+/// A configured limit that refused or ended something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `bosh.max_body_bytes`.
+    BodySize,
+    /// `upstream.max_stanza_bytes` / `websocket.max_message_bytes`.
+    StanzaSize,
+    /// XML depth, attribute count or name length caps of the parser.
+    XmlComplexity,
+    /// More simultaneous BOSH requests than `requests`.
+    Requests,
+    /// Empty BOSH polls more often than `polling`.
+    Polling,
+    /// The same rid repeated more than `bosh.max_rid_repeats`.
+    RidRepeats,
+    /// `limits.max_sessions`.
+    Sessions,
+    /// `limits.max_sessions_per_ip`.
+    SessionsPerIp,
+    /// `limits.new_sessions_per_ip_per_sec`.
+    SessionRate,
+    /// `http.tls.handshake_timeout`.
+    TlsHandshake,
+    /// `http.body_read_timeout`.
+    BodyTimeout,
+    /// `limits.max_queued_bytes` (upstream reads paused for a slow client).
+    QueuedBytes,
+    /// Any other policy violation.
+    Other,
+}
+
+impl Limit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::BodySize => "body_size",
+            Limit::StanzaSize => "stanza_size",
+            Limit::XmlComplexity => "xml_complexity",
+            Limit::Requests => "requests",
+            Limit::Polling => "polling",
+            Limit::RidRepeats => "rid_repeats",
+            Limit::Sessions => "sessions",
+            Limit::SessionsPerIp => "sessions_per_ip",
+            Limit::SessionRate => "session_rate",
+            Limit::TlsHandshake => "tls_handshake",
+            Limit::BodyTimeout => "body_timeout",
+            Limit::QueuedBytes => "queued_bytes",
+            Limit::Other => "other",
+        }
+    }
+
+    /// The limit behind `err`, if it is a limit at all. The one place that knows which
+    /// errors are limit hits.
+    pub fn of(err: &Error) -> Option<Limit> {
+        match err {
+            Error::ClientXml(XmlError::TooLarge(_)) => Some(Limit::StanzaSize),
+            Error::ClientXml(XmlError::TooDeep(_) | XmlError::TooManyAttrs(_) | XmlError::NameTooLong(_)) => {
+                Some(Limit::XmlComplexity)
+            }
+            Error::TooMany { what, .. } => Some(match *what {
+                "sessions" => Limit::Sessions,
+                "sessions_per_ip" => Limit::SessionsPerIp,
+                _ => Limit::SessionRate,
+            }),
+            Error::PolicyViolation(why) => Some(match *why {
+                "body too large" => Limit::BodySize,
+                "too many simultaneous requests" => Limit::Requests,
+                "polling too frequently" | "empty requests too frequently" => Limit::Polling,
+                "rid repeated too often" => Limit::RidRepeats,
+                "request body too slow" => Limit::BodyTimeout,
+                _ => Limit::Other,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The matched route of an HTTP request (never the raw URI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Bosh,
+    WebSocket,
+    HostMeta,
+    HostMetaJson,
+    Other,
+}
+
+impl Route {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Bosh => "bosh",
+            Route::WebSocket => "websocket",
+            Route::HostMeta => "host_meta",
+            Route::HostMetaJson => "host_meta_json",
+            Route::Other => "other",
+        }
+    }
+}
+
+fn side_str(s: Side) -> &'static str {
+    match s {
+        Side::Client => "client",
+        Side::Upstream => "upstream",
+        Side::Internal => "internal",
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportL {
+    transport: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndedL {
+    transport: &'static str,
+    side: &'static str,
+    condition: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedL {
+    transport: &'static str,
+    condition: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindL {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpL {
+    route: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteL {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionL {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitL {
+    limit: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Sessions last from seconds to days: 1 s … ~36 h.
+fn session_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 4.0, 9))
+}
+
+/// Connects and HTTP requests: 5 ms … ~82 s (BOSH requests are held up to `max_wait`).
+fn latency_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+/// The registry and every metric in it.
+pub struct Metrics {
+    /// Owns the encoding; the handles below are clones sharing the same atomics.
+    registry: Registry,
+    sessions_active: Family<TransportL, Gauge>,
+    sessions_created: Family<TransportL, Counter>,
+    sessions_ended: Family<EndedL, Counter>,
+    sessions_refused: Family<RefusedL, Counter>,
+    session_duration: HistogramFamily<TransportL>,
+    upstream_connect_duration: Histogram,
+    upstream_connect_failures: Family<KindL, Counter>,
+    http_requests: Family<HttpL, Counter>,
+    http_duration: HistogramFamily<RouteL>,
+    bosh_hold: Histogram,
+    stanzas: Family<DirectionL, Counter>,
+    bytes: Family<DirectionL, Counter>,
+    limit_hits: Family<LimitL, Counter>,
+    ws_pings_missed: Counter,
+    draining: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry (tests make their own; the process uses [`metrics()`]).
+    pub fn new() -> Metrics {
+        let mut r = Registry::with_prefix("xmpp_cm");
+        r.register(
+            "build",
+            "Build information",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        let m = Metrics {
+            sessions_active: Family::default(),
+            sessions_created: Family::default(),
+            sessions_ended: Family::default(),
+            sessions_refused: Family::default(),
+            session_duration: Family::new_with_constructor(session_buckets),
+            upstream_connect_duration: latency_buckets(),
+            upstream_connect_failures: Family::default(),
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(latency_buckets),
+            bosh_hold: latency_buckets(),
+            stanzas: Family::default(),
+            bytes: Family::default(),
+            limit_hits: Family::default(),
+            ws_pings_missed: Counter::default(),
+            draining: Gauge::default(),
+            registry: Registry::default(),
+        };
+        r.register("sessions_active", "Live client sessions", m.sessions_active.clone());
+        r.register("sessions_created", "Client sessions started", m.sessions_created.clone());
+        r.register(
+            "sessions_ended",
+            "Client sessions ended, by the side and kind of what ended them",
+            m.sessions_ended.clone(),
+        );
+        r.register(
+            "sessions_refused",
+            "Session creations refused before a session existed",
+            m.sessions_refused.clone(),
+        );
+        r.register_with_unit("session_duration", "Session lifetime", Unit::Seconds, m.session_duration.clone());
+        r.register_with_unit(
+            "upstream_connect_duration",
+            "Time to a usable upstream stream (DNS, TCP, TLS, stream open, features)",
+            Unit::Seconds,
+            m.upstream_connect_duration.clone(),
+        );
+        r.register(
+            "upstream_connect_failures",
+            "Failed upstream connects, by the step that failed",
+            m.upstream_connect_failures.clone(),
+        );
+        r.register("http_requests", "HTTP requests on the public listeners", m.http_requests.clone());
+        r.register_with_unit(
+            "http_request_duration",
+            "HTTP request duration on the public listeners (BOSH includes the hold time)",
+            Unit::Seconds,
+            m.http_duration.clone(),
+        );
+        r.register_with_unit(
+            "bosh_hold",
+            "How long a BOSH request waited in its session before being answered",
+            Unit::Seconds,
+            m.bosh_hold.clone(),
+        );
+        r.register("stanzas_relayed", "Top-level XML elements relayed", m.stanzas.clone());
+        r.register("relayed_bytes", "Bytes written to and read from upstream streams", m.bytes.clone());
+        r.register("limit_hits", "Requests or sessions refused by a configured limit", m.limit_hits.clone());
+        r.register(
+            "websocket_pings_missed",
+            "WebSocket sessions ended because the client did not answer a ping",
+            m.ws_pings_missed.clone(),
+        );
+        r.register("draining", "1 while the process drains after SIGTERM", m.draining.clone());
+        r.register_collector(Box::new(ProcessCollector));
+        Metrics { registry: r, ..m }
+    }
+
+    /// The registry as OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// A session started; the guard records its end (and duration) when dropped.
+    pub fn session_started(&'static self, transport: Transport) -> SessionGuard {
+        let l = TransportL { transport: transport.as_str() };
+        self.sessions_created.get_or_create(&l).inc();
+        self.sessions_active.get_or_create(&l).inc();
+        SessionGuard { m: self, transport, started: Instant::now(), ended: None }
+    }
+
+    fn session_ended(&self, transport: Transport, side: Side, condition: &'static str, lasted: Duration) {
+        let t = TransportL { transport: transport.as_str() };
+        self.sessions_active.get_or_create(&t).dec();
+        self.session_duration.get_or_create(&t).observe(lasted.as_secs_f64());
+        let l = EndedL { transport: transport.as_str(), side: side_str(side), condition };
+        self.sessions_ended.get_or_create(&l).inc();
+    }
+
+    /// A creation request (or an answer before any session existed) failed with `err`:
+    /// counts limit hits, and refusals of new sessions.
+    pub fn pre_session(&self, transport: Transport, err: &Error) {
+        if let Some(limit) = Limit::of(err) {
+            self.limit_hit(limit);
+        }
+        if matches!(err, Error::Shutdown | Error::HostUnknown | Error::ImproperAddressing) {
+            let l = RefusedL { transport: transport.as_str(), condition: err.kind() };
+            self.sessions_refused.get_or_create(&l).inc();
+        }
+    }
+
+    /// One upstream connect attempt (all targets) finished after `took`.
+    pub fn upstream_connect<T>(&self, took: Duration, res: &Result<T, Error>) {
+        match res {
+            Ok(_) => self.upstream_connect_duration.observe(took.as_secs_f64()),
+            Err(Error::Connect { kind, .. }) => {
+                self.upstream_connect_failures.get_or_create(&KindL { kind: kind.as_str() }).inc();
+            }
+            Err(_) => {
+                self.upstream_connect_failures.get_or_create(&KindL { kind: ConnectKind::Stream.as_str() }).inc();
+            }
+        }
+    }
+
+    /// One top-level element of `bytes` serialized bytes went `direction`.
+    pub fn stanza(&self, direction: Direction) {
+        self.stanzas.get_or_create(&DirectionL { direction: direction.as_str() }).inc();
+    }
+
+    /// `n` bytes went `direction` on an upstream socket.
+    pub fn bytes(&self, direction: Direction, n: usize) {
+        self.bytes.get_or_create(&DirectionL { direction: direction.as_str() }).inc_by(n as u64);
+    }
+
+    /// An HTTP request on a public listener finished.
+    pub fn http_request(&self, route: Route, status: u16, took: Duration) {
+        self.http_requests.get_or_create(&HttpL { route: route.as_str(), status }).inc();
+        self.http_duration.get_or_create(&RouteL { route: route.as_str() }).observe(took.as_secs_f64());
+    }
+
+    /// A BOSH request was answered by its session after `held`.
+    pub fn bosh_held(&self, held: Duration) {
+        self.bosh_hold.observe(held.as_secs_f64());
+    }
+
+    pub fn limit_hit(&self, limit: Limit) {
+        self.limit_hits.get_or_create(&LimitL { limit: limit.as_str() }).inc();
+    }
+
+    /// A WebSocket client did not answer a ping within `websocket.ping_timeout`.
+    pub fn ws_ping_missed(&self) {
+        self.ws_pings_missed.inc();
+    }
+
+    /// SIGTERM arrived.
+    pub fn set_draining(&self) {
+        self.draining.set(1);
+    }
+}
+
+/// Records the end of one session when dropped: active gauge down, duration observed, the
+/// ended counter labelled with the first reason given to [`SessionGuard::end`] (or
+/// `internal` if the task ended without one, which would be a bug worth seeing).
+pub struct SessionGuard {
+    m: &'static Metrics,
+    transport: Transport,
+    started: Instant,
+    ended: Option<(Side, &'static str)>,
+}
+
+impl std::fmt::Debug for SessionGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionGuard").field("transport", &self.transport).field("ended", &self.ended).finish()
+    }
+}
+
+impl SessionGuard {
+    /// Why the session ends; the first call wins (later errors are consequences).
+    pub fn end(&mut self, err: &Error) {
+        if self.ended.is_none() {
+            self.ended = Some((err.side(), err.kind()));
+            if let Some(limit) = Limit::of(err) {
+                self.m.limit_hit(limit);
+            }
+        }
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let (side, condition) = self.ended.unwrap_or((Side::Internal, "internal"));
+        self.m.session_ended(self.transport, side, condition, self.started.elapsed());
+    }
+}
+
+/// The configured public paths, to name the route of a request from its matched path.
+#[derive(Debug, Clone)]
+pub struct HttpRoutes {
+    pub bosh: String,
+    pub websocket: String,
+}
+
+impl HttpRoutes {
+    fn classify(&self, matched: Option<&str>) -> Route {
+        match matched {
+            Some(p) if p == self.bosh => Route::Bosh,
+            Some(p) if p == self.websocket => Route::WebSocket,
+            Some(crate::hostmeta::XRD_PATH) => Route::HostMeta,
+            Some(crate::hostmeta::JRD_PATH) => Route::HostMetaJson,
+            _ => Route::Other,
+        }
+    }
+}
+
+/// Middleware for the public router: counts every request by matched route and status and
+/// observes its duration (for a WebSocket, the handshake only).
+pub async fn track_http(
+    axum::extract::State(routes): axum::extract::State<std::sync::Arc<HttpRoutes>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = routes.classify(req.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str()));
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    metrics().http_request(route, resp.status().as_u16(), start.elapsed());
+    resp
+}
+
+/// The process-wide registry.
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
+
+/// CPU, memory and file descriptors of this process, read from `/proc/self` at scrape time.
+/// Nothing is exported where `/proc` is missing.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(p) = read_proc() else { return Ok(()) };
+        let cpu = ConstCounter::new(p.cpu_seconds);
+        cpu.encode(enc.encode_descriptor("process_cpu", "User and system CPU time", Some(&Unit::Seconds), cpu.metric_type())?)?;
+        let rss = ConstGauge::new(p.rss_bytes as i64);
+        rss.encode(enc.encode_descriptor(
+            "process_resident_memory",
+            "Resident memory size",
+            Some(&Unit::Bytes),
+            rss.metric_type(),
+        )?)?;
+        let fds = ConstGauge::new(p.open_fds as i64);
+        fds.encode(enc.encode_descriptor("process_open_fds", "Open file descriptors", None, fds.metric_type())?)?;
+        Ok(())
+    }
+}
+
+struct ProcStats {
+    cpu_seconds: f64,
+    rss_bytes: u64,
+    open_fds: usize,
+}
+
+/// Linux `/proc/self/stat` fields 14/15 (utime/stime, clock ticks) and 24 (rss, pages).
+/// Ticks are 100 Hz and pages 4 KiB on every Linux this runs on; avoiding `libc` for two
+/// `sysconf` calls is worth that assumption.
+fn read_proc() -> Option<ProcStats> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may contain spaces; fields after it follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state), so field n is f[n - 3].
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    let rss_pages: u64 = f.get(21)?.parse().ok()?;
+    let open_fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+    Some(ProcStats { cpu_seconds: (utime + stime) as f64 / 100.0, rss_bytes: rss_pages * 4096, open_fds })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaked() -> &'static Metrics {
+        Box::leak(Box::new(Metrics::new()))
+    }
+
+    #[test]
+    fn a_session_is_counted_with_closed_labels() {
+        let m = leaked();
+        {
+            let mut g = m.session_started(Transport::Bosh);
+            g.end(&Error::ClientTerminate);
+            g.end(&Error::Internal("later".into()));
+        }
+        drop(m.session_started(Transport::WebSocket).tap_end(&Error::PolicyViolation("too many simultaneous requests")));
+        let text = m.encode();
+        for line in [
+            "xmpp_cm_sessions_created_total{transport=\"bosh\"} 1",
+            "xmpp_cm_sessions_active{transport=\"bosh\"} 0",
+            "xmpp_cm_sessions_ended_total{transport=\"bosh\",side=\"client\",condition=\"client_terminate\"} 1",
+            "xmpp_cm_sessions_ended_total{transport=\"websocket\",side=\"client\",condition=\"policy_violation\"} 1",
+            "xmpp_cm_limit_hits_total{limit=\"requests\"} 1",
+            "xmpp_cm_session_duration_seconds_count{transport=\"bosh\"} 1",
+            "xmpp_cm_build_info{version=\"0.1.0\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn connects_http_relay_and_refusals() {
+        let m = leaked();
+        m.upstream_connect::<()>(Duration::from_millis(20), &Ok(()));
+        m.upstream_connect::<()>(Duration::from_millis(20), &Err(Error::Connect { kind: ConnectKind::Tls, detail: "x".into() }));
+        m.http_request(Route::Bosh, 200, Duration::from_millis(3));
+        m.stanza(Direction::ToUpstream);
+        m.bytes(Direction::ToClient, 42);
+        m.pre_session(Transport::Bosh, &Error::Shutdown);
+        m.pre_session(Transport::Bosh, &Error::PolicyViolation("body too large"));
+        let text = m.encode();
+        for line in [
+            "xmpp_cm_upstream_connect_duration_seconds_count 1",
+            "xmpp_cm_upstream_connect_failures_total{kind=\"tls\"} 1",
+            "xmpp_cm_http_requests_total{route=\"bosh\",status=\"200\"} 1",
+            "xmpp_cm_stanzas_relayed_total{direction=\"to_upstream\"} 1",
+            "xmpp_cm_relayed_bytes_total{direction=\"to_client\"} 42",
+            "xmpp_cm_sessions_refused_total{transport=\"bosh\",condition=\"shutdown\"} 1",
+            "xmpp_cm_limit_hits_total{limit=\"body_size\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        // Every metric name carries the prefix.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(l.starts_with("xmpp_cm_"), "{l}");
+        }
+    }
+
+    #[test]
+    fn process_stats_are_read_on_linux() {
+        if std::path::Path::new("/proc/self/stat").exists() {
+            let p = read_proc().expect("parse /proc/self/stat");
+            assert!(p.rss_bytes > 0 && p.open_fds > 0);
+            let text = Metrics::new().encode();
+            assert!(text.contains("xmpp_cm_process_cpu_seconds_total "), "{text}");
+            assert!(text.contains("xmpp_cm_process_resident_memory_bytes "), "{text}");
+        }
+    }
+
+    trait TapEnd {
+        fn tap_end(self, e: &Error) -> Self;
+    }
+    impl TapEnd for SessionGuard {
+        fn tap_end(mut self, e: &Error) -> Self {
+            self.end(e);
+            self
+        }
+    }
+}
