@@ -24,6 +24,8 @@ pub struct XmppCm {
     admin_port: Option<u16>,
     bosh_path: String,
     ws_path: String,
+    /// `http.tls.cert_file` is set: the public listener speaks HTTPS/WSS.
+    tls: bool,
     log: PathBuf,
     config: PathBuf,
 }
@@ -84,6 +86,7 @@ impl XmppCm {
             admin_port: listen.admin_port,
             bosh_path: listen.bosh_path,
             ws_path: listen.ws_path,
+            tls: listen.tls,
             log,
             config,
         })
@@ -104,17 +107,20 @@ impl XmppCm {
         (status, std::fs::read_to_string(&log).unwrap_or_default())
     }
 
-    /// BOSH endpoint, e.g. `http://127.0.0.1:P/http-bind`.
+    /// BOSH endpoint, e.g. `http://127.0.0.1:P/http-bind` (`https://` with `http.tls`).
     pub fn bosh_url(&self) -> String {
-        format!("http://127.0.0.1:{}{}", self.http_port, self.bosh_path)
+        format!("{}{}", self.http_base(), self.bosh_path)
     }
-    /// WebSocket endpoint, e.g. `ws://127.0.0.1:P/xmpp-websocket`.
+    /// WebSocket endpoint, e.g. `ws://127.0.0.1:P/xmpp-websocket` (`wss://` with `http.tls`).
     pub fn ws_url(&self) -> String {
-        format!("ws://127.0.0.1:{}{}", self.http_port, self.ws_path)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://127.0.0.1:{}{}", self.http_port, self.ws_path)
     }
-    /// `http://127.0.0.1:P` of the public listener (for host-meta, CORS, raw requests).
+    /// `http://127.0.0.1:P` of the public listener (`https://` with `http.tls`), for
+    /// host-meta, CORS and raw requests. (The raw client in support::http speaks http:// only.)
     pub fn http_base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.http_port)
     }
     /// "127.0.0.1:P" of the public listener (for raw TCP tests).
     pub fn http_addr(&self) -> String {
@@ -181,6 +187,7 @@ struct Listen {
     admin_port: Option<u16>,
     bosh_path: String,
     ws_path: String,
+    tls: bool,
 }
 
 impl Listen {
@@ -197,6 +204,7 @@ impl Listen {
             admin_port: (!admin.is_empty()).then(|| port(&admin)),
             bosh_path: f.extract_inner("http.bosh_path").unwrap_or_else(|_| "/http-bind".into()),
             ws_path: f.extract_inner("http.websocket_path").unwrap_or_else(|_| "/xmpp-websocket".into()),
+            tls: f.extract_inner::<String>("http.tls.cert_file").is_ok_and(|c| !c.is_empty()),
         }
     }
 }
