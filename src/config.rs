@@ -20,6 +20,7 @@ pub struct Config {
     pub upstream: Upstream,
     pub log: Log,
     pub drain: Drain,
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -36,6 +37,71 @@ pub struct Http {
     /// Empty: derived from the request's Host header, only when it came over HTTPS
     /// (`X-Forwarded-Proto: https` from the TLS terminator).
     pub public_url: String,
+    /// Peers (CIDRs, e.g. `10.0.0.0/8`, `127.0.0.1/32`) whose `Forwarded` / `X-Forwarded-For`
+    /// / `X-Forwarded-Proto` headers are believed. Empty: the TCP peer is the client.
+    pub trusted_proxies: Vec<String>,
+    /// Seconds a client may take to send the request headers (slowloris).
+    pub header_read_timeout: u64,
+    /// Seconds a client may take to send a request body.
+    pub body_read_timeout: u64,
+    /// TLS on the public listeners (empty cert_file: plain HTTP).
+    pub tls: HttpTls,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpTls {
+    /// PEM certificate chain; with `key_file`, turns every public listener into HTTPS
+    /// (TLS 1.2 and 1.3, ALPN h2 and http/1.1). Reloaded when the files change or on SIGHUP.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// Relay XEP-0368 Direct TLS clients (ALPN `xmpp-client`) to the upstream on the same port.
+    pub xmpp_passthrough: bool,
+    /// Seconds a client may take to finish the TLS handshake.
+    pub handshake_timeout: u64,
+    /// Seconds between checks of the certificate files for changes.
+    pub reload_interval: u64,
+}
+
+impl Default for HttpTls {
+    fn default() -> Self {
+        HttpTls { cert_file: String::new(), key_file: String::new(), xmpp_passthrough: false, handshake_timeout: 10, reload_interval: 10 }
+    }
+}
+
+/// Admission limits. 0 means unlimited for the counts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Sessions (all transports) at once; more → HTTP 503 / WebSocket refused.
+    pub max_sessions: usize,
+    /// Sessions at once from one client IP; more → HTTP 429.
+    pub max_sessions_per_ip: usize,
+    /// New sessions per second from one client IP (burst of the same size); more → HTTP 429.
+    pub new_sessions_per_ip_per_sec: u32,
+    /// Bytes queued for a slow client before xmpp-cm stops reading its upstream (backpressure).
+    pub max_queued_bytes: usize,
+    /// Deepest XML nesting accepted from clients (the BOSH body counts as one level).
+    pub max_xml_depth: usize,
+    /// Most attributes on one element.
+    pub max_xml_attrs: usize,
+    /// Longest element or attribute name.
+    pub max_xml_name_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_sessions: 100_000,
+            max_sessions_per_ip: 100,
+            new_sessions_per_ip_per_sec: 20,
+            max_queued_bytes: 1 << 20,
+            max_xml_depth: 64,
+            max_xml_attrs: 64,
+            max_xml_name_len: 256,
+        }
+    }
 }
 
 impl Default for Http {
@@ -46,6 +112,10 @@ impl Default for Http {
             websocket_path: "/xmpp-websocket".into(),
             cors_origins: vec![],
             public_url: String::new(),
+            trusted_proxies: vec![],
+            header_read_timeout: 20,
+            body_read_timeout: 20,
+            tls: HttpTls::default(),
         }
     }
 }
@@ -255,6 +325,32 @@ impl Config {
         if self.http.bosh_path == self.http.websocket_path {
             return err("http.bosh_path and http.websocket_path must differ".into());
         }
+        for c in &self.http.trusted_proxies {
+            if parse_cidr(c).is_none() {
+                return err(format!("http.trusted_proxies: '{c}' is not an address or CIDR"));
+            }
+        }
+        let t = &self.http.tls;
+        if t.cert_file.is_empty() != t.key_file.is_empty() {
+            return err("http.tls: cert_file and key_file go together".into());
+        }
+        if t.xmpp_passthrough && t.cert_file.is_empty() {
+            return err("http.tls.xmpp_passthrough needs http.tls.cert_file and key_file".into());
+        }
+        for (name, f) in [("http.tls.cert_file", &t.cert_file), ("http.tls.key_file", &t.key_file)] {
+            if !f.is_empty() && !Path::new(f).is_file() {
+                return err(format!("{name}: '{f}' is not a readable file"));
+            }
+        }
+        if self.http.header_read_timeout == 0 || self.http.body_read_timeout == 0 || t.handshake_timeout == 0 {
+            return err("http timeouts must be at least 1 second".into());
+        }
+        if self.limits.max_xml_depth < 4 || self.limits.max_xml_attrs < 8 || self.limits.max_xml_name_len < 32 {
+            return err("limits.max_xml_*: too small for XMPP (depth >= 4, attrs >= 8, name >= 32)".into());
+        }
+        if self.limits.max_queued_bytes < self.upstream.max_stanza_bytes {
+            return err("limits.max_queued_bytes must be at least upstream.max_stanza_bytes".into());
+        }
         if self.bosh.max_wait == 0 || self.bosh.max_wait > 300 {
             return err("bosh.max_wait must be between 1 and 300 seconds".into());
         }
@@ -326,6 +422,41 @@ impl Config {
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(d))
             .and_then(|(_, v)| split_host_port(v))
+    }
+}
+
+/// "10.0.0.0/8", "::1/128" or a bare address → (network, prefix length).
+pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let ip: std::net::IpAddr = addr.trim().parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l.trim().parse::<u8>().ok().filter(|l| *l <= max)?,
+        None => max,
+    };
+    Some((ip, len))
+}
+
+/// Is `ip` inside `net/len`? (IPv4-mapped IPv6 peers compare as IPv4.)
+pub fn cidr_contains((net, len): (std::net::IpAddr, u8), ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    };
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
     }
 }
 

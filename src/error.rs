@@ -52,6 +52,10 @@ pub enum Error {
     /// Overactivity, too-frequent polling, oversize body, limit hit.
     #[error("policy violation: {0}")]
     PolicyViolation(&'static str),
+    /// An admission limit refused a new session: `what` names the limit, `status` is the HTTP
+    /// status for a request that has no session yet (429 per client, 503 for the whole process).
+    #[error("limit reached: {what}")]
+    TooMany { what: &'static str, status: u16 },
     /// `to` missing.
     #[error("improper addressing")]
     ImproperAddressing,
@@ -97,7 +101,7 @@ impl Error {
     pub fn side(&self) -> Side {
         use Error::*;
         match self {
-            BadRequest(_) | ClientXml(_) | ItemNotFound(_) | PolicyViolation(_)
+            BadRequest(_) | ClientXml(_) | ItemNotFound(_) | PolicyViolation(_) | TooMany { .. }
             | ImproperAddressing | HostUnknown | ClientTerminate | ClientGone
             | ClientStream { .. } => Side::Client,
             Connect { .. } | UpstreamStreamError(_) | UpstreamClosed | UpstreamLost(_) => {
@@ -115,6 +119,7 @@ impl Error {
             ClientXml(_) => "bad_xml",
             ItemNotFound(_) => "item_not_found",
             PolicyViolation(_) => "policy_violation",
+            TooMany { .. } => "limit",
             ImproperAddressing => "improper_addressing",
             HostUnknown => "host_unknown",
             ClientTerminate => "client_terminate",
@@ -143,7 +148,7 @@ impl Error {
         match self {
             BadRequest(_) | ClientXml(_) => Some("bad-request"),
             ItemNotFound(_) => Some("item-not-found"),
-            PolicyViolation(_) => Some("policy-violation"),
+            PolicyViolation(_) | TooMany { .. } => Some("policy-violation"),
             ImproperAddressing => Some("improper-addressing"),
             HostUnknown => Some("host-unknown"),
             ClientTerminate | ClientGone | UpstreamClosed => None,
@@ -166,7 +171,7 @@ impl Error {
             ClientXml(XmlError::TooLarge(_)) => Some("policy-violation"),
             ClientXml(_) => Some("not-well-formed"),
             ItemNotFound(_) => Some("undefined-condition"),
-            PolicyViolation(_) => Some("policy-violation"),
+            PolicyViolation(_) | TooMany { .. } => Some("policy-violation"),
             ImproperAddressing => Some("improper-addressing"),
             HostUnknown => Some("host-unknown"),
             ClientTerminate | UpstreamClosed => None,

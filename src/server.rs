@@ -1,7 +1,6 @@
 //! Builds the public router (BOSH, WebSocket) and the admin router, binds the listeners, and
 //! drains on shutdown. `serve` takes already-bound listeners so tests can bind port 0.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,17 +24,27 @@ pub struct AppState {
     pub tracker: TaskTracker,
     /// Live BOSH sessions.
     pub bosh: crate::bosh::Registry,
+    /// Session admission limits (total, per IP, rate), shared by all transports.
+    pub admission: Arc<crate::limits::Admission>,
+    /// The public listeners' certificate, when `[http.tls]` is set.
+    pub certs: Option<Arc<crate::front::tls::CertStore>>,
 }
 
 impl AppState {
     pub fn new(config: Arc<Config>) -> Result<Arc<AppState>, crate::config::ConfigError> {
         let upstream = Arc::new(Upstream::new(config.clone())?);
         Ok(Arc::new(AppState {
-            config,
             upstream,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             bosh: crate::bosh::Registry::new(),
+            admission: crate::limits::Admission::new(config.limits.clone()),
+            certs: if config.http.tls.cert_file.is_empty() {
+                None
+            } else {
+                Some(crate::front::tls::CertStore::load(&config.http.tls)?)
+            },
+            config,
         }))
     }
 
@@ -57,7 +66,8 @@ pub fn public_router(state: Arc<AppState>) -> Router {
     let routes = Arc::new(crate::metrics::HttpRoutes { bosh: c.bosh_path.clone(), websocket: c.websocket_path.clone() });
     Router::new()
         .route(&c.bosh_path, bosh)
-        .route(&c.websocket_path, get(crate::websocket::handler))
+        // `any`: WebSocket over HTTP/2 arrives as an extended CONNECT (RFC 8441), not a GET.
+        .route(&c.websocket_path, axum::routing::any(crate::websocket::handler))
         .merge(crate::hostmeta::routes())
         .layer(axum::middleware::from_fn_with_state(routes, crate::metrics::track_http))
         .with_state(state)
@@ -76,12 +86,28 @@ pub async fn serve(listeners: Vec<TcpListener>, admin: Option<TcpListener>, stat
     // admin one reports /readyz 503. They stop when the drain is over.
     let stopped = CancellationToken::new();
     let mut servers = Vec::new();
+    let tls = match &state.certs {
+        Some(store) => {
+            store.clone().watch(Duration::from_secs(state.config.http.tls.reload_interval.max(1)), stopped.clone());
+            let cfg = crate::front::tls::server_config(store.clone(), state.config.http.tls.xmpp_passthrough)
+                .map_err(|e| std::io::Error::other(e.0))?;
+            Some(tokio_rustls::TlsAcceptor::from(cfg))
+        }
+        None => None,
+    };
+    let edge = crate::front::Edge {
+        router: public_router(state.clone()),
+        state: state.clone(),
+        tls,
+        trusted: Arc::new(crate::front::Trusted::new(&state.config.http.trusted_proxies)),
+    };
     for l in listeners {
-        info!(addr = %l.local_addr()?, "public listener");
-        let app = public_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        info!(addr = %l.local_addr()?, tls = edge.tls.is_some(), "public listener");
         let token = stopped.clone();
+        let edge = edge.clone();
         servers.push(tokio::spawn(async move {
-            axum::serve(l, app).with_graceful_shutdown(async move { token.cancelled().await }).await
+            crate::front::run(l, edge, token).await;
+            Ok::<(), std::io::Error>(())
         }));
     }
     if let Some(l) = admin {

@@ -37,11 +37,15 @@ pub async fn post(State(state): State<Arc<AppState>>, ext: axum::http::Extension
             return pre_session(200, &Error::BadRequest("only UTF-8 is accepted".into()), cors);
         }
     }
-    let bytes = match axum::body::to_bytes(body, max).await {
-        Ok(b) => b,
-        Err(_) => return pre_session(413, &Error::PolicyViolation("body too large"), cors),
+    let body_wait = std::time::Duration::from_secs(state.config.http.body_read_timeout);
+    let bytes = match tokio::time::timeout(body_wait, axum::body::to_bytes(body, max)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => return pre_session(413, &Error::PolicyViolation("body too large"), cors),
+        // Slowloris on the body: give up on this request; the session (if any) is untouched.
+        Err(_) => return pre_session(408, &Error::PolicyViolation("request body too slow"), cors),
     };
-    let limits = Limits { max_stanza_bytes: max, ..Limits::default() };
+    let l = &state.config.limits;
+    let limits = Limits { max_stanza_bytes: max, max_depth: l.max_xml_depth, max_attrs: l.max_xml_attrs, max_name_len: l.max_xml_name_len };
     let req = match body::parse(&bytes, &limits) {
         Ok(r) => r,
         Err(e) => return pre_session(200, &e, cors),
@@ -53,10 +57,19 @@ pub async fn post(State(state): State<Arc<AppState>>, ext: axum::http::Extension
     match inc.req.sid.clone() {
         None => {
             // The session task's span (transport, short sid) nests under this one.
-            let ip = ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+            // The client IP after the trusted-proxy rules (front::client_ip), else the peer.
+            let ip = ext
+                .get::<crate::front::ClientInfo>()
+                .map(|c| c.ip)
+                .or_else(|| ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip()));
             let span = tracing::info_span!("client", ip = ip.map(tracing::field::display));
-            if let Err((e, _inc)) = span.in_scope(|| state.bosh.create(&state, inc)) {
-                let status = if legacy_creation { e.legacy_http_status().unwrap_or(200) } else { 200 };
+            if let Err((e, _inc)) = span.in_scope(|| state.bosh.create(&state, inc, ip)) {
+                let status = match &e {
+                    // Admission limits: 429 for this client, 503 for the whole process.
+                    Error::TooMany { status, .. } => *status,
+                    _ if legacy_creation => e.legacy_http_status().unwrap_or(200),
+                    _ => 200,
+                };
                 return pre_session(status, &e, cors);
             }
         }

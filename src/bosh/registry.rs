@@ -43,7 +43,7 @@ impl Registry {
     }
 
     /// Check the creation policy and start the session task; the task answers `inc.reply`.
-    pub fn create(&self, state: &Arc<AppState>, inc: Incoming) -> Result<(), (Error, Incoming)> {
+    pub fn create(&self, state: &Arc<AppState>, inc: Incoming, ip: Option<std::net::IpAddr>) -> Result<(), (Error, Incoming)> {
         if state.shutdown.is_cancelled() {
             return Err((state.drain_error(crate::metrics::Transport::Bosh), inc));
         }
@@ -57,6 +57,10 @@ impl Registry {
         if !cfg.serves(&domain) {
             return Err((Error::HostUnknown, inc));
         }
+        let permit = match state.admission.admit(ip) {
+            Ok(p) => p,
+            Err(e) => return Err((e, inc)),
+        };
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         let sid = loop {
             let sid = new_sid();
@@ -71,7 +75,12 @@ impl Registry {
         let st = state.clone();
         // One span per session; the caller's span (client IP) is its parent.
         let span = tracing::info_span!("session", transport = "bosh", sid = %super::session::short(&params.sid));
-        state.tracker.spawn(tracing::Instrument::instrument(Session::run(st, params, inc, rx), span));
+        let session = async move {
+            // The admission slot is held for the session's whole life.
+            let _permit = permit;
+            Session::run(st, params, inc, rx).await
+        };
+        state.tracker.spawn(tracing::Instrument::instrument(session, span));
         Ok(())
     }
 }

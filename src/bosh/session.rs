@@ -140,7 +140,7 @@ pub struct Session {
     held: VecDeque<Held>,
     parked: BTreeMap<u64, Incoming>,
     /// Stanzas waiting for a response to carry them (already rewritten by relay).
-    out: Vec<Element>,
+    out: String,
     /// Attributes for the next response (creation attributes, or `from`/`authid` that were not
     /// known yet when the creation response left).
     next_attrs: Vec<(&'static str, String)>,
@@ -197,7 +197,7 @@ impl Session {
             window: Window::new(creation.req.rid, p.requests, cache_cap),
             held: VecDeque::new(),
             parked: BTreeMap::new(),
-            out: Vec::new(),
+            out: String::new(),
             next_attrs,
             up: Up::Connecting(Vec::new()),
             reader: None,
@@ -227,7 +227,10 @@ impl Session {
             let wait_deadline = self.held.front().map(|h| h.deadline);
             let idle_deadline = (self.held.is_empty() && self.parked.is_empty()).then(|| self.idle_since + self.inactivity);
             let connecting = OptionFuture::from(self.connecting.as_mut());
-            let reading = OptionFuture::from(self.reader.as_mut().map(|r| r.next()));
+            // Backpressure: a client that does not fetch its stanzas stops us reading upstream,
+            // so the server (not xmpp-cm) buffers or applies its own policy.
+            let room = self.out.len() < self.state.config.limits.max_queued_bytes;
+            let reading = OptionFuture::from(self.reader.as_mut().filter(|_| room).map(|r| r.next()));
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -318,7 +321,8 @@ impl Session {
 
     fn queue(&mut self, el: Element) {
         crate::metrics::metrics().stanza(crate::metrics::Direction::ToClient);
-        self.out.push(relay::from_upstream(el));
+        // Serialized now (self-contained), so its size counts against `max_queued_bytes`.
+        relay::from_upstream(el).write_xml(&mut self.out, "");
     }
 
     async fn write_up(&mut self, el: &Element) -> Result<(), Error> {
@@ -557,7 +561,7 @@ impl Session {
         let mut b = ResponseBody::new();
         let carried = !self.out.is_empty();
         if carried {
-            b.push_elements(std::mem::take(&mut self.out).iter());
+            b.push_payload(&std::mem::take(&mut self.out));
         }
         let body = self.decorate(b, h.rid).to_xml();
         self.window.store(h.rid, body.clone(), std::time::Instant::now());
@@ -602,7 +606,7 @@ impl Session {
         for (n, v) in self.next_attrs.drain(..) {
             b.push_attr(n, v);
         }
-        b.push_elements(std::mem::take(&mut self.out).iter());
+        b.push_payload(&std::mem::take(&mut self.out));
         if let Some(Error::UpstreamStreamError(el)) = err {
             b.push_elements(std::iter::once(el.as_ref()));
         }
@@ -677,7 +681,7 @@ impl Session {
             let _ = writer.close().await;
             return;
         }
-        let bounces: Vec<Element> = std::mem::take(&mut self.out).iter().filter_map(relay::bounce).collect();
+        let bounces: Vec<Element> = undelivered(&std::mem::take(&mut self.out)).iter().filter_map(relay::bounce).collect();
         self.state.tracker.spawn(async move {
             for b in &bounces {
                 if writer.send(b).await.is_err() {
@@ -694,6 +698,19 @@ impl Session {
                 }
             }
         });
+    }
+}
+
+/// The stanzas of a queue that was never delivered (serialized, self-contained elements).
+fn undelivered(out: &str) -> Vec<Element> {
+    if out.is_empty() {
+        return Vec::new();
+    }
+    let wrapped = format!("<q>{out}</q>");
+    let limits = crate::xml::Limits { max_stanza_bytes: wrapped.len() + 1, ..crate::xml::Limits::default() };
+    match crate::xml::parse_document(wrapped.as_bytes(), &limits, &[]) {
+        Ok(q) => q.elements().cloned().collect(),
+        Err(_) => Vec::new(),
     }
 }
 

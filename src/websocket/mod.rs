@@ -30,7 +30,7 @@ const READ_BUFFER: usize = 4096;
 const WRITE_BUFFER: usize = 4096;
 
 /// The WebSocket endpoint: checks the handshake, then spawns the session on `state.tracker`.
-pub async fn handler(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade, headers: HeaderMap) -> Response {
+pub async fn handler(State(state): State<Arc<AppState>>, ext: axum::http::Extensions, ws: WebSocketUpgrade, headers: HeaderMap) -> Response {
     if state.shutdown.is_cancelled() {
         crate::metrics::metrics().pre_session(crate::metrics::Transport::WebSocket, &crate::Error::Shutdown);
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
@@ -38,6 +38,21 @@ pub async fn handler(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade, h
     if let Err((status, reason)) = check_handshake(&headers, &state.config.websocket) {
         return (status, reason).into_response();
     }
+    let ip = ext
+        .get::<crate::front::ClientInfo>()
+        .map(|c| c.ip)
+        .or_else(|| ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip()));
+    let permit = match state.admission.admit(ip) {
+        Ok(p) => p,
+        Err(e) => {
+            crate::metrics::metrics().pre_session(crate::metrics::Transport::WebSocket, &e);
+            let status = match e {
+                crate::Error::TooMany { status, .. } => StatusCode::from_u16(status).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
+                _ => StatusCode::TOO_MANY_REQUESTS,
+            };
+            return (status, "too many sessions\n").into_response();
+        }
+    };
     let max = state.config.websocket.max_message_bytes;
     let tracker = state.tracker.clone();
     ws.protocols([SUBPROTOCOL])
@@ -45,7 +60,26 @@ pub async fn handler(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade, h
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| tracker.track_future(session::Session::new(socket, state).run()))
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                // The admission slot is held for the session's whole life.
+                let _permit = permit;
+                session::Session::new(socket, state).run().await
+            })
+        })
+}
+
+/// Run a Direct TLS passthrough session (see [`crate::passthrough`]) over a message adapter.
+pub async fn run_passthrough<S>(socket: S, state: Arc<AppState>)
+where
+    S: futures_util::Stream<Item = Result<axum::extract::ws::Message, axum::Error>>
+        + futures_util::Sink<axum::extract::ws::Message, Error = axum::Error>
+        + Unpin
+        + Send,
+{
+    let mut s = session::Session::new(socket, state);
+    s.passthrough = true;
+    s.run().await
 }
 
 /// WS-01/WS-02 and the Origin allow-list: `Err((status, reason))` refuses the upgrade with a

@@ -153,6 +153,9 @@ pub(super) struct Session<S> {
     send_wait: Duration,
     /// Records the session in the metrics (active gauge, duration, how it ended) when dropped.
     guard: SessionGuard,
+    /// A Direct TLS client relayed by [`crate::passthrough`]: the legacy framing is its native
+    /// stream, whatever `[websocket] legacy_framing` says.
+    pub(super) passthrough: bool,
 }
 
 enum Flow {
@@ -174,7 +177,7 @@ where
             DEFAULT_SEND_WAIT
         };
         let guard = metrics().session_started(Transport::WebSocket);
-        Session { socket, state, framing: None, opened: false, asked_domain: None, up: None, limits, keepalive, send_wait, guard }
+        Session { socket, state, framing: None, opened: false, asked_domain: None, up: None, limits, keepalive, send_wait, guard, passthrough: false }
     }
 
     /// Run to the end, then say goodbye to both sides.
@@ -261,7 +264,7 @@ where
             // Closing the socket without `<close/>` is a lost client (WS-24), not a close.
             Some(Ok(Message::Close(_))) => return Flow::End(Ending::gone("close frame without <close/>")),
         };
-        let legacy = self.state.config.websocket.legacy_framing;
+        let legacy = self.state.config.websocket.legacy_framing || self.passthrough;
         let inbound = match message::classify(text.as_str(), self.framing, legacy, &self.limits) {
             Ok(i) => i,
             Err(e) => {

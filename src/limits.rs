@@ -1,0 +1,153 @@
+//! Admission limits for new sessions, shared by every transport: sessions in total, sessions per
+//! client IP, and new sessions per client IP per second (a token bucket). A [`Permit`] is held
+//! by the session task for its whole life; dropping it gives the slot back.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use dashmap::DashMap;
+
+use crate::config::Limits;
+use crate::error::Error;
+
+#[derive(Debug)]
+pub struct Admission {
+    cfg: Limits,
+    total: AtomicUsize,
+    per_ip: DashMap<IpAddr, usize>,
+    /// Token bucket per IP: (tokens, last refill).
+    rate: DashMap<IpAddr, (f64, Instant)>,
+}
+
+/// One admitted session. Dropping it releases the slot.
+#[derive(Debug)]
+pub struct Permit {
+    adm: Arc<Admission>,
+    ip: Option<IpAddr>,
+}
+
+impl Admission {
+    pub fn new(cfg: Limits) -> Arc<Admission> {
+        Arc::new(Admission { cfg, total: AtomicUsize::new(0), per_ip: DashMap::new(), rate: DashMap::new() })
+    }
+
+    pub fn active(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Admit one new session from `ip` (None: unknown, only the global cap applies).
+    pub fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Permit, Error> {
+        let max = self.cfg.max_sessions;
+        let prev = self.total.fetch_add(1, Ordering::AcqRel);
+        if max > 0 && prev >= max {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::TooMany { what: "sessions", status: 503 });
+        }
+        let Some(ip) = ip else { return Ok(Permit { adm: self.clone(), ip: None }) };
+        if let Err(e) = self.take_token(ip) {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(e);
+        }
+        let per_ip = self.cfg.max_sessions_per_ip;
+        let mut n = self.per_ip.entry(ip).or_insert(0);
+        if per_ip > 0 && *n >= per_ip {
+            drop(n);
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::TooMany { what: "sessions_per_ip", status: 429 });
+        }
+        *n += 1;
+        Ok(Permit { adm: self.clone(), ip: Some(ip) })
+    }
+
+    fn take_token(&self, ip: IpAddr) -> Result<(), Error> {
+        let rate = self.cfg.new_sessions_per_ip_per_sec;
+        if rate == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let cap = f64::from(rate);
+        let mut e = self.rate.entry(ip).or_insert((cap, now));
+        let (tokens, last) = *e;
+        let tokens = (tokens + now.duration_since(last).as_secs_f64() * cap).min(cap);
+        if tokens < 1.0 {
+            *e = (tokens, now);
+            return Err(Error::TooMany { what: "session_rate", status: 429 });
+        }
+        *e = (tokens - 1.0, now);
+        drop(e);
+        // Keep the map from growing without bound: forget full buckets now and then.
+        if self.rate.len() > 10_000 {
+            self.rate.retain(|_, (t, l)| (*t + now.duration_since(*l).as_secs_f64() * cap) < cap);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.adm.total.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.ip {
+            if let dashmap::Entry::Occupied(mut o) = self.adm.per_ip.entry(ip) {
+                *o.get_mut() -= 1;
+                if *o.get() == 0 {
+                    o.remove();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lim(max: usize, per_ip: usize, rate: u32) -> Arc<Admission> {
+        Admission::new(Limits { max_sessions: max, max_sessions_per_ip: per_ip, new_sessions_per_ip_per_sec: rate, ..Limits::default() })
+    }
+
+    fn status(r: Result<Permit, Error>) -> u16 {
+        match r {
+            Ok(_) => 200,
+            Err(Error::TooMany { status, .. }) => status,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn caps_and_release() {
+        let a = lim(3, 2, 0);
+        let ip1: IpAddr = "192.0.2.1".parse().unwrap();
+        let ip2: IpAddr = "192.0.2.2".parse().unwrap();
+        let p1 = a.admit(Some(ip1)).unwrap();
+        let _p2 = a.admit(Some(ip1)).unwrap();
+        assert_eq!(status(a.admit(Some(ip1))), 429);
+        let _p3 = a.admit(Some(ip2)).unwrap();
+        assert_eq!(status(a.admit(Some(ip2))), 503);
+        drop(p1);
+        assert_eq!(a.active(), 2);
+        assert!(a.admit(Some(ip1)).is_ok());
+    }
+
+    #[test]
+    fn rate_bucket() {
+        let a = lim(0, 0, 5);
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let mut ok = 0;
+        let mut held = Vec::new();
+        for _ in 0..20 {
+            match a.admit(Some(ip)) {
+                Ok(p) => {
+                    ok += 1;
+                    held.push(p);
+                }
+                Err(Error::TooMany { status: 429, .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(ok, 5, "burst equals the rate");
+        let other: IpAddr = "192.0.2.10".parse().unwrap();
+        assert!(a.admit(Some(other)).is_ok(), "other IPs unaffected");
+    }
+}

@@ -1,0 +1,171 @@
+//! XEP-0368 Direct TLS passthrough on the HTTPS port: a native client (Conversations, Gajim,
+//! Dino) that offers ALPN `xmpp-client` gets its decrypted RFC 6120 stream relayed to the
+//! upstream server like any other session.
+//!
+//! No new session logic: [`TcpMessages`] presents the client's byte stream as the message
+//! stream of a legacy-framing WebSocket (`<stream:stream …>`, one element per message,
+//! `</stream:stream>`), and the WebSocket session task does the rest — upstream connect,
+//! feature filtering (no `<starttls/>`, no `-PLUS`), restarts, stream errors, XEP-0198 abortive
+//! close. Pings the session sends are answered locally; TCP has no frames to carry them.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use axum::extract::ws::Message;
+use futures_util::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+
+use crate::server::AppState;
+use crate::xml::{ns, Frame, Framer, Limits};
+
+/// Run one passthrough session over `io` (already decrypted).
+pub async fn serve<S>(io: S, peer: SocketAddr, state: Arc<AppState>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    tracing::debug!(%peer, "direct TLS passthrough");
+    let Ok(_permit) = state.admission.admit(Some(peer.ip())) else {
+        crate::metrics::metrics().limit_hit(crate::metrics::Limit::Sessions);
+        return;
+    };
+    let limits = Limits { max_stanza_bytes: state.config.upstream.max_stanza_bytes, ..Limits::default() };
+    let messages = TcpMessages::new(io, limits);
+    let tracker = state.tracker.clone();
+    tracker.track_future(crate::websocket::run_passthrough(messages, state)).await;
+}
+
+/// A raw XMPP byte stream seen as legacy-framing WebSocket messages.
+pub struct TcpMessages<S> {
+    rd: ReadHalf<S>,
+    wr: WriteHalf<S>,
+    framer: Framer,
+    buf: Vec<u8>,
+    /// Messages to hand out before reading more (pongs for the session's pings).
+    pending: VecDeque<Message>,
+    out: Vec<u8>,
+    reader: Option<Waker>,
+    eof: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite> TcpMessages<S> {
+    pub fn new(io: S, limits: Limits) -> Self {
+        let (rd, wr) = tokio::io::split(io);
+        TcpMessages { rd, wr, framer: Framer::new(limits), buf: vec![0; 4096], pending: VecDeque::new(), out: Vec::new(), reader: None, eof: false }
+    }
+}
+
+/// Re-serialize a frame as the text of one legacy-framing message.
+fn frame_text(f: Frame) -> String {
+    match f {
+        Frame::StreamOpen(h) => {
+            let mut s = format!("<stream:stream xmlns='{}' xmlns:stream='{}'", ns::CLIENT, ns::STREAM);
+            let mut attr = |n: &str, v: &Option<String>| {
+                if let Some(v) = v {
+                    let mut e = String::new();
+                    crate::xml::element::escape_attr(v, &mut e);
+                    s.push_str(&format!(" {n}='{e}'"));
+                }
+            };
+            attr("to", &h.to);
+            attr("from", &h.from);
+            attr("version", &h.version);
+            attr("xml:lang", &h.lang);
+            s.push('>');
+            s
+        }
+        Frame::Element(el) => el.to_xml(""),
+        Frame::StreamClose => "</stream:stream>".into(),
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite> Stream for TcpMessages<S> {
+    type Item = Result<Message, axum::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(m) = this.pending.pop_front() {
+                return Poll::Ready(Some(Ok(m)));
+            }
+            match this.framer.next_frame() {
+                Ok(Some(f)) => return Poll::Ready(Some(Ok(Message::Text(frame_text(f).into())))),
+                Ok(None) => {}
+                // Bad XML: hand the session something that fails to parse, so the client gets
+                // the not-well-formed stream error like any other transport.
+                Err(_) => {
+                    this.eof = true;
+                    return Poll::Ready(Some(Ok(Message::Text("<".into()))));
+                }
+            }
+            if this.eof {
+                return Poll::Ready(None);
+            }
+            let mut rb = ReadBuf::new(&mut this.buf);
+            match Pin::new(&mut this.rd).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(None),
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    this.framer.feed(&this.buf[..n]);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(axum::Error::new(e)))),
+                Poll::Pending => {
+                    this.reader = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite> Sink<Message> for TcpMessages<S> {
+    type Error = axum::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Keep at most one batch buffered: flush before taking more (backpressure).
+        if self.out.len() > 64 * 1024 {
+            return self.poll_flush(cx);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+        let this = self.get_mut();
+        match item {
+            Message::Text(t) => this.out.extend_from_slice(t.as_str().as_bytes()),
+            Message::Ping(p) => {
+                this.pending.push_back(Message::Pong(p));
+                if let Some(w) = this.reader.take() {
+                    w.wake();
+                }
+            }
+            Message::Pong(_) | Message::Close(_) | Message::Binary(_) => {}
+        }
+        Ok(())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let this = self.get_mut();
+        while !this.out.is_empty() {
+            match Pin::new(&mut this.wr).poll_write(cx, &this.out) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(axum::Error::new(std::io::Error::from(std::io::ErrorKind::WriteZero)))),
+                Poll::Ready(Ok(n)) => {
+                    this.out.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(axum::Error::new(e))),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Pin::new(&mut this.wr).poll_flush(cx).map_err(axum::Error::new)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self.as_mut().poll_flush(cx) {
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
+        Pin::new(&mut self.get_mut().wr).poll_shutdown(cx).map_err(axum::Error::new)
+    }
+}
