@@ -1,0 +1,314 @@
+//! SIGTERM drain of the real binary against real Prosody (ARCHITECTURE.md "Drain", BOSH-T-16,
+//! WS-19, WS-20): 100 live sessions mixing BOSH and WebSocket; /readyz turns 503; new sessions
+//! are refused; held BOSH requests get `system-shutdown` (or `see-other-uri` with a redirect);
+//! WebSocket clients get the `system-shutdown` stream error (or `<close see-other-uri/>`); a
+//! message handed over just before SIGTERM reaches its recipient; the process exits 0 within
+//! `[drain] grace`.
+
+mod bosh_client;
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bosh_client::Bosh;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+
+use support::{http_request, Prosody, ProsodyOpts, XmppCm};
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+const T: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------- a direct c2s client
+
+/// A recipient logged in directly to Prosody over plain TCP (it must outlive xmpp-cm). A
+/// thread reads everything it receives until `deadline` or until every needle was seen.
+fn direct_recipient(port: u16, domain: &str, user: &str, pass: &str) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect c2s");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let open = format!(
+        "<?xml version='1.0'?><stream:stream to='{domain}' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+    );
+    let read_until = |s: &mut TcpStream, needle: &str| {
+        let mut got = String::new();
+        let mut buf = [0u8; 4096];
+        while !got.contains(needle) {
+            let n = s.read(&mut buf).unwrap_or_else(|e| panic!("reading for {needle}: {e}; got {got}"));
+            assert!(n > 0, "EOF waiting for {needle}: {got}");
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        got
+    };
+    s.write_all(open.as_bytes()).unwrap();
+    read_until(&mut s, "</stream:features>");
+    let creds = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"));
+    write!(s, "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>").unwrap();
+    read_until(&mut s, "success");
+    s.write_all(open.as_bytes()).unwrap();
+    read_until(&mut s, "</stream:features>");
+    s.write_all(b"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>direct</resource></bind></iq>").unwrap();
+    read_until(&mut s, "</iq>");
+    s.write_all(b"<presence/>").unwrap();
+    s
+}
+
+fn collect_until(mut s: TcpStream, needles: Vec<String>, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    let mut got = String::new();
+    let mut buf = [0u8; 8192];
+    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    while Instant::now() < deadline && !needles.iter().all(|n| got.contains(n.as_str())) {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(_) => {}
+        }
+    }
+    got
+}
+
+// ---------------------------------------------------------------- WebSocket helpers
+
+async fn ws_connect(url: &str) -> Ws {
+    let mut req = url.into_client_request().expect("request");
+    req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static("xmpp"));
+    tokio_tungstenite::connect_async(req).await.expect("websocket handshake").0
+}
+
+async fn ws_recv(ws: &mut Ws) -> String {
+    loop {
+        match tokio::time::timeout(T, ws.next()).await.expect("timed out waiting for a WS message") {
+            Some(Ok(Message::Text(t))) => return t.to_string(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected text, got {other:?}"),
+        }
+    }
+}
+
+async fn ws_recv_until(ws: &mut Ws, needle: &str) -> String {
+    loop {
+        let t = ws_recv(ws).await;
+        if t.contains(needle) {
+            return t;
+        }
+    }
+}
+
+async fn ws_login(url: &str, domain: &str, user: &str, pass: &str) -> Ws {
+    let mut ws = ws_connect(url).await;
+    let open = format!("<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='{domain}' version='1.0'/>");
+    ws.send(Message::Text(open.clone().into())).await.unwrap();
+    ws_recv_until(&mut ws, "mechanisms").await;
+    let creds = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"));
+    ws.send(Message::Text(format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>").into()))
+        .await
+        .unwrap();
+    ws_recv_until(&mut ws, "success").await;
+    ws.send(Message::Text(open.into())).await.unwrap();
+    ws_recv_until(&mut ws, "xmpp-bind").await;
+    ws.send(Message::Text("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>".into())).await.unwrap();
+    ws_recv_until(&mut ws, "<jid>").await;
+    ws.send(Message::Text("<presence/>".into())).await.unwrap();
+    ws
+}
+
+/// Everything until the close frame: (texts, close code).
+async fn ws_to_close(mut ws: Ws) -> (Vec<String>, Option<u16>) {
+    let mut texts = Vec::new();
+    loop {
+        match tokio::time::timeout(T, ws.next()).await {
+            Err(_) => return (texts, None),
+            Ok(Some(Ok(Message::Text(t)))) => texts.push(t.to_string()),
+            Ok(Some(Ok(Message::Close(f)))) => return (texts, f.map(|f| u16::from(f.code))),
+            Ok(Some(Ok(_))) => {}
+            Ok(None | Some(Err(_))) => return (texts, None),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the tests
+
+const SESSIONS: usize = 100;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_100_bosh_and_websocket_sessions() {
+    let p = Prosody::start(ProsodyOpts { plain_only: true, users: SESSIONS, ..Default::default() });
+    let grace = 10u64;
+    let mut cm = XmppCm::start(&XmppCm::config_with(
+        &p,
+        &[("drain.grace", &grace.to_string()), ("log.level", "\"xmpp_cm=info,warn\""), ("bosh.max_wait", "60"),
+            // 100 sessions from one loopback address, logged in quickly.
+            ("limits.max_sessions_per_ip", "1000"),
+            ("limits.new_sessions_per_ip_per_sec", "1000"),
+        ],
+    ));
+    let d = p.domain().to_string();
+    let carol = direct_recipient(p.c2s_port(), &d, "carol", "carolpass");
+    let carol_jid = format!("carol@{d}/direct");
+
+    // 50 BOSH + 50 WebSocket sessions, logged in a few at a time.
+    let half = SESSIONS / 2;
+    let mut bosh = Vec::new();
+    let mut ws = Vec::new();
+    for chunk in (1..=SESSIONS).collect::<Vec<_>>().chunks(10) {
+        let mut tasks = Vec::new();
+        for &i in chunk {
+            let (bu, wu, d) = (cm.bosh_url(), cm.ws_url(), d.clone());
+            tasks.push(tokio::spawn(async move {
+                if i <= half {
+                    (Some(Bosh::login(&bu, &d, &format!("user{i}"), &format!("pass{i}"), 60).await.0), None)
+                } else {
+                    (None, Some(ws_login(&wu, &d, &format!("user{i}"), &format!("pass{i}")).await))
+                }
+            }));
+        }
+        for t in tasks {
+            let (b, w) = t.await.expect("login task");
+            bosh.extend(b);
+            ws.extend(w);
+        }
+    }
+    assert_eq!((bosh.len(), ws.len()), (half, half));
+    let admin = cm.admin_url();
+    let ready = http_request("GET", &format!("{admin}/readyz"), &[], b"", T).await.unwrap();
+    assert_eq!(ready.status, 200);
+    let m = http_request("GET", &format!("{admin}/metrics"), &[], b"", T).await.unwrap().body;
+    assert!(m.contains("xmpp_cm_sessions_active{transport=\"bosh\"} 50"), "{m}");
+    assert!(m.contains("xmpp_cm_sessions_active{transport=\"websocket\"} 50"), "{m}");
+
+    // Every BOSH session has one request held; every WebSocket reads to the end.
+    let mut sender = bosh.pop().expect("a BOSH sender");
+    let mut held = Vec::new();
+    for mut b in bosh {
+        held.push(tokio::spawn(async move { b.send("", "").await }));
+    }
+    let mut ws_sender = ws.pop().expect("a WS sender");
+    let ws_ends: Vec<_> = ws.into_iter().map(|w| tokio::spawn(ws_to_close(w))).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Messages handed over just before SIGTERM.
+    let bosh_msg = format!("<message xmlns='jabber:client' to='{carol_jid}' type='chat' id='mb'><body>bosh-before-term</body></message>");
+    let sender_task = tokio::spawn(async move { sender.send("", &bosh_msg).await });
+    ws_sender
+        .send(Message::Text(format!("<message to='{carol_jid}' type='chat' id='mw'><body>ws-before-term</body></message>").into()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let carol_reader = std::thread::spawn(move || {
+        collect_until(carol, vec!["bosh-before-term".into(), "ws-before-term".into()], Duration::from_secs(15))
+    });
+    let t0 = Instant::now();
+    cm.signal("TERM");
+
+    // Readiness fails and a new session is refused while draining.
+    let mut saw_503 = false;
+    for _ in 0..40 {
+        match http_request("GET", &format!("{admin}/readyz"), &[], b"", Duration::from_secs(2)).await {
+            Ok(r) if r.status == 503 => {
+                saw_503 = true;
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+            Err(e) => panic!("admin listener gone before /readyz said 503: {e}"),
+        }
+    }
+    assert!(saw_503, "/readyz never turned 503");
+    let refused = bosh_client::post(
+        &cm.bosh_url(),
+        &format!("<body {} rid='1' to='{d}' wait='5' hold='1' ver='1.6'/>", bosh_client::NS),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!((refused.is_terminate(), refused.condition().as_deref()), (true, Some("system-shutdown")), "{}", refused.raw);
+
+    // Held BOSH requests: system-shutdown.
+    for h in held {
+        let a = h.await.expect("held request task");
+        assert!(a.is_terminate(), "{}", a.raw);
+        assert_eq!(a.condition().as_deref(), Some("system-shutdown"), "{}", a.raw);
+    }
+    let s = sender_task.await.expect("sender");
+    assert!(s.raw.contains("system-shutdown") || s.status == 200, "{}", s.raw);
+    // WebSocket: the system-shutdown stream error, <close/>, close code 1001.
+    for w in ws_ends {
+        let (texts, code) = w.await.expect("ws task");
+        assert!(
+            texts.iter().any(|t| t.contains("stream:error")
+                && (t.contains("<system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'")
+                    || t.contains("<system-shutdown xmlns=\"urn:ietf:params:xml:ns:xmpp-streams\""))),
+            "{texts:?}"
+        );
+        assert!(texts.last().is_some_and(|t| t.starts_with("<close ")), "{texts:?}");
+        assert_eq!(code, Some(1001), "{texts:?}");
+    }
+    drop(ws_sender);
+
+    // Exit 0 within grace.
+    let (mut cm, status) = tokio::task::spawn_blocking(move || {
+        let s = cm.wait_exit(Duration::from_secs(grace + 5));
+        (cm, s)
+    })
+    .await
+    .unwrap();
+    let took = t0.elapsed();
+    assert!(status.is_some_and(|s| s.code() == Some(0)), "exit {status:?} after {took:?}\n{}", support::tail(cm.log_path(), 40));
+    assert!(took < Duration::from_secs(grace + 1), "drain took {took:?}");
+    let _ = cm.stop();
+
+    // Both messages handed over before SIGTERM reached carol.
+    let got = carol_reader.join().expect("carol");
+    assert!(got.contains("bosh-before-term"), "carol got: {got}");
+    assert!(got.contains("ws-before-term"), "carol got: {got}");
+}
+
+/// With `[drain] redirect_url`: BOSH `see-other-uri` with `<uri/>`, WebSocket
+/// `<close see-other-uri='…'/>` (WS-20, SEC-14), and new BOSH sessions are sent there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_redirect_sends_clients_to_the_peer() {
+    let p = Prosody::start(ProsodyOpts { plain_only: true, ..Default::default() });
+    let mut cm = XmppCm::start(&XmppCm::config_with(&p, &[("drain.redirect_url", "\"https://peer.example.test\"")]));
+    let d = p.domain().to_string();
+    let (mut b, _) = Bosh::login(&cm.bosh_url(), &d, "alice", "alicepass", 30).await;
+    let w = ws_login(&cm.ws_url(), &d, "bob", "bobpass").await;
+    let held = tokio::spawn(async move { b.send("", "").await });
+    let ws_end = tokio::spawn(ws_to_close(w));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cm.signal("TERM");
+    let a = held.await.unwrap();
+    assert_eq!(a.condition().as_deref(), Some("see-other-uri"), "{}", a.raw);
+    let uri = a.children().into_iter().find(|c| c.name == "uri").map(|c| c.text());
+    assert_eq!(uri.as_deref(), Some("https://peer.example.test/http-bind"), "{}", a.raw);
+    let (texts, code) = ws_end.await.unwrap();
+    let close = texts.last().cloned().unwrap_or_default();
+    assert!(close.starts_with("<close "), "{texts:?}");
+    assert!(
+        close.contains("see-other-uri='wss://peer.example.test/xmpp-websocket'")
+            || close.contains("see-other-uri=\"wss://peer.example.test/xmpp-websocket\""),
+        "{texts:?}"
+    );
+    assert!(!texts.iter().any(|t| t.contains("stream:error")), "{texts:?}");
+    assert_eq!(code, Some(1001));
+    let (mut cm, status) = tokio::task::spawn_blocking(move || {
+        let s = cm.wait_exit(Duration::from_secs(15));
+        (cm, s)
+    })
+    .await
+    .unwrap();
+    assert!(status.is_some_and(|s| s.code() == Some(0)), "{status:?}\n{}", support::tail(cm.log_path(), 40));
+    let _ = cm.stop();
+
+    // SEC-14: a redirect less secure than the public URL is refused at startup (exit 64).
+    let bad = XmppCm::config_with(
+        &p,
+        &[("http.public_url", "\"https://chat.example.test\""), ("drain.redirect_url", "\"http://peer.example.test\"")],
+    );
+    let (status, out) = XmppCm::run_to_exit(&bad, &["--check-config"], &[], Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(64), "{out}");
+    assert!(out.contains("drain.redirect_url"), "{out}");
+}
