@@ -30,8 +30,10 @@ pub struct Http {
     pub listen: Vec<String>,
     pub bosh_path: String,
     pub websocket_path: String,
-    /// Origins allowed by CORS on the BOSH path; empty means any (`*`).
-    pub cors_origins: Vec<String>,
+    /// Origins allowed by CORS on the BOSH path: `["*"]` (the default) allows any origin without
+    /// credentials; a list of exact origins (`https://chat.example.org`) is echoed back with
+    /// `Access-Control-Allow-Credentials: true`. Empty: no CORS headers at all.
+    pub cors_allowed_origins: Vec<String>,
     /// Public base URL clients reach this service at (`https://chat.example.org`), advertised
     /// in XEP-0156 host-meta as `<public_url><bosh_path>` and `wss://…<websocket_path>`.
     /// Empty: derived from the request's Host header, only when it came over HTTPS
@@ -110,7 +112,7 @@ impl Default for Http {
             listen: vec!["0.0.0.0:5280".into()],
             bosh_path: "/http-bind".into(),
             websocket_path: "/xmpp-websocket".into(),
-            cors_origins: vec![],
+            cors_allowed_origins: vec!["*".into()],
             public_url: String::new(),
             trusted_proxies: vec![],
             header_read_timeout: 20,
@@ -223,6 +225,24 @@ pub struct Upstream {
     pub allow_route: Vec<String>,
     /// Largest stanza accepted in either direction.
     pub max_stanza_bytes: usize,
+    /// Send the client's address to the upstream in a PROXY protocol header (v1 text, v2
+    /// binary) as the first bytes of every upstream connection. The server must expect it
+    /// (ejabberd `use_proxy_protocol: true`, Prosody mod_net_proxy).
+    pub proxy_protocol: ProxyProtocol,
+    /// Connect to SRV targets (and the domain:5222 fallback) that resolve to loopback,
+    /// private, link-local, unique-local, unspecified or multicast addresses. Off: such
+    /// targets are refused (SSRF guard). Static routes are trusted either way.
+    pub allow_private_targets: bool,
+}
+
+/// `upstream.proxy_protocol`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    #[default]
+    Off,
+    V1,
+    V2,
 }
 
 impl Default for Upstream {
@@ -235,6 +255,8 @@ impl Default for Upstream {
             routes: BTreeMap::new(),
             allow_route: vec![],
             max_stanza_bytes: 262_144,
+            proxy_protocol: ProxyProtocol::Off,
+            allow_private_targets: false,
         }
     }
 }
@@ -324,6 +346,12 @@ impl Config {
         }
         if self.http.bosh_path == self.http.websocket_path {
             return err("http.bosh_path and http.websocket_path must differ".into());
+        }
+        for o in &self.http.cors_allowed_origins {
+            let ok = o == "*" || ((o.starts_with("https://") || o.starts_with("http://")) && !o.ends_with('/') && !o[8..].contains('/'));
+            if !ok {
+                return err(format!("http.cors_allowed_origins: '{o}' is not \"*\" or an origin like https://chat.example.org (scheme and host, no path or trailing slash)"));
+            }
         }
         for c in &self.http.trusted_proxies {
             if parse_cidr(c).is_none() {

@@ -484,3 +484,41 @@ async fn route_attribute_only_when_allow_listed() {
         assert_eq!(a.condition().as_deref(), Some("remote-connection-failed"), "{r} must be ignored: {}", a.raw);
     }
 }
+
+/// HTTP-11, HTTP-12, SEC-10: with an allow-list, the exact origin is echoed with credentials and
+/// `Vary: Origin`; another origin gets no CORS headers and a log line saying why.
+#[tokio::test]
+async fn cors_allow_list() {
+    let p = prosody();
+    let cm = XmppCm::start(&XmppCm::config_with(&p, &[("http.cors_allowed_origins", "[\"https://app.test\"]")]));
+    let pre = |origin: &'static str| {
+        let url = cm.bosh_url();
+        async move {
+            support::http_request(
+                "OPTIONS",
+                &url,
+                &[("Origin", origin), ("Access-Control-Request-Method", "POST"), ("Access-Control-Request-Headers", "content-type")],
+                b"",
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("preflight")
+        }
+    };
+    let ok = pre("https://app.test").await;
+    assert_eq!(ok.header("access-control-allow-origin"), Some("https://app.test"));
+    assert_eq!(ok.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(ok.header("vary"), Some("Origin"));
+    let bad = pre("https://evil.test").await;
+    assert_eq!(bad.header("access-control-allow-origin"), None);
+    // A POST from the allowed origin carries the header too (errors included).
+    let r = support::http_request("POST", &cm.bosh_url(), &[("Origin", "https://app.test")], b"<nope/>", Duration::from_secs(5))
+        .await
+        .expect("post");
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://app.test"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cm.log().contains("origin not in http.cors_allowed_origins") {
+        assert!(Instant::now() < deadline, "no log line for the refused origin:\n{}", cm.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -174,7 +174,7 @@ async fn host_meta_xrd_jrd_and_cors() {
         &p,
         &[
             ("http.public_url", "\"https://chat.example.test\""),
-            ("http.cors_origins", "[\"https://app.example.test\"]"),
+            ("http.cors_allowed_origins", "[\"https://app.example.test\"]"),
         ],
     ));
     let addr = cm.http_addr();

@@ -58,12 +58,10 @@ pub async fn post(State(state): State<Arc<AppState>>, ext: axum::http::Extension
         None => {
             // The session task's span (transport, short sid) nests under this one.
             // The client IP after the trusted-proxy rules (front::client_ip), else the peer.
-            let ip = ext
-                .get::<crate::front::ClientInfo>()
-                .map(|c| c.ip)
-                .or_else(|| ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip()));
+            let client = crate::upstream::proxy::client_addr(&ext);
+            let ip = client.map(|c| c.ip());
             let span = tracing::info_span!("client", ip = ip.map(tracing::field::display));
-            if let Err((e, _inc)) = span.in_scope(|| state.bosh.create(&state, inc, ip)) {
+            if let Err((e, _inc)) = span.in_scope(|| state.bosh.create(&state, inc, client)) {
                 let status = match &e {
                     // Admission limits: 429 for this client, 503 for the whole process.
                     Error::TooMany { status, .. } => *status,
@@ -162,16 +160,25 @@ fn set_cors(h: &mut HeaderMap, origin: &HeaderValue) {
     }
 }
 
-/// The `Access-Control-Allow-Origin` value for this request: `*` when no allow-list is
-/// configured, the exact origin when it is on the list, nothing otherwise.
+/// The `Access-Control-Allow-Origin` value for this request: `*` when the list is `["*"]`, the
+/// exact origin when it is on the list, nothing otherwise (and a log line saying why, once per
+/// origin, so an operator can see a misconfigured origin without a browser console).
 fn cors_origin(state: &AppState, headers: &HeaderMap) -> Option<HeaderValue> {
-    let list = &state.config.http.cors_origins;
-    if list.is_empty() {
+    let list = &state.config.http.cors_allowed_origins;
+    if list.iter().any(|x| x == "*") {
         return Some(HeaderValue::from_static("*"));
     }
     let origin = headers.get(header::ORIGIN)?;
     let o = origin.to_str().ok()?;
-    list.iter().any(|x| x == o).then(|| origin.clone())
+    if list.iter().any(|x| x.eq_ignore_ascii_case(o)) {
+        return Some(origin.clone());
+    }
+    static LOGGED: std::sync::OnceLock<dashmap::DashSet<String>> = std::sync::OnceLock::new();
+    let logged = LOGGED.get_or_init(dashmap::DashSet::new);
+    if logged.len() < 1000 && logged.insert(o.to_string()) {
+        tracing::info!(origin = %o, allowed = ?list, "CORS: origin not in http.cors_allowed_origins; the browser will block this page's BOSH requests");
+    }
+    None
 }
 
 /// A Content-Type without charset, or with charset UTF-8, is fine (BOSH-S-24).
