@@ -34,7 +34,7 @@ where
     let limits = Limits { max_stanza_bytes: state.config.upstream.max_stanza_bytes, ..Limits::default() };
     let messages = TcpMessages::new(io, limits);
     let tracker = state.tracker.clone();
-    tracker.track_future(crate::websocket::run_passthrough(messages, state)).await;
+    tracker.track_future(crate::websocket::run_passthrough(messages, state, Some(peer))).await;
 }
 
 /// A raw XMPP byte stream seen as legacy-framing WebSocket messages.

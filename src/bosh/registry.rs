@@ -1,6 +1,6 @@
 //! The registry of live BOSH sessions: sid → the channel of the task that owns the session.
 //! Creating a session applies the policy that must hold before any DNS or TCP work: not
-//! draining, `to` present, domain served. A sharded map; nothing is held across `.await`.
+//! draining, `to` present, domain served, `route` allow-listed. A sharded map; nothing is held across `.await`.
 
 use std::sync::Arc;
 
@@ -43,7 +43,10 @@ impl Registry {
     }
 
     /// Check the creation policy and start the session task; the task answers `inc.reply`.
-    pub fn create(&self, state: &Arc<AppState>, inc: Incoming, ip: Option<std::net::IpAddr>) -> Result<(), (Error, Incoming)> {
+    /// `client` is the client's address (IP after the trusted-proxy rules); its IP is what the
+    /// admission limits count, and it goes to the upstream in the PROXY header when configured.
+    pub fn create(&self, state: &Arc<AppState>, inc: Incoming, client: Option<std::net::SocketAddr>) -> Result<(), (Error, Incoming)> {
+        let ip = client.map(|c| c.ip());
         if state.shutdown.is_cancelled() {
             return Err((state.drain_error(crate::metrics::Transport::Bosh), inc));
         }
@@ -57,6 +60,18 @@ impl Registry {
         if !cfg.serves(&domain) {
             return Err((Error::HostUnknown, inc));
         }
+        // `route` is honoured only when allow-listed verbatim; any other value is host-unknown
+        // (BOSH-S-14, issue 5), before any DNS or TCP work.
+        let route = match inc.req.route.as_deref() {
+            None => None,
+            Some(r) => match allowed_route(&cfg.upstream.allow_route, r) {
+                Some(t) => Some(t),
+                None => {
+                    tracing::info!(route = r, "BOSH route not in upstream.allow_route: host-unknown");
+                    return Err((Error::HostUnknown, inc));
+                }
+            },
+        };
         let permit = match state.admission.admit(ip) {
             Ok(p) => p,
             Err(e) => return Err((e, inc)),
@@ -70,8 +85,8 @@ impl Registry {
             }
         };
         let mut params = Params::negotiate(sid, &inc.req, &cfg.bosh, domain);
-        // `route` is honoured only when allow-listed verbatim; otherwise ignored (BOSH-S-14).
-        params.route = inc.req.route.as_deref().and_then(|r| allowed_route(&cfg.upstream.allow_route, r));
+        params.route = route;
+        params.open.client = client;
         let st = state.clone();
         // One span per session; the caller's span (client IP) is its parent.
         let span = tracing::info_span!("session", transport = "bosh", sid = %super::session::short(&params.sid));
@@ -92,7 +107,7 @@ pub fn allowed_route(allow: &[String], route: &str) -> Option<crate::upstream::T
     }
     let rest = route.strip_prefix("xmpp:")?;
     let (host, port) = crate::config::split_host_port(rest)?;
-    Some(crate::upstream::Target { host, port, direct_tls: false })
+    Some(crate::upstream::Target { host, port, direct_tls: false, trusted: true })
 }
 
 /// 128 bits from the OS CSPRNG, URL-safe base64 (22 characters). SEC-01.

@@ -106,6 +106,8 @@ impl Params {
                 lang: req.lang.clone().unwrap_or_else(|| "en".into()),
                 version: req.xmpp_version.clone().unwrap_or_else(|| "1.0".into()),
                 from: req.from.clone(),
+                // Set by the registry, which knows the HTTP request's client.
+                client: None,
             },
             route: None,
         }

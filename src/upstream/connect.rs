@@ -141,7 +141,7 @@ pub(crate) async fn connect_targets(
             tracing::debug!(host = %target.host, port = target.port, "direct-TLS target skipped: upstream.tls = none");
             continue;
         }
-        let addrs = match addresses(ctx, &target.host).await {
+        let addrs = match addresses(ctx, &target.host).await.and_then(|a| guard(ctx, target, a)) {
             Ok(a) => a,
             Err(e) => {
                 tracing::debug!(host = %target.host, error = %e, "upstream target not resolved");
@@ -193,6 +193,38 @@ async fn addresses(ctx: &super::Upstream, host: &str) -> Result<Vec<IpAddr>, Err
     Ok(addrs)
 }
 
+/// The SSRF guard after resolution: a DNS-learned target keeps only its public addresses
+/// (unless `upstream.allow_private_targets`); none left is a `Dns` failure saying why.
+fn guard(ctx: &super::Upstream, target: &Target, addrs: Vec<IpAddr>) -> Result<Vec<IpAddr>, Error> {
+    if target.trusted || ctx.config.upstream.allow_private_targets {
+        return Ok(addrs);
+    }
+    let mut refused = Vec::new();
+    let allowed: Vec<IpAddr> = addrs
+        .into_iter()
+        .filter(|ip| match resolve::refused_address(*ip) {
+            Some(why) => {
+                tracing::warn!(host = %target.host, %ip, why, "upstream target address refused (SSRF guard)");
+                refused.push(format!("{ip} ({why})"));
+                false
+            }
+            None => true,
+        })
+        .collect();
+    if allowed.is_empty() {
+        return Err(Error::Connect {
+            kind: ConnectKind::Dns,
+            detail: format!(
+                "{}: refused, resolves only to non-public addresses: {}; set upstream.allow_private_targets \
+                 or add a static route in upstream.routes to allow it",
+                target.host,
+                refused.join(", ")
+            ),
+        });
+    }
+    Ok(allowed)
+}
+
 /// One attempt on one address: TCP, direct TLS or STARTTLS as the target and config say,
 /// stream open, features.
 async fn establish(
@@ -211,6 +243,20 @@ async fn establish(
     // Stanzas are small and interactive: no Nagle delay.
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(%addr, error = %e, "TCP_NODELAY not set");
+    }
+    // The PROXY header comes first of all: before direct TLS, STARTTLS and the stream header.
+    let proxy = super::proxy::header(ctx.config.upstream.proxy_protocol, params.client, addr);
+    let mut tcp = tcp;
+    if !proxy.is_empty() {
+        let write = async {
+            tcp.write_all(&proxy).await?;
+            tcp.flush().await
+        };
+        match tokio::time::timeout(tcp_timeout, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(tcp_err(format!("{addr}: writing the PROXY header: {e}"))),
+            Err(_) => return Err(tcp_err(format!("{addr}: PROXY header not written within {tcp_timeout:?}"))),
+        }
     }
     let limits = Limits { max_stanza_bytes: ctx.config.upstream.max_stanza_bytes, ..Limits::default() };
     let domain = params.domain.as_str();

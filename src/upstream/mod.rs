@@ -7,6 +7,7 @@
 //! read. Nothing here knows which transport the client uses.
 
 pub mod connect;
+pub mod proxy;
 pub mod resolve;
 pub mod tls;
 
@@ -27,6 +28,9 @@ pub struct OpenParams {
     pub version: String,
     /// Optional `from`, sent only once the stream is encrypted (UP-19).
     pub from: Option<String>,
+    /// The client's address (after the trusted-proxy rules; port 0 when unknown), sent in the
+    /// PROXY protocol header when `upstream.proxy_protocol` is on. `None`: not known.
+    pub client: Option<std::net::SocketAddr>,
 }
 
 /// Shared, built once at startup: the config, the rustls client configs, the DNS resolver.

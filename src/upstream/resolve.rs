@@ -27,6 +27,10 @@ pub struct Target {
     pub port: u16,
     /// XEP-0368 target: TLS from the first byte, ALPN `xmpp-client`, never STARTTLS inside.
     pub direct_tls: bool,
+    /// From the config (a static route, an allow-listed BOSH `route`): connected to as is.
+    /// Targets learned from DNS (SRV, the domain:5222 fallback) are not, and go through the
+    /// SSRF guard ([`refused_address`]) unless `upstream.allow_private_targets` is set.
+    pub trusted: bool,
 }
 
 /// One SRV record as the planner sees it. `target` is without the trailing dot; `.` itself
@@ -45,7 +49,7 @@ pub const DEFAULT_PORT: u16 = 5222;
 /// Ordered targets for `domain`. Errors are `Connect { kind: Dns }`.
 pub async fn resolve(ctx: &super::Upstream, domain: &str) -> Result<Vec<Target>, Error> {
     if let Some((host, port)) = ctx.config.route_for(domain) {
-        return Ok(vec![Target { host, port, direct_tls: false }]);
+        return Ok(vec![Target { host, port, direct_tls: false, trusted: true }]);
     }
     let domain = domain.trim_end_matches('.');
     // A fully-qualified query name, so resolv.conf search domains are never appended.
@@ -131,7 +135,7 @@ pub fn plan(
             });
         }
         if xmpp.is_empty() {
-            return Ok(vec![Target { host: domain.to_string(), port: DEFAULT_PORT, direct_tls: false }]);
+            return Ok(vec![Target { host: domain.to_string(), port: DEFAULT_PORT, direct_tls: false, trusted: false }]);
         }
         // Only unusable records ('.' mixed with nothing else valid) remain.
         return Err(Error::Connect {
@@ -141,7 +145,7 @@ pub fn plan(
     }
     Ok(order_srv(merged, rand_below)
         .into_iter()
-        .map(|(r, direct_tls)| Target { host: r.target, port: r.port, direct_tls })
+        .map(|(r, direct_tls)| Target { host: r.target, port: r.port, direct_tls, trusted: false })
         .collect())
 }
 
@@ -183,6 +187,55 @@ pub fn order_srv<T>(mut records: Vec<(Srv, T)>, rand_below: &mut dyn FnMut(u32) 
     out
 }
 
+/// The SSRF guard: why a DNS-learned target address must not be connected to, or `None` when
+/// it is an ordinary public address. A hostile or compromised DNS zone for a served domain
+/// could otherwise point xmpp-cm at internal services (cloud metadata on 169.254.169.254, an
+/// admin port on loopback, hosts on the private network). IPv4-mapped IPv6 addresses are
+/// judged as the IPv4 address they carry.
+pub fn refused_address(ip: std::net::IpAddr) -> Option<&'static str> {
+    use std::net::IpAddr;
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            if v4.is_unspecified() || a == 0 {
+                Some("unspecified (0.0.0.0/8)")
+            } else if v4.is_loopback() {
+                Some("loopback")
+            } else if v4.is_private() {
+                Some("private (RFC 1918)")
+            } else if v4.is_link_local() {
+                Some("link-local (169.254.0.0/16)")
+            } else if a == 100 && (64..128).contains(&b) {
+                Some("shared address space (RFC 6598)")
+            } else if v4.is_multicast() {
+                Some("multicast")
+            } else if v4.is_broadcast() {
+                Some("broadcast")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            if v6.is_unspecified() {
+                Some("unspecified (::)")
+            } else if v6.is_loopback() {
+                Some("loopback")
+            } else if first & 0xfe00 == 0xfc00 {
+                Some("unique-local (fc00::/7)")
+            } else if first & 0xffc0 == 0xfe80 {
+                Some("link-local (fe80::/10)")
+            } else if first & 0xffc0 == 0xfec0 {
+                Some("site-local (fec0::/10)")
+            } else if v6.is_multicast() {
+                Some("multicast")
+            } else {
+                None
+            }
+        }
+    }
+}
+
 /// A uniform integer in `0..n` from the OS CSPRNG (n ≥ 1). Modulo bias is irrelevant at SRV
 /// weight scales (sums ≤ 65535 × records, far below 2^64).
 fn random_below(n: u32) -> u32 {
@@ -202,7 +255,7 @@ mod tests {
     }
 
     fn t(host: &str, port: u16, direct_tls: bool) -> Target {
-        Target { host: host.into(), port, direct_tls }
+        Target { host: host.into(), port, direct_tls, trusted: false }
     }
 
     /// A scripted "random" source: returns the queued values (clamped to the range asked).
@@ -339,6 +392,60 @@ mod tests {
         // P(light first) = 1/4: expect 1000; ±150 is more than 5 standard deviations (27).
         let expected = 1000;
         assert!((first_light - expected).abs() < 150, "light first {first_light} times");
+    }
+
+    #[test]
+    fn ssrf_guard_table() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("127.0.0.1", Some("loopback")),
+            ("127.53.0.9", Some("loopback")),
+            ("::1", Some("loopback")),
+            ("::ffff:127.0.0.1", Some("loopback")),
+            ("10.1.2.3", Some("private")),
+            ("172.16.0.1", Some("private")),
+            ("172.31.255.255", Some("private")),
+            ("192.168.1.1", Some("private")),
+            ("::ffff:192.168.1.1", Some("private")),
+            ("169.254.169.254", Some("link-local")),
+            ("169.254.0.1", Some("link-local")),
+            ("fe80::1", Some("link-local")),
+            ("febf::1", Some("link-local")),
+            ("fc00::1", Some("unique-local")),
+            ("fd12:3456::1", Some("unique-local")),
+            ("fec0::1", Some("site-local")),
+            ("0.0.0.0", Some("unspecified")),
+            ("0.1.2.3", Some("unspecified")),
+            ("::", Some("unspecified")),
+            ("224.0.0.1", Some("multicast")),
+            ("239.255.255.250", Some("multicast")),
+            ("ff02::1", Some("multicast")),
+            ("255.255.255.255", Some("broadcast")),
+            ("100.64.0.1", Some("shared")),
+            ("100.127.255.255", Some("shared")),
+            // Public addresses (and the edges of the refused ranges) pass.
+            ("8.8.8.8", None),
+            ("93.184.216.34", None),
+            ("172.15.255.255", None),
+            ("172.32.0.0", None),
+            ("192.167.255.255", None),
+            ("169.253.255.255", None),
+            ("100.63.255.255", None),
+            ("100.128.0.0", None),
+            ("11.0.0.1", None),
+            ("2001:db8::1", None),
+            ("2a00:1450:4001:80b::200e", None),
+            ("fbff::1", None),
+            ("fe00::1", None),
+            ("::ffff:8.8.8.8", None),
+        ];
+        for (ip, want) in cases {
+            let got = refused_address(ip.parse().unwrap());
+            match (got, want) {
+                (None, None) => {}
+                (Some(g), Some(w)) => assert!(g.contains(w), "{ip}: {g}, want {w}"),
+                (g, w) => panic!("{ip}: got {g:?}, want {w:?}"),
+            }
+        }
     }
 
     #[test]

@@ -41,6 +41,7 @@ fn params() -> OpenParams {
         lang: "en".into(),
         version: "1.0".into(),
         from: Some("alice@example.test".into()),
+        client: None,
     }
 }
 
@@ -382,8 +383,8 @@ async fn dead_first_target_then_live_second_connects() {
     .await;
     let up = upstream(addr, TlsMode::None, None, 5);
     let targets = [
-        Target { host: "127.0.0.1".into(), port: dead_addr.port(), direct_tls: false },
-        Target { host: "127.0.0.1".into(), port: addr.port(), direct_tls: false },
+        Target { host: "127.0.0.1".into(), port: dead_addr.port(), direct_tls: false, trusted: true },
+        Target { host: "127.0.0.1".into(), port: addr.port(), direct_tls: false, trusted: true },
     ];
     let c = connect_targets(&up, &params(), &targets, STEP).await.unwrap();
     assert_eq!(c.header.id.as_deref(), Some("s1"));
@@ -410,7 +411,7 @@ async fn direct_tls_target_sends_sni_domain_and_alpn_xmpp_client() {
     .await;
     let up = upstream(addr, TlsMode::Required, Some(pki.ca_file.path()), 5);
     // The SRV target is an IP; the name checked and sent is still the domain.
-    let targets = [Target { host: "127.0.0.1".into(), port: addr.port(), direct_tls: true }];
+    let targets = [Target { host: "127.0.0.1".into(), port: addr.port(), direct_tls: true, trusted: true }];
     let c = connect_targets(&up, &params(), &targets, STEP).await.unwrap();
     assert!(c.secure);
     assert_eq!(c.header.id.as_deref(), Some("d1"));

@@ -38,10 +38,8 @@ pub async fn handler(State(state): State<Arc<AppState>>, ext: axum::http::Extens
     if let Err((status, reason)) = check_handshake(&headers, &state.config.websocket) {
         return (status, reason).into_response();
     }
-    let ip = ext
-        .get::<crate::front::ClientInfo>()
-        .map(|c| c.ip)
-        .or_else(|| ext.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip()));
+    let client = crate::upstream::proxy::client_addr(&ext);
+    let ip = client.map(|c| c.ip());
     let permit = match state.admission.admit(ip) {
         Ok(p) => p,
         Err(e) => {
@@ -64,13 +62,16 @@ pub async fn handler(State(state): State<Arc<AppState>>, ext: axum::http::Extens
             tracker.track_future(async move {
                 // The admission slot is held for the session's whole life.
                 let _permit = permit;
-                session::Session::new(socket, state).run().await
+                let mut s = session::Session::new(socket, state);
+                s.client = client;
+                s.run().await
             })
         })
 }
 
 /// Run a Direct TLS passthrough session (see [`crate::passthrough`]) over a message adapter.
-pub async fn run_passthrough<S>(socket: S, state: Arc<AppState>)
+/// `client` is the TCP peer (sent upstream in the PROXY header when configured).
+pub async fn run_passthrough<S>(socket: S, state: Arc<AppState>, client: Option<std::net::SocketAddr>)
 where
     S: futures_util::Stream<Item = Result<axum::extract::ws::Message, axum::Error>>
         + futures_util::Sink<axum::extract::ws::Message, Error = axum::Error>
@@ -79,6 +80,7 @@ where
 {
     let mut s = session::Session::new(socket, state);
     s.passthrough = true;
+    s.client = client;
     s.run().await
 }
 

@@ -156,6 +156,8 @@ pub(super) struct Session<S> {
     /// A Direct TLS client relayed by [`crate::passthrough`]: the legacy framing is its native
     /// stream, whatever `[websocket] legacy_framing` says.
     pub(super) passthrough: bool,
+    /// The client's address, for the upstream PROXY header (`upstream.proxy_protocol`).
+    pub(super) client: Option<std::net::SocketAddr>,
 }
 
 enum Flow {
@@ -177,7 +179,7 @@ where
             DEFAULT_SEND_WAIT
         };
         let guard = metrics().session_started(Transport::WebSocket);
-        Session { socket, state, framing: None, opened: false, asked_domain: None, up: None, limits, keepalive, send_wait, guard, passthrough: false }
+        Session { socket, state, framing: None, opened: false, asked_domain: None, up: None, limits, keepalive, send_wait, guard, passthrough: false, client: None }
     }
 
     /// Run to the end, then say goodbye to both sides.
@@ -299,6 +301,7 @@ where
             lang: req.lang.clone().unwrap_or_else(|| "en".into()),
             version: req.version.clone().unwrap_or_else(|| "1.0".into()),
             from: req.from.clone(),
+            client: self.client,
         };
         if let Some(up) = self.up.as_mut() {
             // Stream restart (WS-15): same TCP connection, same domain; our `<open/>` follows
