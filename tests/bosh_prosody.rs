@@ -459,8 +459,9 @@ fn strophe_js_chat_over_bosh() {
     out.assert_ok("strophe.js BOSH chat");
 }
 
-/// BOSH-S-14, SEC-03: `route` is honoured only when allow-listed; anything else is ignored (the
-/// configured route is used).
+/// BOSH-S-14, SEC-03 (issue 5): `route` is honoured only when allow-listed; anything else is
+/// `host-unknown` at once, before any DNS or TCP work (the configured route is dead and the
+/// connect timeout 2 s, so a refusal within 1 s tried nothing).
 #[tokio::test]
 async fn route_attribute_only_when_allow_listed() {
     let p = prosody();
@@ -479,9 +480,12 @@ async fn route_attribute_only_when_allow_listed() {
     let create = |route: &str| format!("<body {NS} rid='900' to='localhost' ver='1.6' wait='10' hold='1' route='{route}'/>");
     let a = post(&url, &create(&good), Duration::from_secs(10)).await;
     assert!(a.raw.contains("mechanisms"), "allow-listed route must be used: {}", a.raw);
-    for r in ["xmpp:127.0.0.1:22", "xmpp:169.254.169.254:5222"] {
+    for r in ["xmpp:127.0.0.1:22", "xmpp:169.254.169.254:5222", "http://127.0.0.1:5222", &format!("{good}/")] {
+        let started = std::time::Instant::now();
         let a = post(&url, &create(r), Duration::from_secs(10)).await;
-        assert_eq!(a.condition().as_deref(), Some("remote-connection-failed"), "{r} must be ignored: {}", a.raw);
+        assert_eq!(a.condition().as_deref(), Some("host-unknown"), "{r} must be refused: {}", a.raw);
+        assert!(a.is_terminate(), "{r}: {}", a.raw);
+        assert!(started.elapsed() < Duration::from_secs(1), "{r}: refused only after {:?}", started.elapsed());
     }
 }
 
