@@ -54,6 +54,15 @@ fi
 log "prosody $(dpkg-query -W -f '${Version}' prosody 2>/dev/null || echo '?'); ejabberd $(dpkg-query -W -f '${Version}' ejabberd 2>/dev/null || echo '?')"
 command -v setpriv >/dev/null 2>&1 || log "note: no setpriv (util-linux); servers of a killed test process may outlive it"
 
+# ---------------------------------------------------------------- Python tools
+# kubernetes-validate (PyPI) validates deploy/ against the bundled Kubernetes schemas, offline;
+# it brings PyYAML, which tests/ops_deploy.rs also uses.
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  log "pip install kubernetes-validate"
+  python3 -m pip install -q --disable-pip-version-check kubernetes-validate || die "pip install kubernetes-validate failed"
+  hash -r
+fi
+
 # ---------------------------------------------------------------- npm clients
 command -v node >/dev/null 2>&1 || die "node is missing: the client tests need Node 20 (and npm)"
 command -v npm >/dev/null 2>&1 || die "npm is missing: the client tests need Node 20 and npm"

@@ -83,3 +83,31 @@ fn dockerfile_builds_and_runs_the_binary_the_documented_way() {
     let ignore = std::fs::read_to_string(repo_root().join(".dockerignore")).expect(".dockerignore");
     assert!(ignore.lines().any(|l| l.trim() == "target/"));
 }
+
+/// Schema validation of every manifest with kubernetes-validate (PyPI): it ships the Kubernetes
+/// OpenAPI schemas inside the package, so it works without network access, unlike kubeconform,
+/// which downloads schemas at run time. `--strict` rejects unknown fields. CRDs (ServiceMonitor)
+/// and the Kustomization have no bundled schema and are checked structurally above instead.
+#[test]
+fn manifests_pass_kubernetes_schema_validation() {
+    let root = repo_root();
+    let mut files = Vec::new();
+    for dir in ["deploy/base", "deploy/examples"] {
+        for e in std::fs::read_dir(root.join(dir)).expect("deploy dir") {
+            let p = e.expect("entry").path();
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            if name.ends_with(".yaml") && name != "kustomization.yaml" && name != "servicemonitor.yaml" {
+                files.push(p);
+            }
+        }
+    }
+    assert!(files.len() >= 8, "{files:?}");
+    let out = std::process::Command::new("kubernetes-validate")
+        .arg("--strict")
+        .args(&files)
+        .output()
+        .unwrap_or_else(|e| panic!("kubernetes-validate not runnable ({e}): run scripts/test.sh, which installs it with pip"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "schema validation failed:\n{text}");
+    assert_eq!(text.matches(" passed for resource ").count(), files.len(), "{text}");
+}
