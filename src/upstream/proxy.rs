@@ -94,7 +94,7 @@ pub fn v2(client: Option<SocketAddr>, upstream: SocketAddr) -> Vec<u8> {
 pub fn client_addr(ext: &axum::http::Extensions) -> Option<SocketAddr> {
     let peer = ext.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
     match (ext.get::<crate::front::ClientInfo>().map(|c| c.ip), peer) {
-        (Some(ip), Some(p)) if ip == p.ip() => Some(p),
+        (Some(ip), Some(p)) if ip == p.ip().to_canonical() => Some(SocketAddr::new(ip, p.port())),
         (Some(ip), _) => Some(SocketAddr::new(ip, 0)),
         (None, p) => p,
     }

@@ -33,6 +33,9 @@ pub struct EjabberdOpts {
     pub log_level: String,
     /// YAML appended at top level (must not repeat a key written here).
     pub extra_config: String,
+    /// `use_proxy_protocol: true` on the c2s listener: every connection must start with a
+    /// PROXY header (v1 or v2), whose source address ejabberd then logs and uses.
+    pub proxy_protocol: bool,
 }
 
 impl Default for EjabberdOpts {
@@ -45,6 +48,7 @@ impl Default for EjabberdOpts {
             http: false,
             log_level: "info".into(),
             extra_config: String::new(),
+            proxy_protocol: false,
         }
     }
 }
@@ -265,6 +269,7 @@ listen:
     access: c2s
     starttls: true
     starttls_required: {req}
+    use_proxy_protocol: {proxy}
   -
     port: {http}
     ip: "127.0.0.1"
@@ -306,6 +311,7 @@ auth_password_format: {pw_format}
         pem = plain_path(&ca.combined),
         req = o.tls_required,
         extra = o.extra_config,
+        proxy = o.proxy_protocol,
     );
     c
 }
