@@ -1,0 +1,311 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of xmpp-cm against direct TCP, a bare byte relay, Prosody's own
+# mod_bosh/mod_websocket and node-xmpp-bosh, all on loopback, all in front of one Prosody;
+# then xmpp-cm against the bench relay in front of `xmpp-cm-bench upstream`, and (full mode)
+# 100k idle WebSocket sessions. Writes every JSON record to $WORK/results.jsonl and the report
+# to BENCHMARKS.md (bench/report.py).
+#
+#   bench/compare.sh            full run (~15-20 min), medians of 3 repeats
+#   bench/compare.sh --quick    smoke run (< 3 min): 1 repeat, short durations, small counts
+#   options: --out FILE (default BENCHMARKS.md at the repo root), --no-build, --keep (leave $WORK)
+#   env: BENCH_PORT_BASE (default 21000; every listener is BASE+0..99, all below 32768),
+#        BENCH_DIR (work dir; default a new /tmp/xmpp-cm-bench.XXXXXX)
+#
+# Needs: prosody (Debian package; apt-get install prosody), node 20 + npm (node-xmpp-bosh is
+# installed into bench/node_modules by `npm ci`), python3, openssl. Run as root or with a hard
+# open-file limit of at least 250k for the 10k/100k idle runs.
+#
+# Everything this script starts is recorded by PID in $WORK/pids and stopped by PID on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+QUICK=0; OUT="$ROOT/BENCHMARKS.md"; BUILD=1; KEEP=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --out) OUT=$2; shift ;;
+    --no-build) BUILD=0 ;;
+    --keep) KEEP=1 ;;
+    *) echo "unknown option $1" >&2; exit 64 ;;
+  esac
+  shift
+done
+
+BASE=${BENCH_PORT_BASE:-21000}
+(( BASE >= 1024 && BASE + 99 < 32768 )) || { echo "BENCH_PORT_BASE must keep ports in 1024..32767" >&2; exit 64; }
+C2S=$((BASE + 22)); PHTTP=$((BASE + 80)); RELAY=$((BASE + 23)); NXB=$((BASE + 81))
+CM=$((BASE + 90)); CMADMIN=$((BASE + 91)); UP=$((BASE + 30)); RELAY_UP=$((BASE + 31))
+CMUP=$((BASE + 92)); CMUPADMIN=$((BASE + 93))
+WORK=${BENCH_DIR:-$(mktemp -d /tmp/xmpp-cm-bench.XXXXXX)}
+mkdir -p "$WORK"
+RESULTS="$WORK/results.jsonl"; : >"$RESULTS"
+PIDS="$WORK/pids"; : >"$PIDS"
+BENCH="$ROOT/target/release/xmpp-cm-bench"; CMBIN="$ROOT/target/release/xmpp-cm"
+log() { echo "[compare $(date +%T)] $*" >&2; }
+
+if (( QUICK )); then
+  REPS=1; DUR=2; WARM=0.5; SETUP_N=200; PP_N=100; FLOOD_N=200; MEM_SMALL=200; MEM_BIG=1000; BIG_IDLE=0
+else
+  REPS=3; DUR=10; WARM=1; SETUP_N=500; PP_N=100; FLOOD_N=200; MEM_SMALL=1000; MEM_BIG=10000; BIG_IDLE=100000
+fi
+NUSERS=$(( MEM_BIG + PP_N + 100 ))
+
+cleanup() {
+  local pid
+  if [[ -s "$PIDS" ]]; then
+    while read -r name pid; do
+      if kill -0 "$pid" 2>/dev/null; then kill -TERM "$pid" 2>/dev/null || true; fi
+    done <"$PIDS"
+    sleep 1
+    while read -r name pid; do
+      if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+    done <"$PIDS"
+  fi
+  (( KEEP )) || [[ -n "${BENCH_DIR:-}" ]] || rm -rf "$WORK/prosody/data"
+}
+trap cleanup EXIT
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() { # name port pid
+  local i
+  for i in $(seq 1 150); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then return 0; fi
+    kill -0 "$3" 2>/dev/null || { log "$1 exited early; see $WORK"; return 1; }
+    sleep 0.1
+  done
+  log "$1 did not open port $2"; return 1
+}
+start() { # name logfile cmd... ; records the PID
+  local name=$1 logf=$2; shift 2
+  "$@" >"$logf" 2>&1 &
+  local pid=$!
+  echo "$name $pid" >>"$PIDS"
+  eval "PID_${name//-/_}=$pid"
+}
+stop() { # name
+  local var="PID_${1//-/_}" pid
+  pid=${!var:-}
+  [[ -n "$pid" ]] || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+for p in $C2S $PHTTP $RELAY $NXB $CM $CMADMIN $UP $RELAY_UP $CMUP $CMUPADMIN; do
+  port_free "$p" || { echo "port $p is in use; set BENCH_PORT_BASE" >&2; exit 1; }
+done
+
+# Many sockets: raise the open-file limit for everything started below (root may raise the hard one).
+ulimit -Hn 1048576 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+log "open files limit $(ulimit -n); work dir $WORK"
+
+# ------------------------------------------------------------------ build and install
+if (( BUILD )); then
+  log "cargo build --release --bins"
+  (cd "$ROOT" && cargo build --release --bins)
+fi
+command -v prosody >/dev/null || { echo "prosody is not installed (apt-get install prosody)" >&2; exit 1; }
+if [[ ! -d "$ROOT/bench/node_modules/node-xmpp-bosh" ]]; then
+  log "npm ci in bench/ (node-xmpp-bosh, node-expat 2.4.1 override)"
+  (cd "$ROOT/bench" && npm ci --no-audit --no-fund >/dev/null)
+fi
+
+# ------------------------------------------------------------------ Prosody
+P="$WORK/prosody"; mkdir -p "$P/data" "$P/certs"
+if command -v openssl >/dev/null; then
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=localhost" \
+    -keyout "$P/certs/localhost.key" -out "$P/certs/localhost.crt" >/dev/null 2>&1 || true
+fi
+SSL=""
+[[ -s "$P/certs/localhost.crt" ]] && SSL="ssl = { certificate = \"$P/certs/localhost.crt\"; key = \"$P/certs/localhost.key\"; }"
+cat >"$P/prosody.cfg.lua" <<EOF
+-- written by bench/compare.sh: loopback only, TLS optional (STARTTLS offered, never required),
+-- SASL PLAIN only (SCRAM off), no mod_limits (Debian's default would throttle c2s to 10 kB/s).
+run_as_root = true
+pidfile = "$P/prosody.pid"
+data_path = "$P/data"
+log = { { levels = { min = "warn" }, to = "file", filename = "$P/prosody.log" } }
+interfaces = { "127.0.0.1" }
+local_interfaces = { "127.0.0.1" }
+c2s_ports = { $C2S }
+c2s_interfaces = { "127.0.0.1" }
+c2s_direct_tls_ports = { }
+s2s_ports = { }
+http_ports = { $PHTTP }
+http_interfaces = { "127.0.0.1" }
+https_ports = { }
+component_ports = { }
+modules_enabled = { "disco"; "roster"; "saslauth"; "tls"; "ping"; "posix"; "carbons"; "smacks"; "csi_simple"; "http"; "bosh"; "websocket"; }
+modules_disabled = { "s2s"; "offline"; "limits"; }
+authentication = "internal_plain"
+c2s_require_encryption = false
+allow_unencrypted_plain_auth = true
+disable_sasl_mechanisms = { "DIGEST-MD5", "SCRAM-SHA-1", "SCRAM-SHA-1-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS" }
+consider_bosh_secure = true
+consider_websocket_secure = true
+bosh_max_inactivity = 60
+http_default_host = "localhost"
+statistics = nil
+VirtualHost "localhost"
+  $SSL
+EOF
+log "writing $NUSERS Prosody accounts (internal_plain)"
+python3 - "$P/data/localhost/accounts" "$NUSERS" <<'EOF'
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+os.makedirs(d, exist_ok=True)
+for i in range(1, n + 1):
+    with open(os.path.join(d, "user%d.dat" % i), "w") as f:
+        f.write('return {\n\t["password"] = "pass%d";\n};\n' % i)
+EOF
+start prosody "$P/stdout.log" prosody --config "$P/prosody.cfg.lua" -F
+wait_port prosody "$C2S" "$PID_prosody"; wait_port prosody-http "$PHTTP" "$PID_prosody"
+log "prosody $(dpkg-query -W -f '${Version}' prosody 2>/dev/null || true) pid $PID_prosody c2s $C2S http $PHTTP"
+
+# ------------------------------------------------------------------ relay, node-xmpp-bosh, xmpp-cm
+start relay "$WORK/relay.log" "$BENCH" --threads 2 relay --listen "127.0.0.1:$RELAY" --to "127.0.0.1:$C2S"
+wait_port relay "$RELAY" "$PID_relay"
+
+cat >"$WORK/nxb.conf.js" <<EOF
+// written by bench/compare.sh. lookup_service replaces node-xmpp-bosh's resolver: every
+// stream goes to Prosody on loopback, never through DNS (its own 'route' handling would still
+// resolve the domain and use port 5222). STARTTLS is not used towards Prosody, as for the others.
+var events = require('events'), util = require('util');
+function Fixed(port, stream) { events.EventEmitter.call(this); }
+util.inherits(Fixed, events.EventEmitter);
+Fixed.prototype.connect = function (socket) {
+  var self = this;
+  function ok() { socket.removeListener('error', bad); self.emit('connect'); }
+  function bad(e) { socket.removeListener('connect', ok); self.emit('error', e); }
+  socket.once('connect', ok); socket.once('error', bad);
+  socket.connect($C2S, '127.0.0.1');
+};
+exports.config = {
+  port: $NXB, host: '127.0.0.1', path: /^\/http-bind(\/+)?$/, logging: 'WARN',
+  max_data_held: 100000, max_xmpp_stanza_size: 500000, max_bosh_connections: 2, window_size: 2,
+  default_inactivity: 70, max_inactivity: 160, http_socket_keepalive: 60, max_streams_per_session: 8,
+  http_headers: { }, no_tls_domains: [ 'localhost' ], firewall: { deny: [ ] }, route_filter: /^$/,
+  pidgin_compatible: true, trim_default_length: 256, system_info_password: '', websocket_ping_interval: 30,
+  lookup_service: Fixed
+};
+EOF
+start nxb "$WORK/nxb.log" node "$ROOT/bench/node_modules/node-xmpp-bosh/run-server.js" "--config=$WORK/nxb.conf.js"
+wait_port node-xmpp-bosh "$NXB" "$PID_nxb"
+
+cat >"$WORK/xmpp-cm.toml" <<EOF
+# written by bench/compare.sh: plaintext to Prosody on loopback (tls = "none", like the direct TCP
+# baseline; Prosody offers STARTTLS but does not require it).
+[http]
+listen = ["127.0.0.1:$CM"]
+[admin]
+listen = "127.0.0.1:$CMADMIN"
+[upstream]
+domains = ["localhost"]
+tls = "none"
+[upstream.routes]
+"localhost" = "127.0.0.1:$C2S"
+[log]
+level = "warn"
+EOF
+start xmpp-cm "$WORK/xmpp-cm.log" "$CMBIN" --config "$WORK/xmpp-cm.toml"
+wait_port xmpp-cm "$CM" "$PID_xmpp_cm"
+log "relay $PID_relay, node-xmpp-bosh $PID_nxb, xmpp-cm $PID_xmpp_cm"
+
+# ------------------------------------------------------------------ runs
+# target name → transport, URL, processes to watch
+declare -A T_TRANS T_URL T_PIDS
+T_TRANS[direct]=tcp;       T_URL[direct]="127.0.0.1:$C2S";                              T_PIDS[direct]="--pid prosody=$PID_prosody"
+T_TRANS[relay]=tcp;        T_URL[relay]="127.0.0.1:$RELAY";                             T_PIDS[relay]="--pid prosody=$PID_prosody --pid proxy=$PID_relay"
+T_TRANS[prosody-bosh]=bosh; T_URL[prosody-bosh]="http://127.0.0.1:$PHTTP/http-bind";     T_PIDS[prosody-bosh]="--pid prosody=$PID_prosody"
+T_TRANS[prosody-ws]=ws;    T_URL[prosody-ws]="ws://127.0.0.1:$PHTTP/xmpp-websocket";    T_PIDS[prosody-ws]="--pid prosody=$PID_prosody"
+T_TRANS[nxb]=bosh;         T_URL[nxb]="http://127.0.0.1:$NXB/http-bind";                T_PIDS[nxb]="--pid prosody=$PID_prosody --pid proxy=$PID_nxb"
+T_TRANS[cm-bosh]=bosh;     T_URL[cm-bosh]="http://127.0.0.1:$CM/http-bind";             T_PIDS[cm-bosh]="--pid prosody=$PID_prosody --pid proxy=$PID_xmpp_cm"
+T_TRANS[cm-ws]=ws;         T_URL[cm-ws]="ws://127.0.0.1:$CM/xmpp-websocket";            T_PIDS[cm-ws]="--pid prosody=$PID_prosody --pid proxy=$PID_xmpp_cm"
+TARGETS=(direct relay prosody-bosh prosody-ws nxb cm-bosh cm-ws)
+
+bench() { # target scenario args...
+  local t=$1 scen=$2; shift 2
+  local extra=()
+  [[ "$t" == nxb ]] && extra+=(--bosh-route "xmpp:127.0.0.1:$C2S")
+  # shellcheck disable=SC2086
+  timeout 600 "$BENCH" run --transport "${T_TRANS[$t]}" --target "${T_URL[$t]}" --label "$t" --note "$scen" \
+    --json "$RESULTS" ${T_PIDS[$t]} "${extra[@]}" "$@" 2>>"$WORK/bench.log" >/dev/null \
+    || log "run $t $scen failed (exit $?), see $WORK/bench.log"
+  tail -n 1 "$RESULTS" | python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); l=r["messages"]["latency_ms"]; print("   %-13s %-8s %-9s logins/s %8.1f  msg/s %8.1f  p50 %6.3f  p99 %7.3f  errors %d" % (r["label"], r["note"], r["workload"], r["logins"]["per_s"], r["messages"]["per_s"], l["p50"], l["p99"], r["errors_total"]))' >&2 || true
+}
+
+# A short warm-up per target so first-run effects (Lua JIT-less warm caches, node JIT) hit no figure.
+for t in "${TARGETS[@]}"; do bench "$t" warmup --workload pingpong --sessions 20 --duration 1 --warmup 0.2; done
+
+for rep in $(seq 1 "$REPS"); do
+  log "repeat $rep/$REPS: setup ($SETUP_N), pingpong ($PP_N × 5/s), flood ($FLOOD_N × window 8)"
+  for t in "${TARGETS[@]}"; do
+    bench "$t" main --workload setup --sessions "$SETUP_N" --concurrency 50
+    bench "$t" main --workload pingpong --sessions "$PP_N" --rate 5 --duration "$DUR" --warmup "$WARM"
+    bench "$t" main --workload flood --sessions "$FLOOD_N" --window 8 --duration "$DUR" --warmup "$WARM"
+  done
+done
+
+log "memory per idle session and growth: $MEM_SMALL idle, then pingpong $PP_N with $MEM_BIG idle"
+for t in direct nxb cm-bosh cm-ws; do
+  bench "$t" mem-small --workload idle --sessions "$MEM_SMALL" --duration 5 --concurrency 100
+  bench "$t" growth --workload pingpong --sessions "$PP_N" --idle-sessions "$MEM_BIG" --rate 5 --duration "$DUR" --warmup "$WARM" --concurrency 100
+done
+
+# ------------------------------------------------------------------ bench upstream: relay vs xmpp-cm
+stop nxb; stop relay
+log "bench upstream (xmpp-cm-bench upstream): flood through the relay vs xmpp-cm"
+UP_LISTEN=(--listen "127.0.0.1:$UP")
+CM_DOMAINS='["bench.test"]'; CM_ROUTES="\"bench.test\" = \"127.0.0.1:$UP\""; BIG_DOMAINS="bench.test"
+if (( BIG_IDLE > 0 )); then
+  # 100k sessions need more than one (source, destination) pair per ~28k ephemeral ports: five
+  # upstream addresses, one domain routed to each.
+  for k in 2 3 4 5; do
+    UP_LISTEN+=(--listen "127.0.0.$k:$UP")
+    CM_DOMAINS=${CM_DOMAINS%]}", \"b$k.test\"]"; CM_ROUTES+=$'\n'"\"b$k.test\" = \"127.0.0.$k:$UP\""; BIG_DOMAINS+=",b$k.test"
+  done
+fi
+start upstream "$WORK/upstream.log" "$BENCH" upstream "${UP_LISTEN[@]}"
+wait_port upstream "$UP" "$PID_upstream"
+start relay_up "$WORK/relay-up.log" "$BENCH" --threads 2 relay --listen "127.0.0.1:$RELAY_UP" --to "127.0.0.1:$UP"
+wait_port relay-up "$RELAY_UP" "$PID_relay_up"
+cat >"$WORK/xmpp-cm-up.toml" <<EOF
+# written by bench/compare.sh: in front of xmpp-cm-bench upstream (plaintext, loopback)
+[http]
+listen = ["127.0.0.1:$CMUP"]
+[admin]
+listen = "127.0.0.1:$CMUPADMIN"
+[upstream]
+domains = $CM_DOMAINS
+tls = "none"
+[upstream.routes]
+$CM_ROUTES
+[log]
+level = "warn"
+EOF
+stop xmpp-cm
+start xmpp_cm_up "$WORK/xmpp-cm-up.log" "$CMBIN" --config "$WORK/xmpp-cm-up.toml"
+wait_port xmpp-cm-up "$CMUP" "$PID_xmpp_cm_up"
+T_TRANS[up-direct]=tcp;   T_URL[up-direct]="127.0.0.1:$UP";                      T_PIDS[up-direct]="--pid upstream=$PID_upstream"
+T_TRANS[up-relay]=tcp;    T_URL[up-relay]="127.0.0.1:$RELAY_UP";                 T_PIDS[up-relay]="--pid upstream=$PID_upstream --pid proxy=$PID_relay_up"
+T_TRANS[up-cm-bosh]=bosh; T_URL[up-cm-bosh]="http://127.0.0.1:$CMUP/http-bind";  T_PIDS[up-cm-bosh]="--pid upstream=$PID_upstream --pid proxy=$PID_xmpp_cm_up"
+T_TRANS[up-cm-ws]=ws;     T_URL[up-cm-ws]="ws://127.0.0.1:$CMUP/xmpp-websocket"; T_PIDS[up-cm-ws]="--pid upstream=$PID_upstream --pid proxy=$PID_xmpp_cm_up"
+for rep in $(seq 1 "$REPS"); do
+  for t in up-direct up-relay up-cm-bosh up-cm-ws; do
+    bench "$t" upstream --workload flood --sessions "$FLOOD_N" --window 8 --duration "$DUR" --warmup "$WARM" --domain bench.test
+  done
+done
+
+if (( BIG_IDLE > 0 )); then
+  log "$BIG_IDLE idle WebSocket sessions through xmpp-cm to the bench upstream"
+  bench up-cm-ws big-idle --workload idle --sessions "$BIG_IDLE" --duration 20 --concurrency 500 --domain "$BIG_DOMAINS" --users 1000
+fi
+
+# ------------------------------------------------------------------ report
+MACHINE="$(nproc) cores, $(awk '/model name/{$1=$2=$3="";print;exit}' /proc/cpuinfo | sed 's/^ *//'), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
+VERSIONS="prosody $(dpkg-query -W -f '${Version}' prosody 2>/dev/null || echo '?'), node $(node --version), node-xmpp-bosh $(node -p "require('$ROOT/bench/node_modules/node-xmpp-bosh/package.json').version"), xmpp-cm $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+CMDLINE="bench/compare.sh$( (( QUICK )) && echo ' --quick')"
+python3 "$ROOT/bench/report.py" "$RESULTS" "$OUT" --machine "$MACHINE" --versions "$VERSIONS" --command "$CMDLINE" --reps "$REPS"
+cp "$RESULTS" "$WORK/results-$(date +%Y%m%d-%H%M%S).jsonl"
+log "wrote $OUT (records in $RESULTS)"

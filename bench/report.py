@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""Turn the JSON records of bench/compare.sh into BENCHMARKS.md.
+
+usage: report.py RESULTS.jsonl OUT.md --machine M --versions V --command C --reps N
+
+Every figure is the median over the repeats of one (scenario, target, workload); ratios are
+taken against direct TCP (or the bench relay) measured in the same run.
+"""
+import argparse, json, statistics, sys, time
+from collections import defaultdict
+
+ap = argparse.ArgumentParser()
+ap.add_argument("results"); ap.add_argument("out")
+ap.add_argument("--machine", default="?"); ap.add_argument("--versions", default="?")
+ap.add_argument("--command", default="bench/compare.sh"); ap.add_argument("--reps", type=int, default=3)
+a = ap.parse_args()
+
+recs = [json.loads(l) for l in open(a.results) if l.strip()]
+groups = defaultdict(list)
+for r in recs:
+    groups[(r["note"], r["label"], r["workload"])].append(r)
+
+def med(scen, label, wl, f):
+    rs = groups.get((scen, label, wl), [])
+    vals = [v for v in (f(r) for r in rs) if v is not None]
+    return statistics.median(vals) if vals else None
+
+def proc(r, name, key):
+    for p in r["procs"]:
+        if p["label"] == name:
+            return p[key]
+    return None
+
+def errs(scen, label, wl=None):
+    n = 0
+    kinds = defaultdict(int)
+    for (s, l, w), rs in groups.items():
+        if s == scen and l == label and (wl is None or w == wl):
+            for r in rs:
+                n += r["errors_total"]
+                for k, v in r["errors"].items():
+                    kinds[k] += v
+    return n, dict(kinds)
+
+def fmt(v, spec="{:.1f}", none="–"):
+    return none if v is None else spec.format(v)
+
+def ratio(v, base):
+    return None if v is None or not base else v / base
+
+NAMES = {
+    "direct": "direct TCP to Prosody", "relay": "byte relay → Prosody TCP",
+    "prosody-bosh": "Prosody mod_bosh", "prosody-ws": "Prosody mod_websocket",
+    "nxb": "node-xmpp-bosh → Prosody", "cm-bosh": "xmpp-cm BOSH → Prosody", "cm-ws": "xmpp-cm WebSocket → Prosody",
+    "up-direct": "direct TCP to bench upstream", "up-relay": "byte relay → bench upstream",
+    "up-cm-bosh": "xmpp-cm BOSH → bench upstream", "up-cm-ws": "xmpp-cm WebSocket → bench upstream",
+}
+TARGETS = ["direct", "relay", "prosody-bosh", "prosody-ws", "nxb", "cm-bosh", "cm-ws"]
+REF = {  # issue #4: throughput ratio, p50 ms, login ratio (independent generator, 200 sessions)
+    "direct": ("3,465 msg/s", "0.39", "305 logins/s"),
+    "prosody-bosh": ("0.47×", "0.95", "0.36×"),
+    "prosody-ws": ("0.56×", "0.71", "0.32×"),
+    "nxb": ("0.75×", "1.52", "0.57×"),
+}
+
+out = []
+w = out.append
+w("# Benchmarks\n")
+w(f"Written by `{a.command}` (bench/compare.sh → bench/report.py) on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
+  "Absolute figures drift between machines and runs; compare the **ratios**, which are taken "
+  "against direct TCP (or the byte relay) measured in the same run.\n")
+w(f"- Machine: {a.machine}")
+w(f"- Software: {a.versions}")
+w(f"- Every figure is the median of {a.reps} repeat(s) of the same run; the generator is "
+  "`xmpp-cm-bench` (this crate), on the same machine, sharing its 2 cores with the targets — its own CPU is reported next to theirs.")
+w("- Prosody 0.12 runs with SASL PLAIN only (SCRAM off), TLS optional (STARTTLS offered, nobody takes it), "
+  "no mod_limits, its own mod_bosh and mod_websocket on its HTTP port. Every hop is plaintext on loopback: "
+  "xmpp-cm uses `upstream.tls = \"none\"`, node-xmpp-bosh `no_tls_domains` and a fixed lookup (no DNS).")
+w("- Each session logs in with SASL PLAIN, restarts, binds a resource, sends presence and waits for its echo.")
+w("- Workloads: `setup` logs in sessions (50 at a time) and counts logins/s; `pingpong` has 100 sessions each send a "
+  "message to itself 5 times a second and times every round trip; `flood` has 200 sessions keep 8 messages each in "
+  "flight, so msg/s is what the chain sustains (a message = one round trip client → server → client).\n")
+
+# ---------------------------------------------------------------- main table
+d = lambda wl, f: med("main", "direct", wl, f)
+base_tp = d("flood", lambda r: r["messages"]["per_s"])
+base_p50 = d("pingpong", lambda r: r["messages"]["latency_ms"]["p50"])
+base_p99 = d("pingpong", lambda r: r["messages"]["latency_ms"]["p99"])
+base_login = d("setup", lambda r: r["logins"]["per_s"])
+w("## Side by side, Prosody behind every target\n")
+w("| target | flood msg/s | × direct | pingpong p50 ms | Δp50 vs direct | p95 | p99 | p99 × direct | max | logins/s | × direct | proxy CPU-ms / 1k msgs | proxy CPU-ms / login | Prosody CPU s (flood) | generator CPU s (flood) | errors |")
+w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+for t in TARGETS:
+    tp = med("main", t, "flood", lambda r: r["messages"]["per_s"])
+    lat = lambda k: med("main", t, "pingpong", lambda r: r["messages"]["latency_ms"][k])
+    lg = med("main", t, "setup", lambda r: r["logins"]["per_s"])
+    cpum = med("main", t, "flood", lambda r: r["cpu_ms_per_1000_msgs"].get("proxy"))
+    cpul = med("main", t, "setup", lambda r: r["cpu_ms_per_login"].get("proxy"))
+    pcpu = med("main", t, "flood", lambda r: proc(r, "prosody", "cpu_s"))
+    gcpu = med("main", t, "flood", lambda r: r["generator"]["cpu_s"])
+    n, kinds = errs("main", t)
+    p50 = lat("p50")
+    w(f"| {NAMES[t]} | {fmt(tp, '{:,.0f}')} | {fmt(ratio(tp, base_tp), '{:.2f}×')} | {fmt(p50, '{:.3f}')} | "
+      f"{fmt(None if p50 is None or base_p50 is None else p50 - base_p50, '{:+.3f}')} | {fmt(lat('p95'), '{:.3f}')} | {fmt(lat('p99'), '{:.3f}')} | "
+      f"{fmt(ratio(lat('p99'), base_p99), '{:.2f}×')} | {fmt(lat('max'), '{:.2f}')} | {fmt(lg, '{:,.0f}')} | {fmt(ratio(lg, base_login), '{:.2f}×')} | "
+      f"{fmt(cpum, '{:.0f}')} | {fmt(cpul, '{:.2f}')} | {fmt(pcpu, '{:.2f}')} | {fmt(gcpu, '{:.2f}')} | {n}{' ' + str(kinds) if kinds else ''} |")
+w("\nProxy CPU is the CPU time of the proxy process alone (relay, node-xmpp-bosh or xmpp-cm) during the measured window, "
+  "per 1,000 round trips; for Prosody's own modules it is inside Prosody's CPU.\n")
+
+# ---------------------------------------------------------------- targets from the issue
+w("## Targets from issue #4 beside the measured figures\n")
+w("Reference figures (issue #4) were taken with an independent generator at 200 sessions; ours with xmpp-cm-bench as above.\n")
+w("| what | reference / target | measured here | met? |")
+w("|---|---|---|---|")
+def row(what, ref, meas, ok=None):
+    w(f"| {what} | {ref} | {meas} | {'' if ok is None else ('yes' if ok else '**no**')} |")
+for t, (rt, rp, rl) in REF.items():
+    tp = med("main", t, "flood", lambda r: r["messages"]["per_s"])
+    p50 = med("main", t, "pingpong", lambda r: r["messages"]["latency_ms"]["p50"])
+    lg = med("main", t, "setup", lambda r: r["logins"]["per_s"])
+    if t == "direct":
+        row(f"{NAMES[t]}: throughput, p50, logins", f"{rt}, p50 {rp} ms, {rl}", f"{fmt(tp, '{:,.0f}')} msg/s, p50 {fmt(p50, '{:.2f}')} ms, {fmt(lg, '{:,.0f}')} logins/s")
+    else:
+        row(f"{NAMES[t]}: throughput, p50, logins", f"{rt}, p50 {rp} ms, {rl}",
+            f"{fmt(ratio(tp, base_tp), '{:.2f}×')}, p50 {fmt(p50, '{:.2f}')} ms, {fmt(ratio(lg, base_login), '{:.2f}×')}")
+nxb_cpu = med("main", "nxb", "flood", lambda r: r["cpu_ms_per_1000_msgs"].get("proxy"))
+row("node-xmpp-bosh CPU per 1,000 messages", "~200 CPU-ms", f"{fmt(nxb_cpu, '{:.0f}')} CPU-ms")
+for t, lim in (("cm-ws", 0.9), ("cm-bosh", 0.85)):
+    tp = med("main", t, "flood", lambda r: r["messages"]["per_s"])
+    rr = ratio(tp, base_tp)
+    row(f"{NAMES[t]} throughput", f"≥ {lim}× direct", fmt(rr, '{:.2f}×'), None if rr is None else rr >= lim)
+up_relay = med("upstream", "up-relay", "flood", lambda r: r["messages"]["per_s"])
+for t in ("up-cm-ws", "up-cm-bosh"):
+    tp = med("upstream", t, "flood", lambda r: r["messages"]["per_s"])
+    rr = ratio(tp, up_relay)
+    row(f"{NAMES[t]} flood vs byte relay (bench upstream)", "≥ 0.5× relay", fmt(rr, '{:.2f}×'), None if rr is None else rr >= 0.5)
+for t, lim in (("cm-ws", 50), ("cm-bosh", 100)):
+    c = med("main", t, "flood", lambda r: r["cpu_ms_per_1000_msgs"].get("proxy"))
+    row(f"{NAMES[t]} CPU per 1,000 relayed messages", f"≤ {lim} CPU-ms", fmt(c, '{:.0f} CPU-ms'), None if c is None else c <= lim)
+for t in ("cm-ws", "cm-bosh"):
+    c = med("main", t, "setup", lambda r: r["cpu_ms_per_login"].get("proxy"))
+    row(f"{NAMES[t]} CPU per login", "≤ 1 CPU-ms", fmt(c, '{:.2f} CPU-ms'), None if c is None else c <= 1)
+    lg = med("main", t, "setup", lambda r: r["logins"]["per_s"])
+    rr = ratio(lg, base_login)
+    row(f"{NAMES[t]} login rate", "≥ 0.9× direct", fmt(rr, '{:.2f}×'), None if rr is None else rr >= 0.9)
+    p50 = med("main", t, "pingpong", lambda r: r["messages"]["latency_ms"]["p50"])
+    p99 = med("main", t, "pingpong", lambda r: r["messages"]["latency_ms"]["p99"])
+    dp = None if p50 is None or base_p50 is None else p50 - base_p50
+    row(f"{NAMES[t]} pingpong p50 (100 sessions)", "≤ direct + 0.3 ms", fmt(dp, '{:+.3f} ms'), None if dp is None else dp <= 0.3)
+    rr = ratio(p99, base_p99)
+    row(f"{NAMES[t]} pingpong p99", "≤ 1.2× direct", fmt(rr, '{:.2f}×'), None if rr is None else rr <= 1.2)
+for t, lim in (("cm-ws", 16), ("cm-bosh", 24)):
+    k = med("growth", t, "pingpong", lambda r: r["kib_per_session"].get("proxy"))
+    held = med("growth", t, "pingpong", lambda r: r["logins"]["ok"])
+    row(f"{NAMES[t]} RSS per session at {fmt(held, '{:,.0f}')} sessions", f"≤ {lim} KiB", fmt(k, '{:.1f} KiB'), None if k is None else k <= lim)
+    g = med("growth", t, "pingpong", lambda r: r["messages"]["latency_ms"]["p99"])
+    s = med("main", t, "pingpong", lambda r: r["messages"]["latency_ms"]["p99"])
+    rr = ratio(g, s)
+    row(f"{NAMES[t]} pingpong p99 with 10k idle vs without", "≤ 1.2×", fmt(rr, '{:.2f}×'), None if rr is None else rr <= 1.2)
+big = groups.get(("big-idle", "up-cm-ws", "idle"), [])
+if big:
+    r = big[-1]
+    row("100,000 idle WebSocket sessions (bench upstream)", "held", f"{r['logins']['ok']:,} held, {r['errors_total']} errors")
+else:
+    row("100,000 idle WebSocket sessions (bench upstream)", "held", "not run (full mode only)")
+w("")
+
+# ---------------------------------------------------------------- memory
+w("## Memory per idle session (proxy process RSS delta / sessions held)\n")
+w("`mem-small`: an `idle` run; `growth`: the pingpong run with the extra idle sessions (all held at once). "
+  "Prosody's RSS is listed for scale; for direct TCP only Prosody exists.\n")
+w("| target | sessions | proxy RSS before → loaded (KiB) | proxy KiB/session | Prosody KiB/session | errors |")
+w("|---|---|---|---|---|---|")
+for t in ("direct", "nxb", "cm-bosh", "cm-ws"):
+    for scen, wl in (("mem-small", "idle"), ("growth", "pingpong")):
+        rs = groups.get((scen, t, wl), [])
+        if not rs:
+            continue
+        r = rs[-1]
+        held = r["logins"]["ok"]
+        b, l = proc(r, "proxy", "rss_kib_start"), proc(r, "proxy", "rss_kib_loaded")
+        w(f"| {NAMES[t]} | {held:,} | {'–' if b is None else f'{b:,} → {l:,}'} | {fmt(r['kib_per_session'].get('proxy'), '{:.1f}')} | "
+          f"{fmt(r['kib_per_session'].get('prosody'), '{:.1f}')} | {r['errors_total']} {r['errors'] or ''} |")
+w("")
+
+# ---------------------------------------------------------------- growth
+w("## Growth: pingpong latency with 10,000 idle sessions held\n")
+w("| target | p50 / p99 ms, 100 sessions | p50 / p99 ms, 100 + idle | p99 ratio |")
+w("|---|---|---|---|")
+for t in ("direct", "nxb", "cm-bosh", "cm-ws"):
+    s50 = med("main", t, "pingpong", lambda r: r["messages"]["latency_ms"]["p50"]); s99 = med("main", t, "pingpong", lambda r: r["messages"]["latency_ms"]["p99"])
+    g50 = med("growth", t, "pingpong", lambda r: r["messages"]["latency_ms"]["p50"]); g99 = med("growth", t, "pingpong", lambda r: r["messages"]["latency_ms"]["p99"])
+    w(f"| {NAMES[t]} | {fmt(s50, '{:.3f}')} / {fmt(s99, '{:.3f}')} | {fmt(g50, '{:.3f}')} / {fmt(g99, '{:.3f}')} | {fmt(ratio(g99, s99), '{:.2f}×')} |")
+w("")
+
+# ---------------------------------------------------------------- bench upstream
+w("## Without a real server as the ceiling: flood against `xmpp-cm-bench upstream`\n")
+w("**Upstream here is `xmpp-cm-bench upstream`, the bench's own minimal server, not Prosody** "
+  "(accepts any PLAIN login, routes messages byte for byte). Same flood (200 sessions × 8 in flight).\n")
+w("| target | msg/s | × relay | p50 ms | p99 ms | proxy CPU-ms / 1k msgs | upstream CPU s | generator CPU s | errors |")
+w("|---|---|---|---|---|---|---|---|---|")
+for t in ("up-direct", "up-relay", "up-cm-bosh", "up-cm-ws"):
+    tp = med("upstream", t, "flood", lambda r: r["messages"]["per_s"])
+    n, kinds = errs("upstream", t)
+    w(f"| {NAMES[t]} | {fmt(tp, '{:,.0f}')} | {fmt(ratio(tp, up_relay), '{:.2f}×')} | "
+      f"{fmt(med('upstream', t, 'flood', lambda r: r['messages']['latency_ms']['p50']), '{:.3f}')} | "
+      f"{fmt(med('upstream', t, 'flood', lambda r: r['messages']['latency_ms']['p99']), '{:.3f}')} | "
+      f"{fmt(med('upstream', t, 'flood', lambda r: r['cpu_ms_per_1000_msgs'].get('proxy')), '{:.0f}')} | "
+      f"{fmt(med('upstream', t, 'flood', lambda r: proc(r, 'upstream', 'cpu_s')), '{:.2f}')} | "
+      f"{fmt(med('upstream', t, 'flood', lambda r: r['generator']['cpu_s']), '{:.2f}')} | {n}{' ' + str(kinds) if kinds else ''} |")
+w("")
+if big:
+    r = big[-1]
+    w("## 100,000 idle WebSocket sessions (upstream: `xmpp-cm-bench upstream`)\n")
+    p = next((p for p in r["procs"] if p["label"] == "proxy"), None)
+    u = next((p for p in r["procs"] if p["label"] == "upstream"), None)
+    w(f"- held {r['logins']['ok']:,} of {r['params']['sessions']:,}; logins {r['logins']['per_s']:,.0f}/s; errors {r['errors_total']} {r['errors'] or ''}")
+    if p:
+        w(f"- xmpp-cm RSS {p['rss_kib_start']:,} → {p['rss_kib_loaded']:,} KiB ({r['kib_per_session'].get('proxy', 0):.1f} KiB/session), "
+          f"peak {p['rss_kib_peak']:,} KiB; CPU while idle {p['cpu_s']:.2f} s over {r['params']['duration_s']:.0f} s")
+    if u:
+        w(f"- bench upstream RSS {u['rss_kib_loaded']:,} KiB, CPU while idle {u['cpu_s']:.2f} s")
+    w(f"- generator CPU while idle {r['generator']['cpu_s']:.2f} s; client source addresses: {r['params']['sources']}\n")
+
+# ---------------------------------------------------------------- errors and commands
+w("## Errors\n")
+any_err = False
+for (s, l, wl), rs in sorted(groups.items()):
+    tot = sum(r["errors_total"] for r in rs)
+    if tot:
+        any_err = True
+        samples = [x for r in rs for x in r["error_samples"]][:3]
+        w(f"- {s} / {l} / {wl}: {tot} — {samples}")
+if not any_err:
+    w("None in any run.")
+w("\n## How to reproduce\n")
+w("```\nbench/compare.sh            # full (~20 min): 3 repeats, 10 s windows, 1k/10k idle, 100k idle\n"
+  "bench/compare.sh --quick    # smoke (< 3 min): 1 repeat, 2 s windows, small counts\n```\n")
+w("Each run is one `xmpp-cm-bench run …` command; the exact commands of this report:\n")
+w("```")
+seen = set()
+for r in recs:
+    key = (r["note"], r["label"], r["workload"])
+    if key in seen or r["note"] == "warmup":
+        continue
+    seen.add(key)
+    p = r["params"]
+    cmd = f"xmpp-cm-bench run --transport {r['transport']} --target {r['target']} --workload {r['workload']} --sessions {p['sessions']}"
+    if p["idle_sessions"]:
+        cmd += f" --idle-sessions {p['idle_sessions']}"
+    if r["workload"] in ("pingpong",):
+        cmd += f" --rate {p['rate_per_session']:g}"
+    if r["workload"] == "flood":
+        cmd += f" --window {p['window']}"
+    if r["workload"] != "setup":
+        cmd += f" --duration {p['duration_s']:g}"
+    cmd += f" --concurrency {p['concurrency']} --domain {','.join(p['domains'])} --label {r['label']} --note {r['note']} --pid …"
+    w(cmd)
+w("```")
+open(a.out, "w").write("\n".join(out) + "\n")
+print(f"report: {len(recs)} records → {a.out}", file=sys.stderr)

@@ -1,0 +1,367 @@
+//! A BOSH (XEP-0124/0206) client session as a browser library runs one: `hold=1`, so at most
+//! two requests in flight on at most two keep-alive HTTP/1.1 connections, one request always
+//! held open for the server to answer with stanzas, stanzas queued while both are busy and sent
+//! together in the next body. A driver task per session owns the connections; the session talks
+//! to it over channels, so `recv` is cancel-safe like the other transports'.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::client::{BenchError, Result, Target};
+use crate::xml;
+
+const NS: &str = "http://jabber.org/protocol/httpbind";
+
+enum Cmd {
+    Send(Vec<u8>),
+    Restart,
+    Close(tokio::sync::oneshot::Sender<()>),
+}
+
+pub struct BoshConn {
+    cmd: mpsc::UnboundedSender<Cmd>,
+    ev: mpsc::UnboundedReceiver<Result<Bytes>>,
+}
+
+impl BoshConn {
+    /// Start the driver; it sends the session creation request at once.
+    pub fn start(t: Arc<Target>, domain: String) -> BoshConn {
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        tokio::spawn(Driver::new(t, domain, cmd_rx, ev_tx).run());
+        BoshConn { cmd: cmd_tx, ev: ev_rx }
+    }
+
+    pub fn send(&mut self, data: &[u8]) -> Result<()> {
+        self.cmd.send(Cmd::Send(data.to_vec())).map_err(|_| BenchError::new("closed", "BOSH session ended"))
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        self.cmd.send(Cmd::Restart).map_err(|_| BenchError::new("closed", "BOSH session ended"))
+    }
+
+    pub async fn recv(&mut self) -> Result<Bytes> {
+        match self.ev.recv().await {
+            Some(r) => r,
+            None => Err(BenchError::new("closed", "BOSH session ended")),
+        }
+    }
+
+    pub async fn close(&mut self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.cmd.send(Cmd::Close(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+type Inflight = std::pin::Pin<Box<dyn std::future::Future<Output = (Option<HttpConn>, Result<Bytes>)> + Send>>;
+
+struct Driver {
+    t: Arc<Target>,
+    domain: String,
+    cmd: mpsc::UnboundedReceiver<Cmd>,
+    ev: mpsc::UnboundedSender<Result<Bytes>>,
+    sid: Option<String>,
+    rid: u64,
+    /// Idle keep-alive connections (at most two exist).
+    idle: Vec<HttpConn>,
+    inflight: FuturesUnordered<Inflight>,
+    pending: Vec<u8>,
+    restart: bool,
+    created: bool,
+}
+
+impl Driver {
+    fn new(t: Arc<Target>, domain: String, cmd: mpsc::UnboundedReceiver<Cmd>, ev: mpsc::UnboundedSender<Result<Bytes>>) -> Driver {
+        let rid = 1_000_000 + (rand_u32() as u64 % 1_000_000_000);
+        Driver { t, domain, cmd, ev, sid: None, rid, idle: Vec::new(), inflight: FuturesUnordered::new(), pending: Vec::new(), restart: false, created: false }
+    }
+
+    async fn run(mut self) {
+        loop {
+            self.fill();
+            tokio::select! {
+                cmd = self.cmd.recv() => match cmd {
+                    Some(Cmd::Send(d)) => self.pending.extend_from_slice(&d),
+                    Some(Cmd::Restart) => self.restart = true,
+                    Some(Cmd::Close(done)) => {
+                        self.terminate().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => {
+                        self.terminate().await;
+                        return;
+                    }
+                },
+                Some((conn, res)) = self.inflight.next(), if !self.inflight.is_empty() => {
+                    if let Some(c) = conn {
+                        self.idle.push(c);
+                    }
+                    if let Err(e) = res.and_then(|b| self.on_body(&b)) {
+                        let _ = self.ev.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Send what can be sent: the creation request; queued stanzas or a restart when a slot is
+    /// free; an empty poll when nothing is held.
+    fn fill(&mut self) {
+        if !self.created {
+            self.created = true;
+            let route = self.t.bosh_route.as_deref().map(|r| format!(" route='{}'", xml::escape(r))).unwrap_or_default();
+            let body = format!(
+                "<body content='text/xml; charset=utf-8' hold='1' rid='{}' to='{}' ver='1.6' wait='{}' xml:lang='en' xmpp:version='1.0' xmlns='{NS}' xmlns:xmpp='urn:xmpp:xbosh'{route}/>",
+                self.rid,
+                xml::escape(&self.domain),
+                self.t.bosh_wait
+            );
+            self.rid += 1;
+            self.post(body);
+            return;
+        }
+        let Some(sid) = self.sid.clone() else { return };
+        while self.inflight.len() < 2 && (!self.pending.is_empty() || self.restart || self.inflight.is_empty()) {
+            let restart = if std::mem::take(&mut self.restart) {
+                format!(" to='{}' xml:lang='en' xmpp:restart='true' xmlns:xmpp='urn:xmpp:xbosh'", xml::escape(&self.domain))
+            } else {
+                String::new()
+            };
+            let payload = std::mem::take(&mut self.pending);
+            let mut body = format!("<body rid='{}' sid='{}' xmlns='{NS}'{restart}>", self.rid, sid).into_bytes();
+            body.extend_from_slice(&payload);
+            body.extend_from_slice(b"</body>");
+            self.rid += 1;
+            self.post_bytes(body);
+        }
+    }
+
+    fn post(&mut self, body: String) {
+        self.post_bytes(body.into_bytes())
+    }
+
+    fn post_bytes(&mut self, body: Vec<u8>) {
+        let conn = self.idle.pop();
+        let t = self.t.clone();
+        let limit = Duration::from_secs(self.t.bosh_wait as u64 + 15);
+        self.inflight.push(Box::pin(async move {
+            match tokio::time::timeout(limit, request(&t, conn, &body)).await {
+                Ok(r) => r,
+                Err(_) => (None, Err(BenchError::new("http_timeout", "no BOSH response within wait + 15 s"))),
+            }
+        }));
+    }
+
+    fn on_body(&mut self, body: &[u8]) -> Result<()> {
+        let (root, children) = xml::split_document(body).map_err(|e| BenchError::new("protocol", format!("bad body: {e}")))?;
+        if xml::name(&root) != "body" {
+            return Err(BenchError::new("protocol", "response is not a <body/>"));
+        }
+        if self.sid.is_none() {
+            match xml::attr(&root, "sid") {
+                Some(s) => self.sid = Some(s.to_string()),
+                None => return Err(BenchError::new("bosh_terminate", format!("no sid: {}", String::from_utf8_lossy(&root)))),
+            }
+        }
+        for c in children {
+            if self.ev.send(Ok(c)).is_err() {
+                break;
+            }
+        }
+        if xml::attr(&root, "type") == Some("terminate") {
+            let cond = xml::attr(&root, "condition").unwrap_or("none");
+            return Err(BenchError::new("bosh_terminate", format!("condition {cond}")));
+        }
+        Ok(())
+    }
+
+    async fn terminate(&mut self) {
+        let Some(sid) = self.sid.clone() else { return };
+        let body = format!(
+            "<body rid='{}' sid='{}' type='terminate' xmlns='{NS}'><presence type='unavailable' xmlns='jabber:client'/></body>",
+            self.rid, sid
+        );
+        self.rid += 1;
+        let conn = self.idle.pop();
+        let _ = tokio::time::timeout(Duration::from_secs(3), request(&self.t, conn, body.as_bytes())).await;
+    }
+}
+
+/// POST `body`; on a reused connection that turns out closed, retry once on a new one.
+async fn request(t: &Target, conn: Option<HttpConn>, body: &[u8]) -> (Option<HttpConn>, Result<Bytes>) {
+    let reused = conn.is_some();
+    let mut c = match conn {
+        Some(c) => c,
+        None => match t.sources.connect(t.addr).await {
+            Ok(s) => HttpConn::new(s),
+            Err(e) => return (None, Err(BenchError::new("connect", e.to_string()))),
+        },
+    };
+    match c.post(t, body).await {
+        Ok((b, keep)) => (keep.then_some(c), Ok(b)),
+        Err(PostError::Stale) if reused => match t.sources.connect(t.addr).await {
+            Ok(s) => {
+                let mut c = HttpConn::new(s);
+                match c.post(t, body).await {
+                    Ok((b, keep)) => (keep.then_some(c), Ok(b)),
+                    Err(e) => (None, Err(e.into())),
+                }
+            }
+            Err(e) => (None, Err(BenchError::new("connect", e.to_string()))),
+        },
+        Err(e) => (None, Err(e.into())),
+    }
+}
+
+enum PostError {
+    /// Closed before any response byte: a keep-alive connection the server had dropped.
+    Stale,
+    Other(BenchError),
+}
+
+impl From<PostError> for BenchError {
+    fn from(e: PostError) -> Self {
+        match e {
+            PostError::Stale => BenchError::new("closed", "HTTP connection closed before a response"),
+            PostError::Other(b) => b,
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 client connection: one request at a time, Content-Length or chunked
+/// responses, keep-alive unless the server says `Connection: close`.
+struct HttpConn {
+    s: TcpStream,
+    buf: BytesMut,
+}
+
+impl HttpConn {
+    fn new(s: TcpStream) -> HttpConn {
+        HttpConn { s, buf: BytesMut::with_capacity(2048) }
+    }
+
+    async fn post(&mut self, t: &Target, body: &[u8]) -> std::result::Result<(Bytes, bool), PostError> {
+        let mut req = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: text/xml; charset=utf-8\r\nContent-Length: {}\r\n\r\n",
+            t.path,
+            t.host_header,
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        let io = |e: std::io::Error| PostError::Other(e.into());
+        if let Err(e) = self.s.write_all(&req).await {
+            return Err(if matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) { PostError::Stale } else { io(e) });
+        }
+        self.buf.clear();
+        // Headers.
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if self.buf.len() > 64 * 1024 {
+                return Err(PostError::Other(BenchError::new("http", "headers too long")));
+            }
+            self.buf.reserve(2048);
+            match self.s.read_buf(&mut self.buf).await {
+                Ok(0) if self.buf.is_empty() => return Err(PostError::Stale),
+                Ok(0) => return Err(PostError::Other(BenchError::new("closed", "HTTP connection closed mid-response"))),
+                Ok(_) => {}
+                Err(e) if self.buf.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => return Err(PostError::Stale),
+                Err(e) => return Err(io(e)),
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let mut len: Option<usize> = None;
+        let mut chunked = false;
+        let mut keep = true;
+        for l in lines {
+            let Some((k, v)) = l.split_once(':') else { continue };
+            let v = v.trim();
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.parse().ok();
+            } else if k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked") {
+                chunked = true;
+            } else if k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close") {
+                keep = false;
+            }
+        }
+        let _ = self.buf.split_to(head_end);
+        let body = if chunked {
+            self.read_chunked().await?
+        } else if let Some(n) = len {
+            while self.buf.len() < n {
+                self.buf.reserve(n - self.buf.len());
+                if self.s.read_buf(&mut self.buf).await.map_err(io)? == 0 {
+                    return Err(PostError::Other(BenchError::new("closed", "HTTP body cut short")));
+                }
+            }
+            self.buf.split_to(n).freeze()
+        } else {
+            keep = false;
+            while self.s.read_buf(&mut self.buf).await.map_err(io)? != 0 {}
+            self.buf.split().freeze()
+        };
+        if status != 200 {
+            let kind = match status {
+                404 => "http_404",
+                400..=499 => "http_4xx",
+                500..=599 => "http_5xx",
+                _ => "http_other",
+            };
+            return Err(PostError::Other(BenchError::new(kind, format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))));
+        }
+        Ok((body, keep))
+    }
+
+    async fn read_chunked(&mut self) -> std::result::Result<Bytes, PostError> {
+        let io = |e: std::io::Error| PostError::Other(e.into());
+        let mut out = BytesMut::new();
+        loop {
+            let line_end = loop {
+                if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                self.buf.reserve(1024);
+                if self.s.read_buf(&mut self.buf).await.map_err(io)? == 0 {
+                    return Err(PostError::Other(BenchError::new("closed", "chunked body cut short")));
+                }
+            };
+            let size_s = String::from_utf8_lossy(&self.buf[..line_end]).into_owned();
+            let size = usize::from_str_radix(size_s.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| PostError::Other(BenchError::new("http", "bad chunk size")))?;
+            let _ = self.buf.split_to(line_end + 2);
+            while self.buf.len() < size + 2 {
+                self.buf.reserve(size + 2);
+                if self.s.read_buf(&mut self.buf).await.map_err(io)? == 0 {
+                    return Err(PostError::Other(BenchError::new("closed", "chunked body cut short")));
+                }
+            }
+            if size == 0 {
+                let _ = self.buf.split_to(2);
+                return Ok(out.freeze());
+            }
+            out.extend_from_slice(&self.buf[..size]);
+            let _ = self.buf.split_to(size + 2);
+        }
+    }
+}
+
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    let _ = getrandom::getrandom(&mut b);
+    u32::from_le_bytes(b)
+}

@@ -1,0 +1,483 @@
+//! The four workloads. Every session logs in first (see `client::login`); then:
+//! `idle` holds them for `--duration`; `pingpong` makes each active session send a message to
+//! itself `--rate` times a second and records every round trip; `flood` keeps `--window`
+//! messages per session in flight for `--duration` (each receipt releases the next send), so
+//! the rate is what the target sustains; `setup` only logs sessions in, `--concurrency` at a
+//! time, and measures logins per second.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{self, client_ns, BenchError, Session, Target, Transport};
+use crate::stats::{self, round3, Errors, Latency, ProcReport, Samples, Watch, Watched};
+use crate::xml;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    Idle,
+    Pingpong,
+    Flood,
+    Setup,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Params {
+    pub sessions: usize,
+    pub idle_sessions: usize,
+    pub concurrency: usize,
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    pub rate_per_session: f64,
+    pub window: usize,
+    pub domains: Vec<String>,
+    pub user_prefix: String,
+    pub users: usize,
+    pub sources: usize,
+    pub fd_limit: u64,
+}
+
+#[derive(Serialize, Default)]
+pub struct Logins {
+    pub ok: u64,
+    pub failed: u64,
+    /// Logged-in sessions per second over the login phase (wall clock, first start to last end).
+    pub per_s: f64,
+    pub phase_s: f64,
+    pub latency_ms: Latency,
+}
+
+#[derive(Serialize, Default)]
+pub struct Messages {
+    pub sent: u64,
+    pub received: u64,
+    /// Round trips completed per second within the measured window.
+    pub per_s: f64,
+    pub window_s: f64,
+    pub latency_ms: Latency,
+}
+
+#[derive(Serialize)]
+pub struct Generator {
+    pub cpu_s: f64,
+    pub cpu_s_run: f64,
+    pub rss_kib_peak: u64,
+}
+
+#[derive(Serialize)]
+pub struct Record {
+    pub tool: &'static str,
+    pub label: String,
+    pub note: String,
+    pub transport: Transport,
+    pub target: String,
+    pub workload: Workload,
+    pub params: Params,
+    pub unix_time: u64,
+    pub elapsed_s: f64,
+    pub logins: Logins,
+    pub messages: Messages,
+    pub errors: BTreeMap<&'static str, u64>,
+    pub errors_total: u64,
+    pub error_samples: Vec<String>,
+    pub procs: Vec<ProcReport>,
+    /// (RSS loaded − RSS at start) / sessions held, KiB, per watched process.
+    pub kib_per_session: BTreeMap<String, f64>,
+    /// Watched CPU during the measured phase per 1,000 round trips (pingpong/flood), ms.
+    pub cpu_ms_per_1000_msgs: BTreeMap<String, f64>,
+    /// Watched CPU during the login phase per login (setup), ms.
+    pub cpu_ms_per_login: BTreeMap<String, f64>,
+    pub generator: Generator,
+}
+
+pub struct Spec {
+    pub target: Arc<Target>,
+    pub workload: Workload,
+    pub params: Params,
+    pub pass_prefix: String,
+    pub pids: Vec<Watched>,
+    pub label: String,
+    pub note: String,
+    pub target_desc: String,
+}
+
+struct Opened {
+    sessions: Vec<(usize, Session)>,
+    latency: Samples,
+    ok: u64,
+    failed: u64,
+    elapsed: Duration,
+}
+
+/// Log in sessions `from..to`, `concurrency` at a time.
+async fn open_all(spec: &Spec, from: usize, to: usize, errors: &Arc<Errors>) -> Opened {
+    let sem = Arc::new(Semaphore::new(spec.params.concurrency.max(1)));
+    let mut set = JoinSet::new();
+    let t0 = Instant::now();
+    let run_tag = std::process::id();
+    for i in from..to {
+        let (sem, t) = (sem.clone(), spec.target.clone());
+        let p = &spec.params;
+        let domain = p.domains[i % p.domains.len()].clone();
+        let n = 1 + i % p.users.max(1);
+        let user = format!("{}{n}", p.user_prefix);
+        let pass = format!("{}{n}", spec.pass_prefix);
+        let resource = format!("b{run_tag}-{i}");
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            let start = Instant::now();
+            let r = match tokio::time::timeout(client::LOGIN_TIMEOUT, client::login(&t, &domain, &user, &pass, &resource)).await {
+                Ok(r) => r,
+                Err(_) => Err(BenchError::new("login_timeout", format!("no login within {:?}", client::LOGIN_TIMEOUT))),
+            };
+            (i, start.elapsed(), r)
+        });
+    }
+    let mut out = Opened { sessions: Vec::with_capacity(to - from), latency: Samples::default(), ok: 0, failed: 0, elapsed: Duration::ZERO };
+    while let Some(j) = set.join_next().await {
+        match j {
+            Ok((i, d, Ok(s))) => {
+                out.ok += 1;
+                out.latency.push(d);
+                out.sessions.push((i, s));
+            }
+            Ok((_, _, Err(e))) => {
+                out.failed += 1;
+                errors.add(&e);
+            }
+            Err(e) => {
+                out.failed += 1;
+                errors.add(&BenchError::new("internal", e.to_string()));
+            }
+        }
+    }
+    out.elapsed = t0.elapsed();
+    out.sessions.sort_by_key(|(i, _)| *i);
+    out
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Read (and answer pings) until cancelled.
+    Idle,
+    Ping { period: Duration, offset: Duration },
+    Flood { window: usize },
+}
+
+#[derive(Default)]
+struct Tally {
+    sent: u64,
+    received: u64,
+    latency: Samples,
+}
+
+/// Run one session in `mode` until `end` (or cancel for idle); round trips sent in
+/// [`start`, `end`) count. Returns the session unless it failed.
+async fn drive(mut s: Session, mode: Mode, ns: &'static str, start: Instant, end: Instant, cancel: CancellationToken, errors: Arc<Errors>) -> (Option<Session>, Tally) {
+    let mut t = Tally::default();
+    let to = xml::escape(&s.jid);
+    let mut seq: u64 = 0;
+    let mut inflight: VecDeque<(u64, Instant)> = VecDeque::new();
+    let drain_limit = Duration::from_secs(3);
+    let msg = |n: u64| format!("<message to='{to}' id='m{n}' type='chat'{ns}><body>ping {n}</body></message>");
+    let fail = |e: BenchError, errors: &Errors| {
+        errors.add(&e);
+    };
+    match mode {
+        Mode::Idle => loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return (Some(s), t),
+                r = s.conn.recv() => if let Err(e) = r {
+                    fail(BenchError::new(if e.kind == "closed" { "idle_dropped" } else { e.kind }, e.detail), &errors);
+                    return (None, t);
+                },
+            }
+        },
+        Mode::Ping { period, offset } => {
+            let mut tick = tokio::time::interval_at((Instant::now() + offset).into(), period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                let now = Instant::now();
+                let sending = now < end;
+                if !sending && (inflight.is_empty() || now > end + drain_limit) {
+                    break;
+                }
+                tokio::select! {
+                    _ = tick.tick(), if sending => {
+                        seq += 1;
+                        inflight.push_back((seq, Instant::now()));
+                        if let Err(e) = s.conn.send(msg(seq).as_bytes()).await {
+                            fail(e, &errors);
+                            return (None, t);
+                        }
+                        if Instant::now() >= start { t.sent += 1; }
+                    }
+                    r = s.conn.recv() => match r {
+                        Ok(f) => on_frame(&f, &mut inflight, start, end, &mut t),
+                        Err(e) => { fail(e, &errors); return (None, t); }
+                    },
+                    _ = tokio::time::sleep_until((end + drain_limit).into()), if !sending => break,
+                }
+            }
+        }
+        Mode::Flood { window } => {
+            let mut batch = String::new();
+            for _ in 0..window {
+                seq += 1;
+                inflight.push_back((seq, Instant::now()));
+                batch.push_str(&msg(seq));
+            }
+            if let Err(e) = s.conn.send(batch.as_bytes()).await {
+                fail(e, &errors);
+                return (None, t);
+            }
+            loop {
+                let now = Instant::now();
+                if now >= end && (inflight.is_empty() || now > end + drain_limit) {
+                    break;
+                }
+                let r = tokio::select! {
+                    r = s.conn.recv() => r,
+                    _ = tokio::time::sleep_until((end + drain_limit).into()) => break,
+                };
+                match r {
+                    Ok(f) => {
+                        let before = inflight.len();
+                        on_frame(&f, &mut inflight, start, end, &mut t);
+                        if inflight.len() < before && Instant::now() < end {
+                            seq += 1;
+                            inflight.push_back((seq, Instant::now()));
+                            if let Err(e) = s.conn.send(msg(seq).as_bytes()).await {
+                                fail(e, &errors);
+                                return (None, t);
+                            }
+                            if Instant::now() >= start { t.sent += 1; }
+                        }
+                    }
+                    Err(e) => {
+                        fail(e, &errors);
+                        return (None, t);
+                    }
+                }
+            }
+        }
+    }
+    if !inflight.is_empty() {
+        errors.add(&BenchError::new("lost", format!("{} message(s) never came back", inflight.len())));
+    }
+    (Some(s), t)
+}
+
+fn on_frame(f: &[u8], inflight: &mut VecDeque<(u64, Instant)>, start: Instant, end: Instant, t: &mut Tally) {
+    if xml::name(f) != "message" {
+        return;
+    }
+    let Some(id) = xml::attr(f, "id").and_then(|s| s.strip_prefix('m')).and_then(|s| s.parse::<u64>().ok()) else { return };
+    let Some(pos) = inflight.iter().position(|(n, _)| *n == id) else { return };
+    let Some((_, sent)) = inflight.remove(pos) else { return };
+    let now = Instant::now();
+    if sent >= start && sent < end {
+        t.latency.push(now - sent);
+    }
+    if now >= start && now < end {
+        t.received += 1;
+    }
+}
+
+pub async fn run(spec: Spec) -> Record {
+    let errors = Arc::new(Errors::default());
+    let gen_pid = std::process::id();
+    let gen0 = stats::sample(gen_pid).unwrap_or_default();
+    let watch = Watch::start(spec.pids.clone());
+    let t_run = Instant::now();
+    let p = spec.params.clone();
+    let ns = client_ns(spec.target.transport);
+
+    // Idle background sessions first (pingpong growth runs), then the active ones.
+    let cancel = CancellationToken::new();
+    let mut idle_set: JoinSet<(Option<Session>, Tally)> = JoinSet::new();
+    let mut logins = Logins::default();
+    let mut login_lat = Samples::default();
+    let n_idle_bg = if spec.workload == Workload::Idle { 0 } else { p.idle_sessions };
+    if n_idle_bg > 0 {
+        let o = open_all(&spec, p.sessions, p.sessions + n_idle_bg, &errors).await;
+        logins.ok += o.ok;
+        logins.failed += o.failed;
+        for (_, s) in o.sessions {
+            idle_set.spawn(drive(s, Mode::Idle, ns, t_run, t_run, cancel.clone(), errors.clone()));
+        }
+    }
+    let phase_login0 = watch.now();
+    let gen_login0 = stats::sample(gen_pid).unwrap_or_default();
+    let o = open_all(&spec, 0, p.sessions, &errors).await;
+    let phase_login1 = watch.now();
+    let gen_login1 = stats::sample(gen_pid).unwrap_or_default();
+    logins.ok += o.ok;
+    logins.failed += o.failed;
+    logins.phase_s = round3(o.elapsed.as_secs_f64());
+    logins.per_s = round3(o.ok as f64 / o.elapsed.as_secs_f64().max(1e-9));
+    login_lat.extend(o.latency);
+    logins.latency_ms = login_lat.summary();
+    let loaded = watch.now();
+    let held = o.ok as usize + idle_set.len();
+
+    let mut messages = Messages::default();
+    let (phase0, phase1, gen_phase);
+    match spec.workload {
+        Workload::Setup => {
+            phase0 = phase_login0;
+            phase1 = phase_login1;
+            gen_phase = gen_login1.cpu_s - gen_login0.cpu_s;
+            for (_, s) in o.sessions {
+                idle_set.spawn(async move { (Some(s), Tally::default()) });
+            }
+        }
+        Workload::Idle => {
+            for (_, s) in o.sessions {
+                idle_set.spawn(drive(s, Mode::Idle, ns, t_run, t_run, cancel.clone(), errors.clone()));
+            }
+            let g0 = stats::sample(gen_pid).unwrap_or_default();
+            phase0 = watch.now();
+            tokio::time::sleep(Duration::from_secs_f64(p.duration_s)).await;
+            phase1 = watch.now();
+            gen_phase = stats::sample(gen_pid).unwrap_or_default().cpu_s - g0.cpu_s;
+        }
+        Workload::Pingpong | Workload::Flood => {
+            let start = Instant::now() + Duration::from_secs_f64(p.warmup_s);
+            let end = start + Duration::from_secs_f64(p.duration_s);
+            let mut active = JoinSet::new();
+            let period = Duration::from_secs_f64(1.0 / p.rate_per_session.max(0.001));
+            let n = o.sessions.len().max(1);
+            for (k, (_, s)) in o.sessions.into_iter().enumerate() {
+                let mode = match spec.workload {
+                    Workload::Flood => Mode::Flood { window: p.window.max(1) },
+                    _ => Mode::Ping { period, offset: period.mul_f64(k as f64 / n as f64) },
+                };
+                active.spawn(drive(s, mode, ns, start, end, cancel.clone(), errors.clone()));
+            }
+            tokio::time::sleep_until(start.into()).await;
+            let g0 = stats::sample(gen_pid).unwrap_or_default();
+            phase0 = watch.now();
+            tokio::time::sleep_until(end.into()).await;
+            phase1 = watch.now();
+            gen_phase = stats::sample(gen_pid).unwrap_or_default().cpu_s - g0.cpu_s;
+            let mut lat = Samples::default();
+            while let Some(j) = active.join_next().await {
+                if let Ok((s, t)) = j {
+                    messages.sent += t.sent;
+                    messages.received += t.received;
+                    lat.extend(t.latency);
+                    if let Some(s) = s {
+                        idle_set.spawn(async move { (Some(s), Tally::default()) });
+                    }
+                }
+            }
+            messages.window_s = p.duration_s;
+            messages.per_s = round3(messages.received as f64 / p.duration_s.max(1e-9));
+            messages.latency_ms = lat.summary();
+        }
+    }
+
+    // Stop everyone; close politely when that is cheap enough, else just drop the sockets.
+    cancel.cancel();
+    let mut all = Vec::new();
+    while let Some(j) = idle_set.join_next().await {
+        if let Ok((Some(s), _)) = j {
+            all.push(s);
+        }
+    }
+    if all.len() <= 20_000 {
+        let sem = Arc::new(Semaphore::new(500));
+        let mut closing = JoinSet::new();
+        for mut s in all {
+            let sem = sem.clone();
+            closing.spawn(async move {
+                let _p = sem.acquire_owned().await;
+                let _ = tokio::time::timeout(Duration::from_secs(3), s.conn.close()).await;
+            });
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(20), async { while closing.join_next().await.is_some() {} }).await;
+    } else {
+        drop(all);
+    }
+
+    let procs = watch.finish((&phase0, &phase1), &loaded);
+    let gen_end = stats::sample(gen_pid).unwrap_or_default();
+    let (errs, samples) = errors.take();
+    let mut kib_per_session = BTreeMap::new();
+    let mut cpu_msgs = BTreeMap::new();
+    let mut cpu_login = BTreeMap::new();
+    for pr in &procs {
+        if held > 0 {
+            kib_per_session.insert(pr.label.clone(), round3((pr.rss_kib_loaded as f64 - pr.rss_kib_start as f64) / held as f64));
+        }
+        if messages.received > 0 {
+            cpu_msgs.insert(pr.label.clone(), round3(pr.cpu_s * 1000.0 / (messages.received as f64 / 1000.0)));
+        }
+        if spec.workload == Workload::Setup && logins.ok > 0 {
+            cpu_login.insert(pr.label.clone(), round3(pr.cpu_s * 1000.0 / logins.ok as f64));
+        }
+    }
+    Record {
+        tool: "xmpp-cm-bench",
+        label: spec.label,
+        note: spec.note,
+        transport: spec.target.transport,
+        target: spec.target_desc,
+        workload: spec.workload,
+        params: p,
+        unix_time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        elapsed_s: round3(t_run.elapsed().as_secs_f64()),
+        logins,
+        messages,
+        errors_total: errs.values().sum(),
+        errors: errs,
+        error_samples: samples,
+        procs,
+        kib_per_session,
+        cpu_ms_per_1000_msgs: cpu_msgs,
+        cpu_ms_per_login: cpu_login,
+        generator: Generator {
+            cpu_s: round3(gen_phase),
+            cpu_s_run: round3(gen_end.cpu_s - gen0.cpu_s),
+            rss_kib_peak: gen_end.hwm_kib,
+        },
+    }
+}
+
+/// The human table for one record.
+pub fn table(r: &Record) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "== {} [{}] {:?} {:?} → {}{}", r.label, r.tool, r.transport, r.workload, r.target, if r.note.is_empty() { String::new() } else { format!("  ({})", r.note) });
+    let _ = writeln!(
+        s,
+        "sessions {} (+{} idle), logins ok {} failed {}, {:.1} logins/s over {:.2} s, login p50 {:.2} ms p99 {:.2} ms",
+        r.params.sessions, r.params.idle_sessions, r.logins.ok, r.logins.failed, r.logins.per_s, r.logins.phase_s, r.logins.latency_ms.p50, r.logins.latency_ms.p99
+    );
+    if r.messages.latency_ms.count > 0 || r.messages.sent > 0 {
+        let l = &r.messages.latency_ms;
+        let _ = writeln!(
+            s,
+            "messages sent {} received {} → {:.1} msg/s; latency ms p50 {:.3} p95 {:.3} p99 {:.3} max {:.3} (n={})",
+            r.messages.sent, r.messages.received, r.messages.per_s, l.p50, l.p95, l.p99, l.max, l.count
+        );
+    }
+    let _ = writeln!(s, "errors {} {:?}", r.errors_total, r.errors);
+    let _ = writeln!(s, "{:<14} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}", "process", "pid", "cpu s", "cpu s run", "rss start", "rss loaded", "rss peak", "KiB/session");
+    for p in &r.procs {
+        let _ = writeln!(
+            s,
+            "{:<14} {:>8} {:>10.3} {:>10.3} {:>10} {:>10} {:>10} {:>12.2}",
+            p.label, p.pid, p.cpu_s, p.cpu_s_run, p.rss_kib_start, p.rss_kib_loaded, p.rss_kib_peak, r.kib_per_session.get(&p.label).copied().unwrap_or(0.0)
+        );
+    }
+    let _ = writeln!(s, "{:<14} {:>8} {:>10.3} {:>10.3} {:>10} {:>10} {:>10}", "generator", std::process::id(), r.generator.cpu_s, r.generator.cpu_s_run, "", "", r.generator.rss_kib_peak);
+    s
+}

@@ -1,0 +1,67 @@
+//! Keeps `xmpp-cm-bench` working: its own `upstream` server plus a few sessions over TCP
+//! (`setup`, then a 1 s `pingpong` and `flood`), and the JSON record must parse with no error.
+//! No timing is asserted: only that the tool runs and counts.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_xmpp-cm-bench");
+
+/// The upstream child, killed (by its PID) when the test ends.
+struct Upstream(Child);
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_upstream() -> (Upstream, String) {
+    let mut child = Command::new(BENCH)
+        .args(["--threads", "1", "upstream", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start xmpp-cm-bench upstream");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read listening line");
+    let up = Upstream(child);
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad listening line {line:?}: {e}"));
+    let addr = v["listening"][0].as_str().expect("listening address").to_string();
+    (up, addr)
+}
+
+fn run(addr: &str, args: &[&str]) -> serde_json::Value {
+    let mut cmd = Command::new(BENCH);
+    cmd.args(["--threads", "1", "run", "--transport", "tcp", "--target", addr, "--domain", "bench.test", "--quiet"]);
+    cmd.args(args);
+    let out = cmd.output().expect("run xmpp-cm-bench");
+    assert!(out.status.success(), "xmpp-cm-bench {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or("");
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("record does not parse ({e}): {line}"))
+}
+
+#[test]
+fn bench_tool_runs_against_its_own_upstream() {
+    let (up, addr) = start_upstream();
+    let pid = up.0.id().to_string();
+    let watch = format!("upstream={pid}");
+
+    let r = run(&addr, &["--workload", "setup", "--sessions", "8", "--pid", &watch]);
+    assert_eq!(r["errors_total"], 0, "{r}");
+    assert_eq!(r["logins"]["ok"], 8, "{r}");
+    assert_eq!(r["procs"][0]["pid"].as_u64(), Some(pid.parse::<u64>().unwrap()), "{r}");
+    assert!(r["procs"][0]["rss_kib_loaded"].as_u64().unwrap_or(0) > 0, "RSS sampled from /proc: {r}");
+
+    for workload in ["pingpong", "flood"] {
+        let r = run(&addr, &["--workload", workload, "--sessions", "6", "--duration", "1", "--warmup", "0.2", "--rate", "20"]);
+        assert_eq!(r["errors_total"], 0, "{workload}: {r}");
+        assert_eq!(r["logins"]["ok"], 6, "{workload}: {r}");
+        assert!(r["messages"]["received"].as_u64().unwrap_or(0) > 0, "{workload}: {r}");
+        assert!(r["messages"]["latency_ms"]["count"].as_u64().unwrap_or(0) > 0, "{workload}: {r}");
+    }
+    std::thread::sleep(Duration::from_millis(10));
+}
