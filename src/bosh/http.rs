@@ -77,6 +77,8 @@ pub async fn post(State(state): State<Arc<AppState>>, ext: axum::http::Extension
                 return pre_session(200, &Error::ItemNotFound("unknown sid"), cors);
             };
             if session.send(inc).await.is_err() {
+                // The task is gone without removing itself (it panicked): forget the sid.
+                state.bosh.remove(&sid);
                 return pre_session(200, &Error::ItemNotFound("session ended"), cors);
             }
         }
@@ -86,8 +88,9 @@ pub async fn post(State(state): State<Arc<AppState>>, ext: axum::http::Extension
             crate::metrics::metrics().bosh_held(held_since.elapsed());
             respond(reply, cors)
         }
-        // The session ended without answering (it always answers; this is defensive).
-        Err(_) => pre_session(200, &Error::ItemNotFound("session ended"), cors),
+        // A session answers every request it accepted; a dropped reply means its task died
+        // (a bug): BOSH-T-09. Other sessions are unaffected.
+        Err(_) => pre_session(200, &Error::Internal("session task ended without answering".into()), cors),
     }
 }
 

@@ -716,6 +716,40 @@ fn undelivered(out: &str) -> Vec<Element> {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bosh::body::parse;
+
+    fn negotiate(attrs: &str) -> Params {
+        let req = parse(format!("<body xmlns='http://jabber.org/protocol/httpbind' rid='1' to='x' {attrs}/>").as_bytes(), &Default::default()).unwrap();
+        Params::negotiate("sid".into(), &req, &crate::config::Bosh::default(), "x".into())
+    }
+
+    /// BOSH-S-07, S-08, S-09, S-10, S-11, S-12, S-13 (§0.5 defaults).
+    #[test]
+    fn negotiation_table() {
+        let p = negotiate("wait='3600' hold='4' ver='1.6'");
+        assert_eq!((p.wait.as_secs(), p.hold, p.requests), (60, 1, 2));
+        assert_eq!(p.ver, (1, 6));
+        assert!(!p.legacy);
+        let p = negotiate("wait='5' hold='1' ver='1.10'");
+        assert_eq!((p.wait.as_secs(), p.ver), (5, (1, 10)));
+        let p = negotiate("wait='5' hold='1' ver='2.0'");
+        assert_eq!(p.ver, VERSION);
+        let p = negotiate("wait='5' hold='0'");
+        assert!(p.legacy && p.polling_session());
+        assert_eq!(p.requests, 1);
+        assert!(p.inactivity > p.polling * 2);
+        let p = negotiate("wait='0' hold='1' content='text/plain; charset=utf-8'");
+        assert!(p.polling_session());
+        assert_eq!(&*p.content_type, "text/plain; charset=utf-8");
+        assert_eq!(&*negotiate("").content_type, "text/xml; charset=utf-8");
+        assert_eq!(negotiate("xml:lang='de'").open.lang, "de");
+        assert!(negotiate("ack='1'").ack_mode);
+    }
+}
+
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
 }
