@@ -444,10 +444,8 @@ impl Session {
             if !ok {
                 return self.end(Error::ItemNotFound("key sequence mismatch"), Some(reply)).await;
             }
+            // The next key must hash to this one, unless this request starts a new sequence.
             self.key = req.newkey.as_deref().or(req.key.as_deref()).map(str::to_ascii_lowercase);
-            if req.newkey.is_some() {
-                self.key = req.newkey.as_deref().map(str::to_ascii_lowercase);
-            }
         } else if let Some(nk) = &req.newkey {
             self.key = Some(nk.to_ascii_lowercase());
         }
