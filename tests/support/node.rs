@@ -56,6 +56,11 @@ fn last_lines(s: &str, n: usize) -> String {
 /// `node tests/js/<script> <args…>`, killed after `timeout`.
 /// Panics with a pointer to scripts/test.sh when node or tests/js/node_modules is missing.
 pub fn node(script: &str, args: &[&str], timeout: Duration) -> NodeOutput {
+    node_env(script, args, &[], timeout)
+}
+
+/// [`node`] with extra environment variables (e.g. `NODE_EXTRA_CA_CERTS` for an https:// URL).
+pub fn node_env(script: &str, args: &[&str], env: &[(&str, &str)], timeout: Duration) -> NodeOutput {
     let js = repo_root().join("tests/js");
     if which("node").is_none() {
         panic!("node is not installed: Node 20 is needed for the client tests (scripts/test.sh expects it)");
@@ -75,6 +80,7 @@ pub fn node(script: &str, args: &[&str], timeout: Duration) -> NodeOutput {
     let mut child = cmd
         .arg(js.join(script))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(&js)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
