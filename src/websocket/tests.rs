@@ -289,3 +289,96 @@ fn redirect_close_carries_see_other_uri_ws20() {
     assert!(el.is("close", ns::FRAMING));
     assert_eq!(el.attr("see-other-uri"), Some("wss://other.example/xmpp-websocket?a=1&b=2"));
 }
+
+/// The `ws_message` fuzz target's properties (fuzz/fuzz_targets/ws_message.rs) in the ordinary
+/// test suite: over the committed seeds from real strophe.js traffic, arbitrary text, and seeds
+/// with random byte edits (a short, deterministic-per-run stand-in for `cargo fuzz run`).
+mod fuzz_smoke {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn check(sel: u8, text: &str) {
+        let framing = match sel % 3 {
+            0 => None,
+            1 => Some(Framing::Rfc7395),
+            _ => Some(Framing::Legacy),
+        };
+        let legacy = sel & 0x80 != 0;
+        let limits = Limits { max_stanza_bytes: 16 * 1024, max_depth: 16, max_attrs: 16, max_name_len: 64 };
+        match classify(text, framing, legacy, &limits) {
+            Err(_) | Ok(Inbound::Nothing) | Ok(Inbound::Close) => {}
+            Ok(Inbound::Open(_, chosen)) => {
+                if let Some(f) = framing {
+                    assert_eq!(chosen, f, "framing changed: {text}");
+                }
+                assert!(chosen != Framing::Legacy || legacy, "legacy framing while disabled: {text}");
+            }
+            Ok(Inbound::Element(el)) => {
+                if let Ok(up) = crate::relay::from_client(el.clone()) {
+                    let wire = up.to_xml(ns::CLIENT);
+                    let back = parse_document(wire.as_bytes(), &Limits::default(), &[("", ns::CLIENT), ("stream", ns::STREAM)]);
+                    assert_eq!(back.as_ref(), Ok(&up), "{wire}");
+                }
+                let down = crate::relay::from_upstream(el).to_xml("");
+                assert!(parse_document(down.as_bytes(), &Limits::default(), &[]).is_ok(), "{down}");
+            }
+        }
+    }
+
+    fn seeds() -> Vec<Vec<u8>> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/ws_message");
+        let mut out: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("seed-"))
+                    .filter_map(|e| std::fs::read(e.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    fn run(seed: &[u8]) {
+        if let Some((&sel, rest)) = seed.split_first() {
+            check(sel, &String::from_utf8_lossy(rest));
+        }
+    }
+
+    #[test]
+    fn seeds_from_real_traffic_hold_the_properties() {
+        let seeds = seeds();
+        assert!(seeds.len() >= 20, "fuzz/corpus/ws_message/seed-* missing ({} found)", seeds.len());
+        let mut elements = 0;
+        for s in &seeds {
+            run(s);
+            let (sel, text) = s.split_first().unwrap();
+            let framing = [None, Some(Framing::Rfc7395), Some(Framing::Legacy)][usize::from(sel % 3)];
+            if let Ok(Inbound::Element(_)) = classify(std::str::from_utf8(text).unwrap(), framing, sel & 0x80 != 0, &limits()) {
+                elements += 1;
+            }
+        }
+        // Real traffic is mostly well-formed stanzas, not errors.
+        assert!(elements * 2 > seeds.len(), "{elements} of {} seeds classify as stanzas", seeds.len());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        #[test]
+        fn arbitrary_text(sel in any::<u8>(), text in "[<>/a-z:=' \"\\-]{0,200}") {
+            check(sel, &text);
+        }
+
+        #[test]
+        fn mutated_seeds(pick in any::<prop::sample::Index>(), edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6)) {
+            let seeds = seeds();
+            prop_assume!(!seeds.is_empty());
+            let mut s = seeds[pick.index(seeds.len())].clone();
+            for (at, b) in edits {
+                let i = at.index(s.len());
+                s[i] = b;
+            }
+            run(&s);
+        }
+    }
+}

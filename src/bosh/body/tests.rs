@@ -163,3 +163,63 @@ proptest! {
         prop_assert_eq!(r.rid, rid);
     }
 }
+
+/// The `bosh_body` fuzz target's properties (fuzz/fuzz_targets/bosh_body.rs) in the ordinary
+/// test suite, over the committed seeds from real strophe.js traffic and mutations of them.
+mod fuzz_smoke {
+    use super::*;
+    use crate::xml::{ns, parse_document, Limits};
+
+    fn check(data: &[u8]) -> bool {
+        let limits = Limits { max_stanza_bytes: 16 * 1024, max_depth: 16, max_attrs: 16, max_name_len: 64 };
+        let Ok(req) = parse(data, &limits) else { return false };
+        assert!(req.rid >= 1 && req.rid <= MAX_RID);
+        for el in &req.payloads {
+            assert!(!el.ns.is_empty(), "{el:?}");
+            let wire = el.to_xml(ns::CLIENT);
+            let back = parse_document(wire.as_bytes(), &Limits::default(), &[("", ns::CLIENT), ("stream", ns::STREAM)]);
+            assert_eq!(back.as_ref(), Ok(el), "{wire}");
+        }
+        true
+    }
+
+    fn seeds() -> Vec<Vec<u8>> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/bosh_body");
+        let mut out: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("seed-"))
+                    .filter_map(|e| std::fs::read(e.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn seeds_from_real_traffic_hold_the_properties() {
+        let seeds = seeds();
+        assert!(seeds.len() >= 20, "fuzz/corpus/bosh_body/seed-* missing ({} found)", seeds.len());
+        // Every body strophe.js sent (they carry a rid) parses; xmpp-cm's answers (no rid) don't.
+        for s in &seeds {
+            let sent = String::from_utf8_lossy(s).contains(" rid=");
+            assert_eq!(check(s), sent, "{}", String::from_utf8_lossy(s));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        #[test]
+        fn mutated_seeds(pick in any::<prop::sample::Index>(), edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6)) {
+            let seeds = seeds();
+            prop_assume!(!seeds.is_empty());
+            let mut s = seeds[pick.index(seeds.len())].clone();
+            for (at, b) in edits {
+                let i = at.index(s.len());
+                s[i] = b;
+            }
+            check(&s);
+        }
+    }
+}
