@@ -80,6 +80,11 @@ fn dockerfile_builds_and_runs_the_binary_the_documented_way() {
     // The config the image ships loads, with the admin port opened by the image's ENV.
     assert!(d.contains("ENV XMPP_CM_ADMIN__LISTEN=0.0.0.0:9280"));
     assert!(Path::new(&repo_root().join("config/example.toml")).is_file());
+    // The README documents the same build command and binary path.
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+    for needle in ["cargo build --release --locked --bin xmpp-cm", "target/release/xmpp-cm", "/etc/xmpp-cm/xmpp-cm.toml"] {
+        assert!(readme.contains(needle), "README lacks {needle:?}");
+    }
     let ignore = std::fs::read_to_string(repo_root().join(".dockerignore")).expect(".dockerignore");
     assert!(ignore.lines().any(|l| l.trim() == "target/"));
 }
