@@ -375,7 +375,7 @@ impl Metrics {
         if let Some(limit) = Limit::of(err) {
             self.limit_hit(limit);
         }
-        if matches!(err, Error::Shutdown | Error::HostUnknown | Error::ImproperAddressing) {
+        if matches!(err, Error::Shutdown | Error::HostUnknown | Error::ImproperAddressing | Error::TooMany { .. }) {
             let l = RefusedL { transport: transport.as_str(), condition: err.kind() };
             self.sessions_refused.get_or_create(&l).inc();
         }
