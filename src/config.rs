@@ -221,7 +221,7 @@ pub struct Upstream {
     pub connect_timeout: u64,
     /// Static targets: domain → "host:port". Otherwise DNS SRV.
     pub routes: BTreeMap<String, String>,
-    /// BOSH `route` values (`xmpp:host:port`) that may be honoured; everything else ignored.
+    /// BOSH `route` values (`xmpp:host:port`) that may be honoured; any other is host-unknown.
     pub allow_route: Vec<String>,
     /// Largest stanza accepted in either direction.
     pub max_stanza_bytes: usize,
@@ -230,7 +230,8 @@ pub struct Upstream {
     /// (ejabberd `use_proxy_protocol: true`, Prosody mod_net_proxy).
     pub proxy_protocol: ProxyProtocol,
     /// Connect to SRV targets (and the domain:5222 fallback) that resolve to loopback,
-    /// private, link-local, unique-local, unspecified or multicast addresses. Off: such
+    /// private (RFC 1918, 100.64/10), link-local, unique-local, unspecified, broadcast or
+    /// multicast addresses (`upstream::resolve::refused_address`). Off: such
     /// targets are refused (SSRF guard). Static routes are trusted either way.
     pub allow_private_targets: bool,
 }
