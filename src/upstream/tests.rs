@@ -554,3 +554,106 @@ async fn abort_ends_the_connection_without_stream_footer() {
     assert_eq!(got, "EOF:true GOT:");
     drop(reader);
 }
+
+// ---------------------------------------------------------------- PROXY header, SSRF guard
+
+/// A fake that reads raw bytes until the client's stream header is complete, answers it in
+/// plaintext, then reads to the end. Returns what came before the answer, hex-encoded (a v2
+/// PROXY header is binary).
+async fn proxy_fake() -> (SocketAddr, JoinHandle<String>) {
+    fake(|mut s| async move {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = Instant::now() + STEP;
+        let complete = |g: &[u8]| {
+            let at = g.windows(14).position(|w| w == b"<stream:stream");
+            at.is_some_and(|i| g[i..].contains(&b'>'))
+        };
+        while !complete(&got) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, s.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => return hex::encode(got),
+            }
+        }
+        write(&mut s, &format!("{}{SASL_FEATURES}", server_header("s1", "1.0"))).await;
+        let mut rest = String::new();
+        read_to_end(&mut s, &mut rest).await;
+        hex::encode(got)
+    })
+    .await
+}
+
+/// The PROXY header the fake saw, and the text after it.
+fn split_proxy(hex_bytes: &str, header: &[u8]) -> String {
+    let got = hex::decode(hex_bytes).unwrap();
+    assert!(got.starts_with(header), "want {:?} first, got {:?}", String::from_utf8_lossy(header), String::from_utf8_lossy(&got));
+    String::from_utf8(got[header.len()..].to_vec()).unwrap()
+}
+
+fn with_proxy(mut up: Upstream, v: crate::config::ProxyProtocol) -> Upstream {
+    let mut cfg = (*up.config).clone();
+    cfg.upstream.proxy_protocol = v;
+    up.config = Arc::new(cfg);
+    up
+}
+
+#[tokio::test]
+async fn proxy_header_is_the_first_bytes_on_the_wire() {
+    use crate::config::ProxyProtocol::{V1, V2};
+    let cases: [(crate::config::ProxyProtocol, Option<&str>); 4] =
+        [(V1, Some("192.0.2.55:0")), (V1, None), (V2, Some("[2001:db8::1]:4000")), (V2, None)];
+    for (v, client) in cases {
+        let client: Option<SocketAddr> = client.map(|c| c.parse().unwrap());
+        let (addr, task) = proxy_fake().await;
+        let up = with_proxy(upstream(addr, TlsMode::None, None, 5), v);
+        let c = connect(&up, &OpenParams { client, ..params() }).await.unwrap();
+        drop(c);
+        let got = result_of(task).await;
+        let header = super::proxy::header(v, client, addr);
+        if v == V1 && client.is_some() {
+            assert_eq!(header, format!("PROXY TCP4 192.0.2.55 127.0.0.1 0 {}\r\n", addr.port()).into_bytes());
+        }
+        // Immediately followed by our stream header: nothing before, nothing between.
+        let rest = split_proxy(&got, &header);
+        assert!(rest.starts_with("<?xml") || rest.starts_with("<stream:stream"), "{v:?} {client:?}: {rest}");
+    }
+}
+
+#[tokio::test]
+async fn proxy_off_sends_no_header() {
+    let (addr, task) = proxy_fake().await;
+    let c = connect(&upstream(addr, TlsMode::None, None, 5), &OpenParams { client: Some("192.0.2.1:1".parse().unwrap()), ..params() }).await.unwrap();
+    drop(c);
+    let rest = split_proxy(&result_of(task).await, b"");
+    assert!(rest.starts_with("<?xml") || rest.starts_with("<stream:stream"), "{rest}");
+}
+
+#[tokio::test]
+async fn ssrf_guard_refuses_dns_learned_private_targets_but_not_config_ones() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let up = upstream(addr, TlsMode::None, None, 5);
+    let learned = [Target { host: "127.0.0.1".into(), port: addr.port(), direct_tls: false, trusted: false }];
+    let r = connect_targets(&up, &params(), &learned, Duration::from_secs(5)).await;
+    let detail = assert_connect_kind(r, ConnectKind::Dns);
+    assert!(detail.contains("127.0.0.1 (loopback)") && detail.contains("allow_private_targets"), "{detail}");
+    // Nothing was even attempted.
+    assert!(tokio::time::timeout(Duration::from_millis(200), l.accept()).await.is_err(), "a connection was made");
+    drop(l);
+
+    // allow_private_targets = true: the same DNS-learned target is used.
+    let (addr, _task) = fake(|mut s| async move {
+        let mut got = String::new();
+        open(&mut s, &mut got, "s1", SASL_FEATURES).await;
+        read_to_end(&mut s, &mut got).await;
+        got
+    })
+    .await;
+    let mut up = upstream(addr, TlsMode::None, None, 5);
+    let mut cfg = (*up.config).clone();
+    cfg.upstream.allow_private_targets = true;
+    up.config = Arc::new(cfg);
+    let learned = [Target { host: "127.0.0.1".into(), port: addr.port(), direct_tls: false, trusted: false }];
+    assert!(connect_targets(&up, &params(), &learned, Duration::from_secs(5)).await.is_ok());
+}
