@@ -168,7 +168,10 @@ impl Error {
         match self {
             BadRequest(_) => Some("bad-format"),
             ClientXml(XmlError::Restricted(_)) => Some("restricted-xml"),
-            ClientXml(XmlError::TooLarge(_)) => Some("policy-violation"),
+            // Configured limits (size, depth, attributes, name length): RFC 6120 §4.9.3.14.
+            ClientXml(XmlError::TooLarge(_) | XmlError::TooDeep(_) | XmlError::TooManyAttrs(_) | XmlError::NameTooLong(_)) => {
+                Some("policy-violation")
+            }
             ClientXml(_) => Some("not-well-formed"),
             ItemNotFound(_) => Some("undefined-condition"),
             PolicyViolation(_) | TooMany { .. } => Some("policy-violation"),

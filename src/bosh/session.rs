@@ -324,7 +324,13 @@ impl Session {
     fn queue(&mut self, el: Element) {
         crate::metrics::metrics().stanza(crate::metrics::Direction::ToClient);
         // Serialized now (self-contained), so its size counts against `max_queued_bytes`.
+        let max = self.state.config.limits.max_queued_bytes;
+        let before = self.out.len();
         relay::from_upstream(el).write_xml(&mut self.out, "");
+        if before < max && self.out.len() >= max {
+            // Upstream reads pause from here until the client fetches (main_loop's `room`).
+            crate::metrics::metrics().limit_hit(crate::metrics::Limit::QueuedBytes);
+        }
     }
 
     async fn write_up(&mut self, el: &Element) -> Result<(), Error> {

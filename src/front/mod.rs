@@ -15,7 +15,10 @@ use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -87,10 +90,23 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, edge: Edge, stop: Cancella
     }
 }
 
-async fn serve_http<S>(io: S, peer: SocketAddr, secure: bool, edge: &Edge, stop: CancellationToken)
+async fn serve_http<S>(mut io: S, peer: SocketAddr, secure: bool, edge: &Edge, stop: CancellationToken)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let header_timeout = Duration::from_secs(edge.state.config.http.header_read_timeout);
+    // hyper-util's auto builder first reads up to 24 bytes to tell h2c prior knowledge from
+    // HTTP/1.x, with no timer: a client that connects and sends nothing (or a few bytes) would
+    // hold the connection forever. hyper's own header_read_timeout only starts after that.
+    let prefix = tokio::select! {
+        p = sniff(&mut io, header_timeout) => p,
+        _ = stop.cancelled() => return,
+    };
+    let Some(prefix) = prefix else {
+        debug!(%peer, "no request head within http.header_read_timeout");
+        return;
+    };
+    let io = Rewind { prefix, pos: 0, inner: io };
     let router = edge.router.clone();
     let trusted = edge.trusted.clone();
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
@@ -99,7 +115,6 @@ where
         req.extensions_mut().insert(info);
         router.clone().oneshot(req)
     });
-    let header_timeout = Duration::from_secs(edge.state.config.http.header_read_timeout);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -125,5 +140,64 @@ where
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
         }
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Read the first bytes of a connection, as many as tell HTTP/2 prior knowledge from HTTP/1.x
+/// (at most the preface's 24), within `deadline`. None on timeout, EOF or error.
+async fn sniff<S: AsyncRead + Unpin>(io: &mut S, deadline: Duration) -> Option<Vec<u8>> {
+    let read = async {
+        let mut buf = Vec::with_capacity(H2_PREFACE.len());
+        let mut b = [0u8; 24];
+        while buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&buf) {
+            let n = io.read(&mut b[..H2_PREFACE.len() - buf.len()]).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&b[..n]);
+        }
+        Some(buf)
+    };
+    tokio::time::timeout(deadline, read).await.ok().flatten()
+}
+
+/// A stream whose first bytes, already read by [`sniff`], are handed out again.
+struct Rewind<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if self.pos < self.prefix.len() {
+            let n = (self.prefix.len() - self.pos).min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.prefix[start..start + n]);
+            self.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
