@@ -10,6 +10,7 @@
 #     their system services are kept from starting during the install: tests start their own
 #     instances on free loopback ports, each in its own temp dir.
 #   - the pinned npm clients in tests/js (npm ci from package-lock.json).
+#   - Debian chromium and the pinned converse.js + playwright-core in tests/browser (browser test).
 # Then runs `cargo nextest run --no-fail-fast` (plus doc tests) if cargo-nextest is installed,
 # else `cargo test --no-fail-fast`. Any failure makes this script fail.
 set -euo pipefail
@@ -71,6 +72,38 @@ node_major=$(node -p 'process.versions.node.split(".")[0]')
 if [[ ! -f tests/js/node_modules/.package-lock.json || tests/js/package-lock.json -nt tests/js/node_modules/.package-lock.json ]]; then
   log "npm ci in tests/js"
   (cd tests/js && npm ci --no-audit --no-fund)
+fi
+
+# ---------------------------------------------------------------- browser test (tests/browser_converse.rs)
+# Debian's chromium (playwright cannot download a browser here; the test drives /usr/bin/chromium)
+# and the pinned converse.js + playwright-core in tests/browser.
+if [[ ! -x /usr/bin/chromium ]]; then
+  log "installing chromium with apt-get"
+  command -v apt-get >/dev/null 2>&1 || die "no apt-get: install Debian's chromium (/usr/bin/chromium) yourself"
+  SUDO_B=()
+  [[ $(id -u) -eq 0 ]] || SUDO_B=(sudo -n)
+  # Try the package lists already there first; update them only when that fails.
+  "${SUDO_B[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium ||
+    { "${SUDO_B[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+      "${SUDO_B[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; } ||
+    die "apt-get install chromium failed"
+fi
+if [[ ! -f tests/browser/node_modules/.package-lock.json || tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]]; then
+  log "npm ci in tests/browser"
+  (cd tests/browser && npm ci --no-audit --no-fund)
+fi
+
+# ---------------------------------------------------------------- dependency policy (deny.toml)
+# Licenses, banned crates, crates.io only. Advisories are left out (the RustSec database cannot
+# be fetched here). A missing cargo-deny is installed; if that is impossible the step is skipped
+# with a warning, but a policy violation fails the run.
+if ! cargo deny --version >/dev/null 2>&1; then
+  log "cargo install cargo-deny --locked"
+  cargo install cargo-deny --locked || log "WARNING: cargo-deny could not be installed; dependency policy NOT checked"
+fi
+if cargo deny --version >/dev/null 2>&1; then
+  log "cargo deny check bans licenses sources"
+  cargo deny --log-level error check bans licenses sources || die "cargo deny: dependency policy violated (see deny.toml)"
 fi
 
 # ---------------------------------------------------------------- tests
