@@ -27,14 +27,43 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     tracing::debug!(%peer, "direct TLS passthrough");
-    let Ok(_permit) = state.admission.admit(Some(peer.ip())) else {
-        crate::metrics::metrics().limit_hit(crate::metrics::Limit::Sessions);
-        return;
+    let ip = match peer.ip() {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(peer.ip()),
+        v4 => v4,
+    };
+    let _permit = match state.admission.admit(Some(ip)) {
+        Ok(p) => p,
+        Err(e) => {
+            // Counted under the limit that refused it (sessions, per IP, rate), like the other
+            // transports; the client gets a policy-violation stream error, not a bare close.
+            crate::metrics::metrics().pre_session(crate::metrics::Transport::WebSocket, &e);
+            refuse(io, &e).await;
+            return;
+        }
     };
     let limits = Limits { max_stanza_bytes: state.config.upstream.max_stanza_bytes, ..Limits::default() };
     let messages = TcpMessages::new(io, limits);
     let tracker = state.tracker.clone();
     tracker.track_future(crate::websocket::run_passthrough(messages, state, Some(peer))).await;
+}
+
+/// Answer a refused client with a stream header, the stream error and the closing tag (RFC 6120
+/// §4.9.1.1: the error comes after our header, whatever the client sent), bounded in time.
+async fn refuse<S: AsyncWrite + Unpin>(mut io: S, err: &crate::Error) {
+    use tokio::io::AsyncWriteExt;
+    let condition = err.stream_condition().unwrap_or("policy-violation");
+    let text = format!(
+        "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' version='1.0'>\
+         <stream:error><{condition} xmlns='{}'/></stream:error></stream:stream>",
+        ns::CLIENT,
+        ns::STREAM,
+        ns::STREAMS_ERR
+    );
+    let write = async {
+        io.write_all(text.as_bytes()).await?;
+        io.shutdown().await
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), write).await;
 }
 
 /// A raw XMPP byte stream seen as legacy-framing WebSocket messages.

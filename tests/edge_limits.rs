@@ -427,6 +427,68 @@ async fn slowloris_of_500_connections() {
     assert!(fds <= fds0 + 5, "xmpp-cm holds {fds} sockets, {fds0} before");
 }
 
+/// Slow request bodies: a BOSH POST that declares 1000 bytes and sends 10 gets HTTP 408 after
+/// `http.body_read_timeout` (counted as `limit="body_timeout"`); one trickling a byte every
+/// 300 ms is cut at the same deadline; a header trickled byte by byte is cut after
+/// `http.header_read_timeout` although bytes keep coming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_and_trickled_headers_are_cut_at_their_deadlines() {
+    let p = prosody();
+    let cm = cm(&p, &[("http.body_read_timeout", "2"), ("http.header_read_timeout", "2")]);
+    let head = "POST /http-bind HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\nContent-Length: 1000\r\n\r\n";
+    let stalled = async {
+        let mut s = TcpStream::connect(cm.http_addr()).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(b"<body xmln").await.unwrap();
+        let t0 = Instant::now();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut buf)).await;
+        (t0.elapsed(), String::from_utf8_lossy(&buf).into_owned())
+    };
+    let trickle = async {
+        let mut s = TcpStream::connect(cm.http_addr()).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let t0 = Instant::now();
+        let mut b = [0u8; 1024];
+        loop {
+            if s.write_all(b"x").await.is_err() {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(300), s.read(&mut b)).await {
+                Ok(Ok(n)) if n > 0 => return (t0.elapsed(), String::from_utf8_lossy(&b[..n]).into_owned()),
+                Ok(_) => break,
+                Err(_) => assert!(t0.elapsed() < Duration::from_secs(8), "trickled body never cut"),
+            }
+        }
+        (t0.elapsed(), String::new())
+    };
+    let header = async {
+        let mut s = TcpStream::connect(cm.http_addr()).await.unwrap();
+        let t0 = Instant::now();
+        let mut b = [0u8; 1024];
+        for c in "POST /http-bind HTTP/1.1\r\nHost: x\r\nX-Slow: ".bytes().chain(std::iter::repeat(b'a')) {
+            if s.write_all(&[c]).await.is_err() {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(200), s.read(&mut b)).await {
+                Ok(_) => break,
+                Err(_) => assert!(t0.elapsed() < Duration::from_secs(8), "trickled header never cut"),
+            }
+        }
+        t0.elapsed()
+    };
+    let ((t1, r1), (t2, r2), t3) = tokio::join!(stalled, trickle, header);
+    eprintln!("stalled body cut after {t1:?}, trickled body after {t2:?}, trickled header after {t3:?}");
+    assert!(r1.starts_with("HTTP/1.1 408"), "{r1}");
+    assert!(r2.starts_with("HTTP/1.1 408"), "{r2}");
+    for t in [t1, t2, t3] {
+        assert!(t >= Duration::from_millis(1800) && t < Duration::from_secs(5), "{t:?}");
+    }
+    assert_eq!(limit_hits(&cm, "body_timeout").await, 2.0);
+    let (mut alice, jid) = Bosh::login(&cm.bosh_url(), p.domain(), "alice", "alicepass", 5).await;
+    bosh_roundtrip(&mut alice, &jid, "after-slow-bodies").await;
+}
+
 // ---------------------------------------------------------------- slow readers
 
 /// SEC-04: a WebSocket client that never reads while bob floods it with 24 MB of messages

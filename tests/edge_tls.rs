@@ -407,3 +407,29 @@ async fn direct_tls_passthrough_chats_with_a_bosh_user() {
     let r = conn.connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp).await;
     assert!(r.is_err(), "xmpp-client accepted without http.tls.xmpp_passthrough");
 }
+
+/// Admission applies to Direct TLS clients too: with `limits.max_sessions = 1`, a second native
+/// client gets a `policy-violation` stream error (not a bare close), counted under
+/// `limit="sessions"`; the first keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_tls_passthrough_is_admitted_like_other_sessions() {
+    let p = Prosody::start(ProsodyOpts::default());
+    let front = FrontCert::new();
+    let cm = start_cm(&p, &front, &[("http.tls.xmpp_passthrough", "true"), ("limits.max_sessions", "1")]);
+    let tls = tls_connect(&cm.http_addr(), &front.ca.ca_cert, &[b"xmpp-client"]).await;
+    let mut first = Stream { io: tls, acc: String::new(), pos: 0 };
+    first.send(HEADER).await;
+    first.until("</stream:features>").await;
+
+    let tls = tls_connect(&cm.http_addr(), &front.ca.ca_cert, &[b"xmpp-client"]).await;
+    let mut second = Stream { io: tls, acc: String::new(), pos: 0 };
+    second.send(HEADER).await;
+    let e = second.until("</stream:stream>").await;
+    assert!(e.contains("<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"), "{e}");
+    assert_eq!(metric(&cm.admin_url(), "xmpp_cm_limit_hits_total{limit=\"sessions\"}").await, 1.0);
+
+    let creds = base64::engine::general_purpose::STANDARD.encode("\0alice\0alicepass");
+    first.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>")).await;
+    let r = first.until("success").await;
+    assert!(!r.contains("failure"), "{r}");
+}
