@@ -12,7 +12,9 @@
 // this origin and the loopback endpoints in connectSrc. Per scenario: two browser contexts log
 // in through converse's login form, A types a message in converse's input and presses Enter, B's
 // page shows it, B replies the same way, A's page shows the reply, both log out through the
-// profile modal. Every request and WebSocket the pages open is recorded and checked: the
+// profile modal and its confirm dialog (checked on the wire: an answered BOSH terminate, or the
+// WebSocket <close/> and the socket closing). Before the scenarios, a self-test proves the CSP
+// blocks a fetch to an outside host without it reaching the network. Every request and WebSocket the pages open is recorded and checked: the
 // transport and URL each page used, no request to a non-loopback host, no CSP violation.
 //
 // Prints progress and converse.js' console to stderr, one JSON line to stdout at the end
