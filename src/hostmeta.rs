@@ -3,8 +3,9 @@
 //! (CHECKLIST §8, DISCO-01..10).
 //!
 //! The URLs come from `[http] public_url`; when it is empty they are derived from the request's
-//! `Host` and its scheme, which only a TLS terminator in front of us knows
-//! (`X-Forwarded-Proto: https`). A document reached over plain HTTP carries no links
+//! `Host` and its scheme: https when xmpp-cm terminated TLS itself, or when a proxy listed in
+//! `[http] trusted_proxies` said `proto=https` (see `front::client_ip`; the header is never
+//! believed from anyone else). A document reached over plain HTTP carries no links
 //! (DISCO-03: only `https://` and `wss://` are advertised). Only hosts this service answers for
 //! (the served XMPP domains and the `public_url` host) get a document; others get 404
 //! (DISCO-06). These two documents, and nothing else here, carry `Access-Control-Allow-Origin: *`
@@ -44,7 +45,9 @@ pub struct Links {
 
 /// `Err(404)` for a host we do not answer for; `Ok(None)` when the request did not come over
 /// HTTPS and no `public_url` is configured (an empty document, DISCO-03).
-pub fn links_for(config: &Config, headers: &HeaderMap, uri: &Uri) -> Result<Option<Links>, StatusCode> {
+/// `secure`: the request reached us over HTTPS — directly (our TLS) or through a trusted proxy
+/// that said so (`front::client_ip`); never a header believed from anyone.
+pub fn links_for(config: &Config, headers: &HeaderMap, uri: &Uri, secure: bool) -> Result<Option<Links>, StatusCode> {
     let host_port = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -58,18 +61,10 @@ pub fn links_for(config: &Config, headers: &HeaderMap, uri: &Uri) -> Result<Opti
     if host.is_empty() || !known {
         return Err(StatusCode::NOT_FOUND);
     }
-    let forwarded = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(',').next().unwrap_or("").trim().to_ascii_lowercase());
     let base = if !config.http.public_url.is_empty() {
-        // The operator vouches for the public URL, unless the terminator says this request
-        // itself came over plain HTTP.
-        if forwarded.as_deref().is_some_and(|p| p != "https") {
-            return Ok(None);
-        }
+        // The operator vouches for the public URL (it must be https, checked at load).
         config.http.public_url.trim_end_matches('/').to_string()
-    } else if forwarded.as_deref() == Some("https") && valid_authority(&host_port) {
+    } else if secure && valid_authority(&host_port) {
         format!("https://{host_port}")
     } else {
         return Ok(None);
@@ -136,22 +131,28 @@ fn json_str(s: &str) -> String {
 
 /// Converse.js sends `Accept: application/xrd+xml, text/xml`; others send nothing or `*/*`.
 /// The XRD is returned whatever the Accept header says (DISCO-10).
-async fn xrd(State(state): State<Arc<AppState>>, headers: HeaderMap, uri: Uri) -> Response {
-    document(&state, &headers, &uri, "application/xrd+xml; charset=utf-8", xrd_document)
+/// Whether the request came over HTTPS, as `front` established it.
+fn secure(ext: &axum::http::Extensions) -> bool {
+    ext.get::<crate::front::ClientInfo>().is_some_and(|c| c.secure)
 }
 
-async fn jrd(State(state): State<Arc<AppState>>, headers: HeaderMap, uri: Uri) -> Response {
-    document(&state, &headers, &uri, "application/json", jrd_document)
+async fn xrd(State(state): State<Arc<AppState>>, ext: axum::http::Extensions, headers: HeaderMap, uri: Uri) -> Response {
+    document(&state, secure(&ext), &headers, &uri, "application/xrd+xml; charset=utf-8", xrd_document)
+}
+
+async fn jrd(State(state): State<Arc<AppState>>, ext: axum::http::Extensions, headers: HeaderMap, uri: Uri) -> Response {
+    document(&state, secure(&ext), &headers, &uri, "application/json", jrd_document)
 }
 
 fn document(
     state: &AppState,
+    secure: bool,
     headers: &HeaderMap,
     uri: &Uri,
     content_type: &'static str,
     render: fn(Option<&Links>) -> String,
 ) -> Response {
-    let mut r = match links_for(&state.config, headers, uri) {
+    let mut r = match links_for(&state.config, headers, uri, secure) {
         Ok(links) => {
             let mut r = render(links.as_ref()).into_response();
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -214,17 +215,20 @@ mod tests {
             (&derived, vec![], Err(StatusCode::NOT_FOUND)),
         ];
         for (c, h, want) in cases {
-            let got = links_for(c, &headers(&h), &uri);
+            // In these rows "x-forwarded-proto: https" stands for a request that front judged
+            // secure (own TLS, or a trusted proxy that said so).
+            let secure = h.iter().any(|(k, v)| *k == "x-forwarded-proto" && *v == "https");
+            let got = links_for(c, &headers(&h), &uri, secure);
             let want = want.map(|o| o.map(|(b, w)| Links { bosh: b.into(), websocket: w.into() }));
             assert_eq!(got, want, "{h:?}");
         }
         let public = config("https://chat.example.org/");
         for host in ["chat.example.org", "a.test", "chat.example.org:443"] {
-            let got = links_for(&public, &headers(&[("host", host)]), &uri).unwrap().unwrap();
+            let got = links_for(&public, &headers(&[("host", host)]), &uri, false).unwrap().unwrap();
             assert_eq!(got.bosh, "https://chat.example.org/http-bind");
             assert_eq!(got.websocket, "wss://chat.example.org/xmpp-websocket");
         }
-        assert_eq!(links_for(&public, &headers(&[("host", "evil.test")]), &uri), Err(StatusCode::NOT_FOUND));
+        assert_eq!(links_for(&public, &headers(&[("host", "evil.test")]), &uri, true), Err(StatusCode::NOT_FOUND));
     }
 
     #[test]

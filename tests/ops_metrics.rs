@@ -219,12 +219,10 @@ async fn host_meta_xrd_jrd_and_cors() {
     assert_eq!(o.status, 204);
     assert_eq!(o.header("access-control-allow-origin"), Some("*"));
     assert!(o.header("access-control-allow-methods").unwrap_or("").contains("GET"));
-    // Unknown host: 404 (DISCO-06); a request said to come over plain HTTP: no links (DISCO-03).
+    // Unknown host: 404 (DISCO-06). (Plain-HTTP requests without `public_url` get no links:
+    // host_meta_scheme_comes_only_from_tls_or_trusted_proxies, DISCO-03.)
     let u = req(&addr, "GET", "/.well-known/host-meta", &[("Host", "unknown.test")]).await;
     assert_eq!(u.status, 404);
-    let plain = req(&addr, "GET", "/.well-known/host-meta", &[("Host", &host), ("X-Forwarded-Proto", "http")]).await;
-    assert_eq!(plain.status, 200);
-    assert!(!plain.body.contains("<Link"), "{}", plain.body);
     // The permissive header stays on these two documents (DISCO-05): BOSH keeps its own policy.
     let bosh = req(&addr, "OPTIONS", "/http-bind", &[("Host", &host), ("Origin", "https://other.test"), ("Access-Control-Request-Method", "POST")]).await;
     assert_ne!(bosh.header("access-control-allow-origin"), Some("*"), "{bosh:?}");
@@ -232,4 +230,23 @@ async fn host_meta_xrd_jrd_and_cors() {
     let m = get(&format!("{}/metrics", cm.admin_url())).await.body;
     assert!(value(&m, "xmpp_cm_http_requests_total{route=\"host_meta\",status=\"200\"}").unwrap_or(0.0) >= 4.0, "{m}");
     assert!(samples(&m).contains(&"xmpp_cm_http_requests_total{route=\"host_meta\",status=\"404\"} 1"), "{m}");
+}
+
+/// DISCO-03, DISCO-09: without `public_url`, links are derived only for requests that really
+/// came over HTTPS: xmpp-cm's own TLS, or a trusted proxy's `X-Forwarded-Proto: https`; the
+/// header from anyone else is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_meta_scheme_comes_only_from_tls_or_trusted_proxies() {
+    let p = Prosody::start(ProsodyOpts::default());
+    // Untrusted: the header is ignored.
+    let cm = XmppCm::start(&XmppCm::config_for(&p));
+    let r = req(&cm.http_addr(), "GET", "/.well-known/host-meta", &[("Host", "localhost:666"), ("X-Forwarded-Proto", "https")]).await;
+    assert_eq!(r.status, 200);
+    assert!(!r.body.contains("href"), "untrusted X-Forwarded-Proto believed: {}", r.body);
+    drop(cm);
+    // Trusted loopback proxy: believed.
+    let cm = XmppCm::start(&XmppCm::config_with(&p, &[("http.trusted_proxies", "[\"127.0.0.1/32\", \"::1/128\"]")]));
+    let r = req(&cm.http_addr(), "GET", "/.well-known/host-meta", &[("Host", "localhost:666"), ("X-Forwarded-Proto", "https")]).await;
+    assert!(r.body.contains("href='https://localhost:666/http-bind'"), "{}", r.body);
+    assert!(r.body.contains("href='wss://localhost:666/xmpp-websocket'"), "{}", r.body);
 }
