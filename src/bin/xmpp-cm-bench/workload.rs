@@ -227,15 +227,14 @@ async fn drive(mut s: Session, mode: Mode, ns: &'static str, start: Instant, end
             }
         }
         Mode::Flood { window } => {
-            let mut batch = String::new();
+            // One stanza per send: RFC 7395 allows exactly one stanza per WebSocket message.
             for _ in 0..window {
                 seq += 1;
                 inflight.push_back((seq, Instant::now()));
-                batch.push_str(&msg(seq));
-            }
-            if let Err(e) = s.conn.send(batch.as_bytes()).await {
-                fail(e, &errors);
-                return (None, t);
+                if let Err(e) = s.conn.send(msg(seq).as_bytes()).await {
+                    fail(e, &errors);
+                    return (None, t);
+                }
             }
             loop {
                 let now = Instant::now();
