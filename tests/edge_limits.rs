@@ -489,6 +489,45 @@ async fn slow_bodies_and_trickled_headers_are_cut_at_their_deadlines() {
     bosh_roundtrip(&mut alice, &jid, "after-slow-bodies").await;
 }
 
+/// HTTP/2 slowloris: 100 h2c connections that send the preface and SETTINGS but never a
+/// request are closed after `http.header_read_timeout` (2 s), as idle HTTP/1.1 connections are;
+/// an HTTP/2 connection whose BOSH long poll is held longer than that (wait 5 s) is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed() {
+    let _g = heavy();
+    let p = prosody();
+    let cm = cm(&p, &[("http.header_read_timeout", "2")]);
+    let pid = cm.pid();
+    let fds0 = socket_fds(pid);
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        let tcp = TcpStream::connect(cm.http_addr()).await.unwrap();
+        let (send, conn) = hyper::client::conn::http2::handshake::<_, _, http_body_util::Full<bytes::Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .expect("h2c handshake");
+        idle.push((send, tokio::spawn(conn)));
+    }
+    let t0 = Instant::now();
+    let tcp = TcpStream::connect(cm.http_addr()).await.unwrap();
+    let (mut b, jid) = H2Bosh::login(h2_handshake(tcp).await, &cm.bosh_url(), p.domain(), "alice", "alicepass").await;
+    let tp = Instant::now();
+    b.send("", "").await; // held for `wait` (5 s): nothing to deliver
+    assert!(tp.elapsed() >= Duration::from_secs(4), "poll answered after {:?}", tp.elapsed());
+    b.send("", &chat(&jid, "h2-after-long-poll")).await;
+    b.poll_until("h2-after-long-poll").await;
+    for (i, (_send, conn)) in idle.into_iter().enumerate() {
+        let left = Duration::from_secs(10).saturating_sub(t0.elapsed());
+        let r = tokio::time::timeout(left, conn).await;
+        assert!(r.is_ok(), "idle HTTP/2 connection #{i} still open after {:?}", t0.elapsed());
+    }
+    eprintln!("100 idle HTTP/2 connections closed within {:?}", t0.elapsed());
+    let fds = socket_fds(pid);
+    assert!(fds <= fds0 + 5, "xmpp-cm holds {fds} sockets, {fds0} before");
+}
+
 // ---------------------------------------------------------------- slow readers
 
 /// SEC-04: a WebSocket client that never reads while bob floods it with 24 MB of messages

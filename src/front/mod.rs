@@ -8,8 +8,9 @@ pub mod client_ip;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -109,11 +110,24 @@ where
     let io = Rewind { prefix, pos: 0, inner: io };
     let router = edge.router.clone();
     let trusted = edge.trusted.clone();
+    let activity = Arc::new(Activity::new());
+    let act = activity.clone();
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let info = trusted.client(peer, secure, req.headers());
         req.extensions_mut().insert(ConnectInfo(peer));
         req.extensions_mut().insert(info);
-        router.clone().oneshot(req)
+        if req.method() == hyper::Method::CONNECT || req.headers().contains_key(hyper::header::UPGRADE) {
+            // A WebSocket (RFC 8441 stream or HTTP/1.1 upgrade) lives past its response: the
+            // session's own pings watch it, not the idle rule below.
+            act.tunnel.store(true, Ordering::Relaxed);
+        }
+        let busy = act.begin();
+        let fut = router.clone().oneshot(req);
+        async move {
+            let r = fut.await;
+            drop(busy);
+            r
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -130,16 +144,70 @@ where
         .max_concurrent_streams(64);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                debug!(%peer, error = %e, "HTTP connection ended with an error");
+    // HTTP/1.1 connections waiting for a request are cut by hyper's header_read_timeout; HTTP/2
+    // has no such timer, so a connection with no request in flight for as long is closed here
+    // (GOAWAY), or an h2 slowloris could hold connections with nothing but a preface.
+    let mut check = tokio::time::Instant::now() + header_timeout;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    debug!(%peer, error = %e, "HTTP connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep_until(check) => {
+                match activity.idle_for() {
+                    Some(idle) if idle >= header_timeout => {
+                        debug!(%peer, "idle HTTP connection closed after http.header_read_timeout");
+                        break;
+                    }
+                    Some(idle) => check += header_timeout - idle,
+                    None => check += header_timeout,
+                }
             }
         }
-        _ = stop.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+}
+
+/// Requests in flight on one connection, for the idle rule in [`serve_http`].
+struct Activity {
+    busy: AtomicUsize,
+    tunnel: AtomicBool,
+    /// When the connection last became idle.
+    since: Mutex<Instant>,
+}
+
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Activity {
+        Activity { busy: AtomicUsize::new(0), tunnel: AtomicBool::new(false), since: Mutex::new(Instant::now()) }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    /// How long the connection has had nothing in flight (None: busy, or carrying a tunnel).
+    fn idle_for(&self) -> Option<Duration> {
+        if self.tunnel.load(Ordering::Relaxed) || self.busy.load(Ordering::Acquire) > 0 {
+            return None;
         }
+        Some(self.since.lock().map(|s| s.elapsed()).unwrap_or_default())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.0.since.lock() {
+            *s = Instant::now();
+        }
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
