@@ -45,7 +45,7 @@ impl Admission {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Error::TooMany { what: "sessions", status: 503 });
         }
-        let Some(ip) = ip else { return Ok(Permit { adm: self.clone(), ip: None }) };
+        let Some(ip) = ip.map(client_key) else { return Ok(Permit { adm: self.clone(), ip: None }) };
         if let Err(e) = self.take_token(ip) {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(e);
@@ -82,6 +82,19 @@ impl Admission {
             self.rate.retain(|_, (t, l)| (*t + now.duration_since(*l).as_secs_f64() * cap) < cap);
         }
         Ok(())
+    }
+}
+
+/// The key per-IP limits count under: the IPv4 address (IPv4-mapped IPv6 included), or the /64
+/// of an IPv6 address — one subscriber or host typically holds a whole /64, so counting single
+/// IPv6 addresses would let one client pick a fresh address for every session.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        },
     }
 }
 
@@ -128,6 +141,19 @@ mod tests {
         drop(p1);
         assert_eq!(a.active(), 2);
         assert!(a.admit(Some(ip1)).is_ok());
+    }
+
+    #[test]
+    fn ipv6_counts_per_64() {
+        let a = lim(0, 2, 0);
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let _p1 = a.admit(ip("2001:db8:1:2::1")).unwrap();
+        let _p2 = a.admit(ip("2001:db8:1:2:ffff::9")).unwrap();
+        assert_eq!(status(a.admit(ip("2001:db8:1:2::abcd"))), 429, "same /64");
+        assert!(a.admit(ip("2001:db8:1:3::1")).is_ok(), "next /64");
+        let _p3 = a.admit(ip("192.0.2.7")).unwrap();
+        let _p4 = a.admit(ip("::ffff:192.0.2.7")).unwrap();
+        assert_eq!(status(a.admit(ip("192.0.2.7"))), 429, "IPv4-mapped is the IPv4 address");
     }
 
     #[test]

@@ -320,6 +320,7 @@ async fn hostile_bodies_are_refused_fast_with_flat_memory() {
         assert!(r.body.contains("type='terminate'") && r.body.contains("condition='bad-request'"), "{}", r.body);
         assert!(!r.body.contains("lol"), "{}", r.body);
     }
+    let body_hits0 = limit_hits(&cm, "body_size").await;
     // 10 MB, declared: refused on the Content-Length, before the body is read.
     let head = format!("POST /http-bind HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n", 10 << 20);
     let status = big_post(&cm.http_addr(), head, 10 << 20, false).await;
@@ -328,6 +329,7 @@ async fn hostile_bodies_are_refused_fast_with_flat_memory() {
     let head = "POST /http-bind HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\nTransfer-Encoding: chunked\r\n\r\n".to_string();
     let status = big_post(&cm.http_addr(), head, 10 << 20, true).await;
     assert!(status.starts_with("HTTP/1.1 413"), "{status}");
+    assert_eq!(limit_hits(&cm, "body_size").await - body_hits0, 2.0, "body_size hits");
     // 10,000-deep nesting, pre-session and in alice's session.
     let hits0 = limit_hits(&cm, "xml_complexity").await;
     for body in [
@@ -342,6 +344,7 @@ async fn hostile_bodies_are_refused_fast_with_flat_memory() {
     }
     assert_eq!(limit_hits(&cm, "xml_complexity").await - hits0, 2.0);
 
+    let (xml0, size0) = (limit_hits(&cm, "xml_complexity").await, limit_hits(&cm, "stanza_size").await);
     // WebSocket: each hostile message ends only its own session with a stream error.
     for (what, msg, conditions) in [
         ("billion laughs", billion_laughs("<message xmlns='jabber:client'><body>LOL</body></message>"), &["restricted-xml"][..]),
@@ -363,6 +366,8 @@ async fn hostile_bodies_are_refused_fast_with_flat_memory() {
         }
     }
 
+    assert_eq!(limit_hits(&cm, "xml_complexity").await - xml0, 1.0, "WS depth limit not counted");
+    assert_eq!(limit_hits(&cm, "stanza_size").await - size0, 1.0, "WS message size limit not counted");
     let hwm1 = proc_kb(pid, "VmHWM");
     eprintln!("VmHWM {hwm0} kB -> {hwm1} kB");
     // The 10 MB WebSocket message is refused at max_message_bytes (256 KiB) while reading.
