@@ -51,6 +51,24 @@ async fn create_rid(cm: &XmppCm, domain: &str, headers: &[(&str, &str)], rid: u6
     (r.status, r.body)
 }
 
+/// The log without terminal colour codes.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c == '\x1b' {
+            for d in it.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn rand_u16() -> u16 {
     let mut b = [0u8; 2];
     getrandom::getrandom(&mut b).unwrap();
@@ -122,6 +140,9 @@ async fn trusted_proxies_decide_the_ip_for_per_ip_limits() {
     // No header: the proxy itself is the client.
     assert_eq!(create(&trusting, d, &[]).await.0, 200);
     assert_eq!(limit_hits(&trusting, "sessions_per_ip").await, 2.0);
+    // Logs name the forwarded client, not the proxy.
+    let log = strip_ansi(&trusting.log());
+    assert!(log.contains("ip=192.0.2.1") && log.contains("ip=192.0.2.3"), "{}", support::tail(trusting.log_path(), 20));
 
     let untrusting = cm(&p, &limits);
     assert_eq!(create(&untrusting, d, &xff("192.0.2.1")).await.0, 200);
@@ -587,6 +608,17 @@ async fn websocket_slow_reader_keeps_memory_bounded() {
     assert_eq!(sent, 1500);
     assert!(max_rss - rss0 < 50 * 1024, "xmpp-cm RSS grew by {} kB", max_rss - rss0);
     carol.ping(&d, "ping-carol-end").await;
+    // The stuck session was ended by its send deadline (5 s) instead of buffering: only bob
+    // and carol are left.
+    let t1 = Instant::now();
+    loop {
+        let active = metric(&cm.admin_url(), "xmpp_cm_sessions_active{transport=\"websocket\"}").await;
+        if active == 2.0 {
+            break;
+        }
+        assert!(t1.elapsed() < Duration::from_secs(15), "{active} WebSocket sessions still active");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     drain.abort();
     drop(alice);
 }

@@ -104,7 +104,7 @@ where
         _ = stop.cancelled() => return,
     };
     let Some(prefix) = prefix else {
-        debug!(%peer, "no request head within http.header_read_timeout");
+        debug!(%peer, "connection closed or silent before a request (http.header_read_timeout)");
         return;
     };
     let io = Rewind { prefix, pos: 0, inner: io };
