@@ -9,7 +9,6 @@ mod bosh_client;
 mod edge_common;
 mod support;
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bosh_client::{Bosh, NS};
@@ -20,12 +19,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-/// The memory and timing tests run one at a time (2 cores).
-static HEAVY: Mutex<()> = Mutex::new(());
-
-fn heavy() -> std::sync::MutexGuard<'static, ()> {
-    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// The memory and timing tests run one at a time (2 cores). A tokio mutex: each test has its
+/// own runtime, and the guard is held across awaits.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn prosody() -> Prosody {
     Prosody::start(ProsodyOpts { users: 4, ..Default::default() })
@@ -175,7 +171,7 @@ async fn ws_attempt(
 /// a session that existed before keeps working; a second later new sessions are admitted again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_flood_from_one_ip_gets_429_after_the_burst() {
-    let _g = heavy();
+    let _g = HEAVY.lock().await;
     let p = prosody();
     let cm = cm(&p, &[("limits.new_sessions_per_ip_per_sec", "5"), ("limits.max_sessions_per_ip", "1000")]);
     let (mut alice, jid) = Bosh::login(&cm.bosh_url(), p.domain(), "alice", "alicepass", 5).await;
@@ -319,7 +315,7 @@ async fn big_post(addr: &str, head: String, len: usize, chunked: bool) -> String
 /// is counted, and a live BOSH session and a live WebSocket session are unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_bodies_are_refused_fast_with_flat_memory() {
-    let _g = heavy();
+    let _g = HEAVY.lock().await;
     let p = prosody();
     let cm = cm(&p, &[]);
     let d = p.domain();
@@ -404,7 +400,7 @@ async fn hostile_bodies_are_refused_fast_with_flat_memory() {
 /// closed every one of them and holds no more sockets than before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_of_500_connections() {
-    let _g = heavy();
+    let _g = HEAVY.lock().await;
     let p = prosody();
     let cm = cm(&p, &[("http.header_read_timeout", "2")]);
     let pid = cm.pid();
@@ -520,7 +516,7 @@ async fn slow_bodies_and_trickled_headers_are_cut_at_their_deadlines() {
 /// an HTTP/2 connection whose BOSH long poll is held longer than that (wait 5 s) is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_http2_connections_are_closed() {
-    let _g = heavy();
+    let _g = HEAVY.lock().await;
     let p = prosody();
     let cm = cm(&p, &[("http.header_read_timeout", "2")]);
     let pid = cm.pid();
@@ -562,7 +558,7 @@ async fn idle_http2_connections_are_closed() {
 /// pings throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_slow_reader_keeps_memory_bounded() {
-    let _g = heavy();
+    let _g = HEAVY.lock().await;
     let p = prosody();
     let cm = cm(&p, &[("websocket.ping_interval", "5"), ("websocket.ping_timeout", "5")]);
     let d = p.domain().to_string();
@@ -629,7 +625,7 @@ async fn websocket_slow_reader_keeps_memory_bounded() {
 /// session keeps working, and when alice polls again her messages arrive complete and in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bosh_client_that_stops_polling_gets_backpressure() {
-    let _g = heavy();
+    let _g = HEAVY.lock().await;
     let p = prosody();
     let cm = cm(&p, &[("limits.max_queued_bytes", "262144"), ("bosh.max_inactivity", "120")]);
     let d = p.domain().to_string();
