@@ -239,7 +239,7 @@ async fn bad_input_gets_clear_answers() {
     let start = Instant::now();
     let a = post(&url, &format!("<body {NS} rid='5' to='not-served.test' ver='1.6' wait='5' hold='1'/>"), t).await;
     assert_eq!(a.condition().as_deref(), Some("host-unknown"));
-    assert!(start.elapsed() < Duration::from_secs(1));
+    assert!(start.elapsed() < Duration::from_secs(3), "host-unknown must not wait for DNS or TCP");
     // No `to`: improper-addressing.
     let a = post(&url, &format!("<body {NS} rid='5' ver='1.6' wait='5' hold='1'/>"), t).await;
     assert_eq!(a.condition().as_deref(), Some("improper-addressing"));
@@ -367,7 +367,7 @@ async fn pause_keeps_the_session_alive() {
     let a = b.send("pause='12'", "").await;
     assert!(!a.is_terminate(), "{}", a.raw);
     let h = held.await.unwrap();
-    assert!(start.elapsed() < Duration::from_secs(2), "held request not answered at once");
+    assert!(start.elapsed() < Duration::from_secs(4), "held request not answered at once");
     assert!(!h.is_terminate());
     // Idle past inactivity (5 s) but inside the pause (12 s): still alive.
     tokio::time::sleep(Duration::from_secs(8)).await;

@@ -270,7 +270,12 @@ impl Session {
 
     // ------------------------------------------------------------------ upstream events
 
+    /// Boxed: a rare path must not size the future every idle session keeps.
     async fn on_connected(&mut self, res: Result<Connection, Error>) {
+        Box::pin(self.on_connected_inner(res)).await
+    }
+
+    async fn on_connected_inner(&mut self, res: Result<Connection, Error>) {
         match res {
             Ok(conn) => {
                 let backlog = match std::mem::replace(&mut self.up, Up::Closed) {
@@ -303,7 +308,12 @@ impl Session {
         }
     }
 
+    /// Boxed, so that this state does not size the future every idle session keeps.
     async fn on_frame(&mut self, frame: Result<Frame, Error>) {
+        Box::pin(self.on_frame_inner(frame)).await
+    }
+
+    async fn on_frame_inner(&mut self, frame: Result<Frame, Error>) {
         match frame {
             Ok(Frame::Element(el)) if el.is("error", ns::STREAM) => {
                 self.end(Error::UpstreamStreamError(Box::new(el)), None).await;
@@ -350,7 +360,12 @@ impl Session {
 
     // ------------------------------------------------------------------ client requests
 
+    /// Boxed, so that this state does not size the future every idle session keeps.
     async fn on_request(&mut self, inc: Incoming) {
+        Box::pin(self.on_request_inner(inc)).await
+    }
+
+    async fn on_request_inner(&mut self, inc: Incoming) {
         if let Some(body) = self.terminal.take() {
             // The session already ended; this is the client coming to learn why.
             self.reply(inc.reply, 200, body);
@@ -385,7 +400,12 @@ impl Session {
         }
     }
 
+    /// Boxed: a rare path must not size the future every idle session keeps.
     async fn on_repeat(&mut self, inc: Incoming) {
+        Box::pin(self.on_repeat_inner(inc)).await
+    }
+
+    async fn on_repeat_inner(&mut self, inc: Incoming) {
         let rid = inc.req.rid;
         if let Some(h) = self.held.iter_mut().find(|h| h.rid == rid) {
             // Still held: answer the older copy with a recoverable error, keep the newest.
@@ -537,7 +557,12 @@ impl Session {
         })
     }
 
+    /// Boxed: a rare path must not size the future every idle session keeps.
     async fn client_terminate(&mut self, req: Request, reply: oneshot::Sender<Reply>) {
+        Box::pin(self.client_terminate_inner(req, reply)).await
+    }
+
+    async fn client_terminate_inner(&mut self, req: Request, reply: oneshot::Sender<Reply>) {
         // Forward the payloads (typically an unavailable presence) first (BOSH-T-01).
         for el in &req.payloads {
             if self.write_up(el).await.is_err() {
@@ -626,7 +651,12 @@ impl Session {
     /// End the session because of `err`. `trigger` is the request that caused it (it gets the
     /// condition; other held requests get `other-request`). Without a trigger the oldest held
     /// request gets the condition; with none held, the body waits for the next request.
+    /// Boxed: a rare path must not size the future every idle session keeps.
     async fn end(&mut self, err: Error, trigger: Option<oneshot::Sender<Reply>>) {
+        Box::pin(self.end_inner(err, trigger)).await
+    }
+
+    async fn end_inner(&mut self, err: Error, trigger: Option<oneshot::Sender<Reply>>) {
         self.metrics.end(&err);
         let sid = short(&self.p.sid);
         match err.side() {
@@ -678,7 +708,12 @@ impl Session {
     /// Tear the upstream down in bounded time. For a client that is gone, the stanzas it never
     /// received are bounced before the stream is closed (XEP-0206 §7, BOSH-T-21). The rest runs
     /// in its own task so the session ends now.
+    /// Boxed: a rare path must not size the future every idle session keeps.
     async fn close_upstream(&mut self, why: Error) {
+        Box::pin(self.close_upstream_inner(why)).await
+    }
+
+    async fn close_upstream_inner(&mut self, why: Error) {
         self.connecting = None;
         let up = std::mem::replace(&mut self.up, Up::Closed);
         let reader = self.reader.take();
@@ -728,6 +763,20 @@ mod tests {
     fn negotiate(attrs: &str) -> Params {
         let req = parse(format!("<body xmlns='http://jabber.org/protocol/httpbind' rid='1' to='x' {attrs}/>").as_bytes(), &Default::default()).unwrap();
         Params::negotiate("sid".into(), &req, &crate::config::Bosh::default(), "x".into())
+    }
+
+    /// Idle sessions stay small: the task's future lives as long as the session.
+    #[test]
+    fn session_future_size() {
+        let state = crate::server::AppState::new(std::sync::Arc::new(crate::Config::default())).unwrap();
+        let req = parse(b"<body xmlns='http://jabber.org/protocol/httpbind' rid='1' to='x'/>", &Default::default()).unwrap();
+        let p = Params::negotiate("sid".into(), &req, &crate::config::Bosh::default(), "x".into());
+        let (tx, _rx) = oneshot::channel();
+        let (_stx, srx) = mpsc::channel(1);
+        let fut = Session::run(state, p, Incoming { req, reply: tx }, srx);
+        let size = std::mem::size_of_val(&fut);
+        eprintln!("bosh session future: {size} bytes; Session {} Params {} Window {} reader {} writer {} framer {}", std::mem::size_of::<Session>(), std::mem::size_of::<Params>(), std::mem::size_of::<Window>(), std::mem::size_of::<UpstreamReader>(), std::mem::size_of::<UpstreamWriter>(), std::mem::size_of::<crate::xml::Framer>());
+        assert!(size <= 4096, "bosh session future is {size} bytes");
     }
 
     /// BOSH-S-07, S-08, S-09, S-10, S-11, S-12, S-13 (§0.5 defaults).
