@@ -201,7 +201,8 @@ async fn session_flood_from_one_ip_gets_429_after_the_burst() {
             other => panic!("unexpected {other}: {body}"),
         }
     }
-    assert!((5..=6).contains(&ok) && ok + limited == 40, "admitted {ok}, limited {limited}");
+    // The burst (5), plus at most a refill or two while 40 connections are being opened.
+    assert!((5..=8).contains(&ok) && ok + limited == 40, "admitted {ok}, limited {limited}");
     match ws_attempt(&cm.ws_url(), None).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 429),
         other => panic!("WebSocket during the flood: {other:?}"),
