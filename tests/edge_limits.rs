@@ -691,3 +691,32 @@ async fn bosh_client_that_stops_polling_gets_backpressure() {
     assert_eq!(got[..100], (0..100).collect::<Vec<_>>()[..], "messages lost or out of order");
     drain.abort();
 }
+
+/// `upstream.max_stanza_bytes` in the server-to-client direction: a 300 KB message that Prosody
+/// accepts (its own limit raised) and routes to alice is more than alice's xmpp-cm takes from
+/// upstream (256 KiB): alice's session ends (today with remote-connection-failed: the upstream
+/// stream is what broke the limit), counted as `limit="stanza_size"`, the message is not
+/// delivered, and carol on the same xmpp-cm is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_stanza_from_upstream_is_refused() {
+    let p = Prosody::start(ProsodyOpts { extra_config: "c2s_stanza_size_limit = 4 * 1024 * 1024".into(), ..Default::default() });
+    let small = cm(&p, &[]);
+    let big = cm(&p, &[("upstream.max_stanza_bytes", "1048576"), ("websocket.max_message_bytes", "1048576"), ("limits.max_queued_bytes", "1048576")]);
+    let d = p.domain();
+    let mut alice = ws_plain(&small.ws_url()).await;
+    let alice_jid = alice.login(d, "alice", "alicepass").await;
+    let mut carol = ws_plain(&small.ws_url()).await;
+    carol.login(d, "carol", "carolpass").await;
+    let mut bob = ws_plain(&big.ws_url()).await;
+    bob.login(d, "bob", "bobpass").await;
+    let before = limit_hits(&small, "stanza_size").await;
+    bob.send(&chat(&alice_jid, &"w".repeat(300 * 1024))).await;
+    let rest = alice.recv_all().await;
+    let err = rest.iter().find(|m| m.contains(":error")).unwrap_or_else(|| panic!("no stream error: {:?}", rest.iter().map(|m| &m[..m.len().min(200)]).collect::<Vec<_>>()));
+    eprintln!("alice got {err}");
+    assert!(err.contains("remote-connection-failed") || err.contains("policy-violation"), "{err}");
+    assert!(rest.iter().all(|m| !m.contains("wwwwwwww")), "the oversized message was delivered");
+    assert_eq!(limit_hits(&small, "stanza_size").await - before, 1.0);
+    carol.ping(d, "ping-carol-after-big").await;
+    bob.ping(d, "ping-bob-after-big").await;
+}

@@ -512,6 +512,10 @@ impl UpstreamReader {
         match read_frame(&mut self.io, &mut self.framer, &mut self.buf).await {
             Ok(f) => Ok(f),
             Err(e) => {
+                if matches!(e, ReadFail::Xml(XmlError::TooLarge(_))) {
+                    // upstream.max_stanza_bytes in the server-to-client direction.
+                    crate::metrics::metrics().limit_hit(crate::metrics::Limit::StanzaSize);
+                }
                 let why = e.lost();
                 self.failed = Some(why.clone());
                 Err(Error::UpstreamLost(why))
