@@ -78,9 +78,9 @@ impl Default for HttpTls {
 pub struct Limits {
     /// Sessions (all transports) at once; more → HTTP 503 / WebSocket refused.
     pub max_sessions: usize,
-    /// Sessions at once from one client IP; more → HTTP 429.
+    /// Sessions at once from one client IP (IPv6 clients counted per /64); more → HTTP 429.
     pub max_sessions_per_ip: usize,
-    /// New sessions per second from one client IP (burst of the same size); more → HTTP 429.
+    /// New sessions per second from one client IP or IPv6 /64 (burst of the same size); more → HTTP 429.
     pub new_sessions_per_ip_per_sec: u32,
     /// Bytes queued for a slow client before xmpp-cm stops reading its upstream (backpressure).
     pub max_queued_bytes: usize,

@@ -266,6 +266,14 @@ impl Session {
             }
         }
         self.state.bosh.remove(&self.p.sid);
+        // Requests that reached the channel while the session was ending: the sid is dead now
+        // (BOSH-T-03), so they get item-not-found rather than a dropped answer.
+        rx.close();
+        while let Ok(inc) = rx.try_recv() {
+            let body = ResponseBody::terminate(Some("item-not-found")).to_xml();
+            let status = if self.p.legacy { 404 } else { 200 };
+            self.reply(inc.reply, status, body);
+        }
     }
 
     // ------------------------------------------------------------------ upstream events
