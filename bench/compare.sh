@@ -19,13 +19,14 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-QUICK=0; OUT="$ROOT/BENCHMARKS.md"; BUILD=1; KEEP=0
+QUICK=0; OUT="$ROOT/BENCHMARKS.md"; BUILD=1; KEEP=0; ONLY=all
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --out) OUT=$2; shift ;;
     --no-build) BUILD=0 ;;
     --keep) KEEP=1 ;;
+    --only) ONLY=$2; shift ;;  # main | mem | upstream: run one section (for re-measuring)
     *) echo "unknown option $1" >&2; exit 64 ;;
   esac
   shift
@@ -253,10 +254,30 @@ bench() { # target scenario args...
   tail -n 1 "$RESULTS" | python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); l=r["messages"]["latency_ms"]; print("   %-13s %-8s %-9s logins/s %8.1f  msg/s %8.1f  p50 %6.3f  p99 %7.3f  errors %d" % (r["label"], r["note"], r["workload"], r["logins"]["per_s"], r["messages"]["per_s"], l["p50"], l["p99"], r["errors_total"]))' >&2 || true
 }
 
+want() { [[ "$ONLY" == all || "$ONLY" == "$1" ]]; }
+
+# A fresh proxy process before each memory run: RSS never shrinks back after earlier runs.
+fresh() { # target
+  case "$1" in
+    nxb)
+      stop nxb
+      start nxb "$WORK/nxb.log" node "$ROOT/bench/node_modules/node-xmpp-bosh/run-server.js" "--config=$WORK/nxb.conf.js"
+      wait_port node-xmpp-bosh "$NXB" "$PID_nxb"
+      T_PIDS[nxb]="--pid prosody=$PID_prosody --pid proxy=$PID_nxb" ;;
+    cm-bosh|cm-ws)
+      stop xmpp-cm
+      start xmpp-cm "$WORK/xmpp-cm.log" "$CMBIN" --config "$WORK/xmpp-cm.toml"
+      wait_port xmpp-cm "$CM" "$PID_xmpp_cm"
+      T_PIDS[cm-bosh]="--pid prosody=$PID_prosody --pid proxy=$PID_xmpp_cm"
+      T_PIDS[cm-ws]="--pid prosody=$PID_prosody --pid proxy=$PID_xmpp_cm" ;;
+  esac
+  sleep 1
+}
+
 # A short warm-up per target so first-run effects (Lua JIT-less warm caches, node JIT) hit no figure.
 for t in "${TARGETS[@]}"; do bench "$t" warmup --workload pingpong --sessions 20 --duration "$WARM" --warmup 0.2; done
 
-for rep in $(seq 1 "$REPS"); do
+want main && for rep in $(seq 1 "$REPS"); do
   log "repeat $rep/$REPS: setup ($SETUP_N), pingpong ($PP_N × 5/s), flood ($FLOOD_N × window 8)"
   for t in "${TARGETS[@]}"; do
     bench "$t" main --workload setup --sessions "$SETUP_N" --concurrency 50
@@ -266,8 +287,10 @@ for rep in $(seq 1 "$REPS"); do
 done
 
 log "memory per idle session and growth: $MEM_SMALL idle, then pingpong $PP_N with $MEM_BIG idle"
-for t in direct nxb cm-bosh cm-ws; do
+want mem && for t in direct nxb cm-bosh cm-ws; do
+  fresh "$t"
   bench "$t" mem-small --workload idle --sessions "$MEM_SMALL" --duration "$HOLD" --concurrency 100
+  fresh "$t"
   bench "$t" growth --workload pingpong --sessions "$PP_N" --idle-sessions "$MEM_BIG" --rate 5 --duration "$DUR" --warmup "$WARM" --concurrency 100
 done
 
@@ -316,13 +339,13 @@ T_TRANS[up-direct]=tcp;   T_URL[up-direct]="127.0.0.1:$UP";                     
 T_TRANS[up-relay]=tcp;    T_URL[up-relay]="127.0.0.1:$RELAY_UP";                 T_PIDS[up-relay]="--pid upstream=$PID_upstream --pid proxy=$PID_relay_up"
 T_TRANS[up-cm-bosh]=bosh; T_URL[up-cm-bosh]="http://127.0.0.1:$CMUP/http-bind";  T_PIDS[up-cm-bosh]="--pid upstream=$PID_upstream --pid proxy=$PID_xmpp_cm_up"
 T_TRANS[up-cm-ws]=ws;     T_URL[up-cm-ws]="ws://127.0.0.1:$CMUP/xmpp-websocket"; T_PIDS[up-cm-ws]="--pid upstream=$PID_upstream --pid proxy=$PID_xmpp_cm_up"
-for rep in $(seq 1 "$REPS"); do
+want upstream && for rep in $(seq 1 "$REPS"); do
   for t in up-direct up-relay up-cm-bosh up-cm-ws; do
     bench "$t" upstream --workload flood --sessions "$FLOOD_N" --window 8 --duration "$DUR" --warmup "$WARM" --domain bench.test
   done
 done
 
-if (( BIG_IDLE > 0 )); then
+if (( BIG_IDLE > 0 )) && want upstream; then
   log "$BIG_IDLE idle WebSocket sessions through xmpp-cm to the bench upstream"
   bench up-cm-ws big-idle --workload idle --sessions "$BIG_IDLE" --duration 20 --concurrency 500 --domain "$BIG_DOMAINS" --users 1000
 fi
@@ -330,7 +353,7 @@ fi
 # ------------------------------------------------------------------ report
 MACHINE="$(nproc) cores, $(awk '/model name/{$1=$2=$3="";print;exit}' /proc/cpuinfo | sed 's/^ *//'), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
 VERSIONS="prosody $(dpkg-query -W -f '${Version}' prosody 2>/dev/null || echo '?'), node $(node --version), node-xmpp-bosh $(node -p "require('$ROOT/bench/node_modules/node-xmpp-bosh/package.json').version"), xmpp-cm $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
-CMDLINE="bench/compare.sh$( (( QUICK )) && echo ' --quick')"
+CMDLINE="bench/compare.sh"; (( QUICK )) && CMDLINE+=" --quick"
 python3 "$ROOT/bench/report.py" "$RESULTS" "$OUT" --machine "$MACHINE" --versions "$VERSIONS" --command "$CMDLINE" --reps "$REPS" --skipped "$SKIPPED"
 cp "$RESULTS" "$WORK/results-$(date +%Y%m%d-%H%M%S).jsonl"
 log "wrote $OUT (records in $RESULTS)"

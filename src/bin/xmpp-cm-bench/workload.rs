@@ -162,6 +162,62 @@ async fn open_all(spec: &Spec, from: usize, to: usize, errors: &Arc<Errors>) -> 
     out
 }
 
+/// Log in sessions `from..to` like [`open_all`], but each session starts reading (answering
+/// WebSocket pings, keeping a BOSH poll) as soon as it is logged in, until `cancel`: a long
+/// login phase must not let the first sessions time out.
+async fn open_idle(spec: &Spec, from: usize, to: usize, errors: &Arc<Errors>, cancel: &CancellationToken, set: &mut JoinSet<(Option<Session>, Tally)>) -> Opened {
+    let sem = Arc::new(Semaphore::new(spec.params.concurrency.max(1)));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<Duration, BenchError>>();
+    let t0 = Instant::now();
+    let run_tag = std::process::id();
+    let ns = client_ns(spec.target.transport);
+    for i in from..to {
+        let (sem, t, tx, cancel, errors) = (sem.clone(), spec.target.clone(), tx.clone(), cancel.clone(), errors.clone());
+        let p = &spec.params;
+        let domain = p.domains[i % p.domains.len()].clone();
+        let n = 1 + i % p.users.max(1);
+        let user = format!("{}{n}", p.user_prefix);
+        let pass = format!("{}{n}", spec.pass_prefix);
+        let resource = format!("b{run_tag}-{i}");
+        set.spawn(async move {
+            let permit = sem.acquire_owned().await;
+            let start = Instant::now();
+            let r = match tokio::time::timeout(client::LOGIN_TIMEOUT, client::login(&t, &domain, &user, &pass, &resource)).await {
+                Ok(r) => r,
+                Err(_) => Err(BenchError::new("login_timeout", format!("no login within {:?}", client::LOGIN_TIMEOUT))),
+            };
+            drop(permit);
+            match r {
+                Ok(s) => {
+                    let _ = tx.send(Ok(start.elapsed()));
+                    drive(s, Mode::Idle, ns, t0, t0, cancel, errors).await
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    (None, Tally::default())
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut out = Opened { sessions: Vec::new(), latency: Samples::default(), ok: 0, failed: 0, elapsed: Duration::ZERO };
+    for _ in from..to {
+        match rx.recv().await {
+            Some(Ok(d)) => {
+                out.ok += 1;
+                out.latency.push(d);
+            }
+            Some(Err(e)) => {
+                out.failed += 1;
+                errors.add(&e);
+            }
+            None => break,
+        }
+    }
+    out.elapsed = t0.elapsed();
+    out
+}
+
 #[derive(Clone, Copy)]
 enum Mode {
     /// Read (and answer pings) until cancelled.
@@ -305,16 +361,17 @@ pub async fn run(spec: Spec) -> Record {
     let mut login_lat = Samples::default();
     let n_idle_bg = if spec.workload == Workload::Idle { 0 } else { p.idle_sessions };
     if n_idle_bg > 0 {
-        let o = open_all(&spec, p.sessions, p.sessions + n_idle_bg, &errors).await;
+        let o = open_idle(&spec, p.sessions, p.sessions + n_idle_bg, &errors, &cancel, &mut idle_set).await;
         logins.ok += o.ok;
         logins.failed += o.failed;
-        for (_, s) in o.sessions {
-            idle_set.spawn(drive(s, Mode::Idle, ns, t_run, t_run, cancel.clone(), errors.clone()));
-        }
     }
     let phase_login0 = watch.now();
     let gen_login0 = stats::sample(gen_pid).unwrap_or_default();
-    let o = open_all(&spec, 0, p.sessions, &errors).await;
+    let o = if spec.workload == Workload::Idle {
+        open_idle(&spec, 0, p.sessions, &errors, &cancel, &mut idle_set).await
+    } else {
+        open_all(&spec, 0, p.sessions, &errors).await
+    };
     let phase_login1 = watch.now();
     let gen_login1 = stats::sample(gen_pid).unwrap_or_default();
     logins.ok += o.ok;
@@ -324,7 +381,7 @@ pub async fn run(spec: Spec) -> Record {
     login_lat.extend(o.latency);
     logins.latency_ms = login_lat.summary();
     let loaded = watch.now();
-    let held = o.ok as usize + idle_set.len();
+    let held = logins.ok as usize;
 
     let mut messages = Messages::default();
     let (phase0, phase1, gen_phase);
@@ -338,9 +395,6 @@ pub async fn run(spec: Spec) -> Record {
             }
         }
         Workload::Idle => {
-            for (_, s) in o.sessions {
-                idle_set.spawn(drive(s, Mode::Idle, ns, t_run, t_run, cancel.clone(), errors.clone()));
-            }
             let g0 = stats::sample(gen_pid).unwrap_or_default();
             phase0 = watch.now();
             tokio::time::sleep(Duration::from_secs_f64(p.duration_s)).await;
