@@ -309,3 +309,34 @@ async fn acks_report_unacknowledged_responses() {
     assert_eq!(again.raw, r2.raw);
     let _ = NS;
 }
+
+/// BOSH-R-15 / R-16 (b): a client with two connections sends its next empty poll (rid n) and a
+/// stanza (rid n+1) right after a response; when n+1 arrives first it is parked, and the empty
+/// poll must not count as "the last two requests empty" (the last one in rid order carries a
+/// stanza). Seen with the load generator before the fix.
+#[tokio::test]
+async fn empty_poll_overtaken_by_a_stanza_is_not_too_frequent() {
+    let fake = Fake::start(|mut c| async move {
+        c.open().await;
+        c.until_eof(Duration::from_secs(30)).await;
+    })
+    .await;
+    let cm = cm_for(&fake, &[("polling", "5")]);
+    let url = cm.bosh_url();
+    let mut b = Bosh::create(&url, "fake.test", 1, "").await;
+    for round in 0..3 {
+        // An empty poll held for `wait` (1 s) and answered empty: "the previous request was empty".
+        let a = b.send("", "").await;
+        assert!(!a.is_terminate(), "round {round}: {}", a.raw);
+        let n = b.next_body("", "");
+        let n1 = b.next_body("", &format!("<message xmlns='jabber:client' to='x@fake.test'><body>r{round}</body></message>"));
+        let u = url.clone();
+        let stanza = tokio::spawn(async move { post(&u, &n1, Duration::from_secs(10)).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let poll = post(&url, &n, Duration::from_secs(10)).await;
+        let stanza = stanza.await.unwrap();
+        assert!(!poll.is_terminate(), "round {round}: empty poll refused: {}", poll.raw);
+        assert!(!stanza.is_terminate(), "round {round}: {}", stanza.raw);
+    }
+    assert!(fake.seen().contains("r2"));
+}

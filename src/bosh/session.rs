@@ -331,6 +331,21 @@ impl Session {
                     self.sasl_success = true;
                 }
                 self.queue(el);
+                // Everything that arrived in the same read leaves in the same response.
+                while let Some(next) = self.reader.as_mut().and_then(|r| r.try_next_buffered()) {
+                    match next {
+                        Ok(Frame::Element(el)) if !el.is("error", ns::STREAM) => {
+                            if el.is("success", ns::SASL) {
+                                self.sasl_success = true;
+                            }
+                            self.queue(el);
+                        }
+                        other => {
+                            self.flush();
+                            return Box::pin(self.on_frame_inner(other)).await;
+                        }
+                    }
+                }
                 self.flush();
             }
             Ok(Frame::StreamOpen(_)) => {} // the new header after a restart; features follow
@@ -348,6 +363,25 @@ impl Session {
         if before < max && self.out.len() >= max {
             // Upstream reads pause from here until the client fetches (main_loop's `room`).
             crate::metrics::metrics().limit_hit(crate::metrics::Limit::QueuedBytes);
+        }
+    }
+
+    /// Write a request's payloads upstream in one write (or keep them while connecting).
+    async fn write_up_all(&mut self, els: &[Element]) -> Result<(), Error> {
+        match &mut self.up {
+            Up::Open(w) => {
+                w.send_all(els).await?;
+                for _ in els {
+                    crate::metrics::metrics().stanza(crate::metrics::Direction::ToUpstream);
+                }
+                Ok(())
+            }
+            Up::Connecting(backlog) => {
+                backlog.extend_from_slice(els);
+                Ok(())
+            }
+            Up::Closed if els.is_empty() => Ok(()),
+            Up::Closed => Err(Error::UpstreamLost("upstream already closed".into())),
         }
     }
 
@@ -456,6 +490,9 @@ impl Session {
                     return Err(Error::PolicyViolation("polling too frequently"));
                 }
             } else if pending as u64 == self.p.requests
+                // In rid order the newest request is a parked one when any is parked: then the
+                // last two are not both this empty one and its predecessor (XEP-0124 §11).
+                && self.parked.range(req.rid + 1..).next().is_none()
                 && self.prev_new.is_some_and(|(t, empty)| empty && now.duration_since(t) < self.p.polling)
             {
                 return Err(Error::PolicyViolation("empty requests too frequently"));
@@ -538,10 +575,8 @@ impl Session {
             }
             // Stanzas inside a restart body are ignored (XBOSH-10).
         } else {
-            for el in &req.payloads {
-                if let Err(e) = self.write_up(el).await {
-                    return self.end(e, Some(reply)).await;
-                }
+            if let Err(e) = self.write_up_all(&req.payloads).await {
+                return self.end(e, Some(reply)).await;
             }
         }
 
@@ -572,11 +607,7 @@ impl Session {
 
     async fn client_terminate_inner(&mut self, req: Request, reply: oneshot::Sender<Reply>) {
         // Forward the payloads (typically an unavailable presence) first (BOSH-T-01).
-        for el in &req.payloads {
-            if self.write_up(el).await.is_err() {
-                break;
-            }
-        }
+        let _ = self.write_up_all(&req.payloads).await;
         // The oldest open request gets type='terminate', the others empty bodies (BOSH-T-02);
         // when the terminate request is the only one open it gets type='terminate'.
         let mut first = true;

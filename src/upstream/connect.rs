@@ -26,7 +26,7 @@ use super::OpenParams;
 
 /// Read buffer per connection: large enough that a typical stanza arrives in one or two reads,
 /// small enough that thousands of idle sessions cost little.
-const READ_BUF_BYTES: usize = 8 * 1024;
+const READ_BUF_BYTES: usize = 4 * 1024;
 
 /// The STARTTLS request (RFC 6120 §5.4.2.1).
 const STARTTLS: &str = "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
@@ -465,6 +465,22 @@ impl UpstreamWriter {
         self.write(&el.to_xml(ns::CLIENT)).await
     }
 
+    /// Serialize several top-level elements and write them with one write and one flush, so the
+    /// server handles one read event for a batch (a BOSH body with several stanzas).
+    pub async fn send_all(&mut self, els: &[Element]) -> Result<(), Error> {
+        match els {
+            [] => Ok(()),
+            [one] => self.send(one).await,
+            many => {
+                let mut out = String::new();
+                for el in many {
+                    el.write_xml(&mut out, ns::CLIENT);
+                }
+                self.write(&out).await
+            }
+        }
+    }
+
     /// Write already-serialized bytes as they are: a whitespace keepalive (UP-24), or a
     /// fragment the caller has checked. Nothing is validated here.
     pub async fn send_raw(&mut self, s: &str) -> Result<(), Error> {
@@ -501,6 +517,23 @@ impl UpstreamWriter {
 }
 
 impl UpstreamReader {
+    /// A frame that is already complete in the buffer, without any IO (`None`: the next one
+    /// needs a read). Lets a transport batch what arrived in one read into one response.
+    pub fn try_next_buffered(&mut self) -> Option<Result<Frame, Error>> {
+        if self.failed.is_some() {
+            return None;
+        }
+        match self.framer.next_frame() {
+            Ok(Some(f)) => Some(Ok(f)),
+            Ok(None) => None,
+            Err(e) => {
+                let why = format!("bad XML from upstream: {e}");
+                self.failed = Some(why.clone());
+                Some(Err(Error::UpstreamLost(why)))
+            }
+        }
+    }
+
     /// The next frame from the server. Whitespace keepalives never come out of here. A new
     /// `StreamOpen` arrives after a restart; `<stream:error/>` is an ordinary `Frame::Element`
     /// for the caller to act on. EOF without `</stream:stream>`, a read error or bad XML →
