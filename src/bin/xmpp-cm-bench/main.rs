@@ -40,7 +40,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run one workload against one target.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Minimal XMPP server: any PLAIN login, bind, message routing between its sessions.
     Upstream {
         /// Address to listen on (repeatable; port 0 = a free port below 32768).
@@ -154,7 +154,7 @@ fn main() {
             });
         }
         Cmd::Run(a) => {
-            rt.block_on(run(a, fd_limit));
+            rt.block_on(run(*a, fd_limit));
         }
     }
     // Sessions' driver tasks may still be parked; do not wait for them.
