@@ -54,6 +54,9 @@ pub struct Connection {
 /// element on the wire); a session should finish or abandon the connection after cancelling.
 pub struct UpstreamWriter {
     io: WriteHalf<BoxIo>,
+    /// Elements accepted with [`UpstreamWriter::queue`] and not written yet; every other write
+    /// (and [`UpstreamWriter::flush_queued`]) sends them first, so order is kept.
+    queued: String,
     /// Decides whether `from` may go into a restart header (UP-19).
     secure: bool,
 }
@@ -453,7 +456,7 @@ impl Wire {
             header,
             features,
             secure,
-            writer: UpstreamWriter { io: w, secure },
+            writer: UpstreamWriter { io: w, queued: String::new(), secure },
             reader: UpstreamReader { io: r, framer: self.framer, buf: self.buf, failed: None },
         }
     }
@@ -505,11 +508,40 @@ impl UpstreamWriter {
     /// encrypted), bounded to one second, and the half is dropped. The socket is released once
     /// the reader is dropped as well.
     pub async fn abort(mut self) {
+        // Stanzas the client already handed over still go out first (never the stream close).
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.flush_queued()).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.io.shutdown()).await;
+    }
+
+    /// Accept an element for a later batched write: a transport that has more client messages
+    /// ready queues them all and flushes once, so the server gets one read event per batch.
+    /// Returns true when the queue is big enough that the caller should flush now.
+    pub fn queue(&mut self, el: &Element) -> bool {
+        el.write_xml(&mut self.queued, ns::CLIENT);
+        self.queued.len() >= 16 * 1024
+    }
+
+    pub fn has_queued(&self) -> bool {
+        !self.queued.is_empty()
+    }
+
+    /// Write what [`UpstreamWriter::queue`] accepted.
+    pub async fn flush_queued(&mut self) -> Result<(), Error> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        self.write("").await
     }
 
     async fn write(&mut self, s: &str) -> Result<(), Error> {
         let lost = |e: std::io::Error| Error::UpstreamLost(format!("write failed: {}", io_detail(&e)));
+        if !self.queued.is_empty() {
+            let mut q = std::mem::take(&mut self.queued);
+            q.push_str(s);
+            self.io.write_all(q.as_bytes()).await.map_err(lost)?;
+            crate::metrics::metrics().bytes(crate::metrics::Direction::ToUpstream, q.len());
+            return self.io.flush().await.map_err(lost);
+        }
         self.io.write_all(s.as_bytes()).await.map_err(lost)?;
         crate::metrics::metrics().bytes(crate::metrics::Direction::ToUpstream, s.len());
         self.io.flush().await.map_err(lost)

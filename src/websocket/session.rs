@@ -198,6 +198,22 @@ where
         let shutdown = self.state.shutdown.clone();
         let open_deadline = Instant::now() + OPEN_WAIT;
         loop {
+            // Client stanzas are queued for the upstream while more client messages are ready,
+            // then written in one go: the server handles one read per batch, not per stanza.
+            if self.up.as_ref().is_some_and(|u| u.writer.has_queued()) {
+                if let Some(msg) = futures_util::FutureExt::now_or_never(self.socket.next()) {
+                    self.keepalive.alive();
+                    if let Flow::End(e) = self.on_client(msg).await {
+                        return e;
+                    }
+                    continue;
+                }
+                if let Some(up) = self.up.as_mut() {
+                    if let Err(e) = Box::pin(up.writer.flush_queued()).await {
+                        return Ending::new(e);
+                    }
+                }
+            }
             let ping_enabled = self.keepalive.interval.is_some();
             let next_ping = self.keepalive.next_ping;
             let deadline = self.keepalive.deadline;
@@ -354,13 +370,13 @@ where
             Ok(el) => el,
             Err(e) => return Flow::End(Ending::new(e)),
         };
-        match up.writer.send(&el).await {
-            Ok(()) => {
-                metrics().stanza(Direction::ToUpstream);
-                Flow::Continue
+        metrics().stanza(Direction::ToUpstream);
+        if up.writer.queue(&el) {
+            if let Err(e) = Box::pin(up.writer.flush_queued()).await {
+                return Flow::End(Ending::new(e));
             }
-            Err(e) => Flow::End(Ending::new(e)),
         }
+        Flow::Continue
     }
 
     async fn on_upstream(&mut self, frame: Result<Frame, Error>) -> Flow {
@@ -377,10 +393,60 @@ where
                 if el.is("error", ns::STREAM) {
                     return Flow::End(Ending::new(Error::UpstreamStreamError(Box::new(el))));
                 }
-                self.relay_to_client(el).await
+                Box::pin(self.on_upstream_elements(el)).await
             }
             Ok(Frame::StreamClose) => Flow::End(Ending::new(Error::UpstreamClosed)),
             Err(e) => Flow::End(Ending::new(e)),
+        }
+    }
+
+    /// Relay `el` and whatever else arrived in the same read: one flush for the batch (one
+    /// message per element), then the first frame that is not a plain element.
+    async fn on_upstream_elements(&mut self, el: Element) -> Flow {
+        // What arrived in the same read goes out with one flush (one message each).
+        let mut batch: Vec<Element> = vec![el];
+        let mut tail = None;
+        while let Some(next) = self.up.as_mut().and_then(|u| u.reader.try_next_buffered()) {
+            match next {
+                Ok(Frame::Element(el)) if !el.is("error", ns::STREAM) && batch.len() < 64 => batch.push(el),
+                other => {
+                    tail = Some(other);
+                    break;
+                }
+            }
+        }
+        if let Flow::End(e) = Box::pin(self.relay_batch(batch)).await {
+            return Flow::End(e);
+        }
+        match tail {
+            Some(other) => Box::pin(self.on_upstream(other)).await,
+            None => Flow::Continue,
+        }
+    }
+
+    async fn relay_batch(&mut self, els: Vec<Element>) -> Flow {
+        if els.len() == 1 {
+            let el = els.into_iter().next().expect("one element");
+            return self.relay_to_client(el).await;
+        }
+        let texts: Vec<String> = els.into_iter().filter_map(upstream_to_client).collect();
+        let n = texts.len();
+        let socket = &mut self.socket;
+        let work = async move {
+            for t in texts {
+                socket.feed(Message::Text(t.into())).await?;
+            }
+            socket.flush().await
+        };
+        match timeout(self.send_wait, work).await {
+            Ok(Ok(())) => {
+                for _ in 0..n {
+                    metrics().stanza(Direction::ToClient);
+                }
+                Flow::Continue
+            }
+            Ok(Err(_)) => Flow::End(Ending::gone("write error")),
+            Err(_) => Flow::End(Ending::gone("write timed out")),
         }
     }
 
