@@ -76,7 +76,7 @@ pub async fn post(State(state): State<Arc<AppState>>, ext: axum::http::Extension
                 // no session to ask whether the caller is legacy: 200 + item-not-found.
                 return pre_session(200, &Error::ItemNotFound("unknown sid"), cors);
             };
-            if session.send(inc).await.is_err() {
+            if session.send(Box::new(inc)).await.is_err() {
                 // The task is gone without removing itself (it panicked): forget the sid.
                 state.bosh.remove(&sid);
                 return pre_session(200, &Error::ItemNotFound("session ended"), cors);

@@ -172,7 +172,7 @@ pub struct Session {
 
 impl Session {
     /// Run a new session: `creation` is the session request, already validated by the registry.
-    pub async fn run(state: Arc<AppState>, p: Params, creation: Incoming, rx: mpsc::Receiver<Incoming>) {
+    pub async fn run(state: Arc<AppState>, p: Params, creation: Incoming, rx: mpsc::Receiver<Box<Incoming>>) {
         let now = Instant::now();
         let mut next_attrs: Vec<(&'static str, String)> = vec![
             ("sid", p.sid.clone()),
@@ -223,7 +223,7 @@ impl Session {
         s.main_loop(rx).await;
     }
 
-    async fn main_loop(&mut self, mut rx: mpsc::Receiver<Incoming>) {
+    async fn main_loop(&mut self, mut rx: mpsc::Receiver<Box<Incoming>>) {
         let shutdown = self.state.shutdown.clone();
         while !self.done {
             let wait_deadline = self.held.front().map(|h| h.deadline);
@@ -240,7 +240,7 @@ impl Session {
                     // their stanzas reach the upstream; then every held request is answered.
                     while !self.done {
                         let Ok(inc) = rx.try_recv() else { break };
-                        self.on_request(inc).await;
+                        self.on_request(*inc).await;
                     }
                     if !self.done {
                         let err = self.state.drain_error(crate::metrics::Transport::Bosh);
@@ -248,7 +248,7 @@ impl Session {
                     }
                 }
                 inc = rx.recv() => match inc {
-                    Some(inc) => self.on_request(inc).await,
+                    Some(inc) => self.on_request(*inc).await,
                     None => self.done = true,
                 },
                 Some(res) = connecting => {
