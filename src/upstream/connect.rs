@@ -577,12 +577,15 @@ impl UpstreamReader {
         match read_frame(&mut self.io, &mut self.framer, &mut self.buf).await {
             Ok(f) => Ok(f),
             Err(e) => {
-                if matches!(e, ReadFail::Xml(XmlError::TooLarge(_))) {
-                    // upstream.max_stanza_bytes in the server-to-client direction.
-                    crate::metrics::metrics().limit_hit(crate::metrics::Limit::StanzaSize);
-                }
+                let too_large = matches!(e, ReadFail::Xml(XmlError::TooLarge(_)));
                 let why = e.lost();
                 self.failed = Some(why.clone());
+                if too_large {
+                    // upstream.max_stanza_bytes in the server-to-client direction: a limit, so
+                    // the client hears policy-violation, not a connection failure.
+                    crate::metrics::metrics().limit_hit(crate::metrics::Limit::StanzaSize);
+                    return Err(Error::PolicyViolation("stanza from the server too large"));
+                }
                 Err(Error::UpstreamLost(why))
             }
         }
