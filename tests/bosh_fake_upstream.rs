@@ -340,3 +340,26 @@ async fn empty_poll_overtaken_by_a_stanza_is_not_too_frequent() {
     }
     assert!(fake.seen().contains("r2"));
 }
+
+/// BOSH-R-16 (b): on a long-poll session, `requests` unanswered requests whose last two are
+/// empty and closer together than `polling` end the session with policy-violation; the request
+/// held at that moment gets other-request (BOSH-T-11).
+#[tokio::test]
+async fn two_empty_requests_faster_than_polling_are_a_policy_violation() {
+    let fake = Fake::start(|mut c| async move {
+        c.open().await;
+        c.until_eof(Duration::from_secs(30)).await;
+    })
+    .await;
+    let cm = cm_for(&fake, &[("polling", "5")]);
+    let url = cm.bosh_url();
+    let mut b = Bosh::create(&url, "fake.test", 10, "").await;
+    let first = b.next_body("", "");
+    let u = url.clone();
+    let held = tokio::spawn(async move { post(&u, &first, Duration::from_secs(20)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = b.send("", "").await;
+    assert_eq!(second.condition().as_deref(), Some("policy-violation"), "{}", second.raw);
+    let h = held.await.unwrap();
+    assert_eq!(h.condition().as_deref(), Some("other-request"), "{}", h.raw);
+}

@@ -526,3 +526,18 @@ async fn cors_allow_list() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// XBOSH-17, A-11: XEP-0198 elements pass through BOSH both ways (end to end with the server);
+/// `<enabled/>` reaches the client, `<r/>` is answered by the server's `<a h='…'/>`.
+#[tokio::test]
+async fn stream_management_elements_pass_through() {
+    let p = prosody();
+    let cm = XmppCm::start(&XmppCm::config_for(&p));
+    let (mut alice, _) = Bosh::login(&cm.bosh_url(), "localhost", "alice", "alicepass", 2).await;
+    alice.send("", "<enable xmlns='urn:xmpp:sm:3'/>").await;
+    let enabled = alice.poll_until("<enabled", Duration::from_secs(10)).await;
+    assert!(enabled.contains("urn:xmpp:sm:3") && !enabled.contains("location="), "{enabled}");
+    alice.send("", "<r xmlns='urn:xmpp:sm:3'/>").await;
+    let a = alice.poll_until("<a ", Duration::from_secs(10)).await;
+    assert!(a.contains("h='"), "{a}");
+}

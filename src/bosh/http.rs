@@ -83,6 +83,8 @@ pub async fn post(State(state): State<Arc<AppState>>, ext: axum::http::Extension
             }
         }
     }
+    // A held request can wait up to `wait` seconds: free what it no longer needs first.
+    drop((headers, ext, bytes));
     match rx.await {
         Ok(reply) => {
             crate::metrics::metrics().bosh_held(held_since.elapsed());
