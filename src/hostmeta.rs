@@ -115,18 +115,9 @@ pub fn jrd_document(links: Option<&Links>) -> String {
     format!("{{\"links\":[{}]}}\n", items.join(","))
 }
 
+/// A JSON string literal (serde_json does the escaping).
 fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    serde_json::Value::from(s).to_string()
 }
 
 /// Converse.js sends `Accept: application/xrd+xml, text/xml`; others send nothing or `*/*`.

@@ -32,18 +32,9 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 /// The script's own deadline; the process is killed a little after it.
 const BUDGET: Duration = Duration::from_secs(100);
 
+/// A JSON string literal (serde_json does the escaping).
 fn json_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    serde_json::Value::from(s).to_string()
 }
 
 /// `{"bosh":url}` / `{"ws":url}` / `{"discover":true}`.
