@@ -257,7 +257,7 @@ impl Session {
                 }
                 Some(frame) = reading => self.on_frame(frame).await,
                 _ = sleep_until(wait_deadline.unwrap_or_else(far_future)), if wait_deadline.is_some() => {
-                    self.answer_oldest(false);
+                    self.answer_oldest();
                 }
                 _ = sleep_until(idle_deadline.unwrap_or_else(far_future)), if idle_deadline.is_some() => {
                     debug!(sid = %short(&self.p.sid), "inactivity timeout");
@@ -301,10 +301,8 @@ impl Session {
                 self.up = Up::Open(writer);
                 self.reader = Some(reader);
                 self.queue(features);
-                for el in backlog {
-                    if let Err(e) = self.write_up(&el).await {
-                        return self.end(e, None).await;
-                    }
+                if let Err(e) = self.write_up_all(&backlog).await {
+                    return self.end(e, None).await;
                 }
                 self.flush();
             }
@@ -327,19 +325,11 @@ impl Session {
                 self.end(Error::UpstreamStreamError(Box::new(el)), None).await;
             }
             Ok(Frame::Element(el)) => {
-                if el.is("success", ns::SASL) {
-                    self.sasl_success = true;
-                }
                 self.queue(el);
                 // Everything that arrived in the same read leaves in the same response.
                 while let Some(next) = self.reader.as_mut().and_then(|r| r.try_next_buffered()) {
                     match next {
-                        Ok(Frame::Element(el)) if !el.is("error", ns::STREAM) => {
-                            if el.is("success", ns::SASL) {
-                                self.sasl_success = true;
-                            }
-                            self.queue(el);
-                        }
+                        Ok(Frame::Element(el)) if !el.is("error", ns::STREAM) => self.queue(el),
                         other => {
                             self.flush();
                             return Box::pin(self.on_frame_inner(other)).await;
@@ -354,7 +344,11 @@ impl Session {
         }
     }
 
+    /// Take an element from upstream for the client (and note SASL success: a restart is due).
     fn queue(&mut self, el: Element) {
+        if el.is("success", ns::SASL) {
+            self.sasl_success = true;
+        }
         crate::metrics::metrics().stanza(crate::metrics::Direction::ToClient);
         // Serialized now (self-contained), so its size counts against `max_queued_bytes`.
         let max = self.state.config.limits.max_queued_bytes;
@@ -385,20 +379,6 @@ impl Session {
         }
     }
 
-    async fn write_up(&mut self, el: &Element) -> Result<(), Error> {
-        match &mut self.up {
-            Up::Open(w) => {
-                w.send(el).await?;
-                crate::metrics::metrics().stanza(crate::metrics::Direction::ToUpstream);
-                Ok(())
-            }
-            Up::Connecting(backlog) => {
-                backlog.push(el.clone());
-                Ok(())
-            }
-            Up::Closed => Err(Error::UpstreamLost("upstream already closed".into())),
-        }
-    }
 
     // ------------------------------------------------------------------ client requests
 
@@ -583,7 +563,7 @@ impl Session {
         self.held.push_back(Held { rid: req.rid, reply, deadline: now + self.p.wait, empty: req.is_empty() });
         self.flush();
         while self.held.len() > self.p.hold {
-            self.answer_oldest(false);
+            self.answer_oldest();
         }
     }
 
@@ -626,7 +606,7 @@ impl Session {
     // ------------------------------------------------------------------ answering
 
     /// Answer the oldest held request with everything queued (or empty).
-    fn answer_oldest(&mut self, _force: bool) {
+    fn answer_oldest(&mut self) {
         let Some(h) = self.held.pop_front() else { return };
         let mut b = ResponseBody::new();
         let carried = !self.out.is_empty();
@@ -661,7 +641,7 @@ impl Session {
     /// If anything is queued and a request is held, send it now (BOSH-R-07).
     fn flush(&mut self) {
         if !self.out.is_empty() && !self.held.is_empty() {
-            self.answer_oldest(true);
+            self.answer_oldest();
         }
     }
 

@@ -471,17 +471,10 @@ impl UpstreamWriter {
     /// Serialize several top-level elements and write them with one write and one flush, so the
     /// server handles one read event for a batch (a BOSH body with several stanzas).
     pub async fn send_all(&mut self, els: &[Element]) -> Result<(), Error> {
-        match els {
-            [] => Ok(()),
-            [one] => self.send(one).await,
-            many => {
-                let mut out = String::new();
-                for el in many {
-                    el.write_xml(&mut out, ns::CLIENT);
-                }
-                self.write(&out).await
-            }
+        for el in els {
+            self.queue(el);
         }
+        self.flush_queued().await
     }
 
     /// Write already-serialized bytes as they are: a whitespace keepalive (UP-24), or a
