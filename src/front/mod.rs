@@ -5,6 +5,7 @@
 //! the trusted-proxy rules, and whether it came over TLS).
 
 pub mod client_ip;
+mod h1;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -64,38 +65,42 @@ pub async fn run(listener: TcpListener, edge: Edge, stop: CancellationToken) {
 }
 
 async fn connection(tcp: TcpStream, peer: SocketAddr, edge: Edge, stop: CancellationToken) {
-    let cfg = &edge.state.config.http;
     match &edge.tls {
         None => serve_http(tcp, peer, false, &edge, stop).await,
-        Some(acceptor) => {
-            let deadline = Duration::from_secs(cfg.tls.handshake_timeout);
-            let tls = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    debug!(%peer, "TLS handshake timed out");
-                    crate::metrics::metrics().limit_hit(crate::metrics::Limit::TlsHandshake);
-                    return;
-                }
-            };
-            let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-            if alpn.as_deref() == Some(tls::ALPN_XMPP_CLIENT) && cfg.tls.xmpp_passthrough {
-                crate::passthrough::serve(tls, peer, edge.state.clone()).await;
-                return;
-            }
-            serve_http(tls, peer, true, &edge, stop).await
-        }
+        // Boxed: every plain connection's task would otherwise be sized for TLS state too.
+        Some(acceptor) => Box::pin(tls_connection(tcp, acceptor.clone(), peer, &edge, stop)).await,
     }
+}
+
+async fn tls_connection(tcp: TcpStream, acceptor: TlsAcceptor, peer: SocketAddr, edge: &Edge, stop: CancellationToken) {
+    let cfg = &edge.state.config.http;
+    let deadline = Duration::from_secs(cfg.tls.handshake_timeout);
+    let tls = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "TLS handshake timed out");
+            crate::metrics::metrics().limit_hit(crate::metrics::Limit::TlsHandshake);
+            return;
+        }
+    };
+    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    if alpn.as_deref() == Some(tls::ALPN_XMPP_CLIENT) && cfg.tls.xmpp_passthrough {
+        crate::passthrough::serve(tls, peer, edge.state.clone()).await;
+        return;
+    }
+    serve_http(tls, peer, true, edge, stop).await
 }
 
 async fn serve_http<S>(mut io: S, peer: SocketAddr, secure: bool, edge: &Edge, stop: CancellationToken)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + h1::WaitReadable + Unpin + Send + 'static,
 {
     let header_timeout = Duration::from_secs(edge.state.config.http.header_read_timeout);
+    let started = tokio::time::Instant::now();
     // hyper-util's auto builder first reads up to 24 bytes to tell h2c prior knowledge from
     // HTTP/1.x, with no timer: a client that connects and sends nothing (or a few bytes) would
     // hold the connection forever. hyper's own header_read_timeout only starts after that.
@@ -107,7 +112,26 @@ where
         debug!(%peer, "connection closed or silent before a request (http.header_read_timeout)");
         return;
     };
-    let io = Rewind { prefix, pos: 0, inner: io };
+    // HTTP/1.1 requests of the usual kind are served by the lean loop (h1.rs); HTTP/2 and
+    // whatever that loop hands back go to hyper.
+    let prefix = if prefix.as_slice() == H2_PREFACE {
+        prefix
+    } else {
+        match h1::serve(&mut io, prefix, started, peer, secure, edge, &stop).await {
+            h1::Outcome::Done => return,
+            h1::Outcome::Handoff(bytes) => bytes,
+        }
+    };
+    // Boxed: hyper's connection state is large, and a task only needs it once it gets here.
+    Box::pin(serve_hyper(Rewind { prefix, pos: 0, inner: io }, peer, secure, edge, stop)).await
+}
+
+/// Serve the rest of a connection with hyper (HTTP/2, upgrades, and what [`h1`] hands over).
+async fn serve_hyper<S>(io: Rewind<S>, peer: SocketAddr, secure: bool, edge: &Edge, stop: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let header_timeout = Duration::from_secs(edge.state.config.http.header_read_timeout);
     let router = edge.router.clone();
     let trusted = edge.trusted.clone();
     let activity = Arc::new(Activity::new());
