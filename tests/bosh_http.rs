@@ -145,3 +145,82 @@ async fn later_to_is_a_plain_poll_and_secure_is_ignored() {
     assert!(!a.is_terminate(), "{}", a.raw);
     assert!(a.attr("stream").is_none());
 }
+
+/// The lean HTTP/1.1 loop (src/front/h1.rs) on raw sockets: a body that arrives in pieces after
+/// its head (HTTP-05), keep-alive reuse for sequential requests, `Connection: close` honoured,
+/// HEAD without a body, 204 without Content-Length, a `Date` on every answer, and an idle
+/// keep-alive connection closed after `http.header_read_timeout` (SEC-04).
+#[tokio::test]
+async fn http11_keep_alive_split_bodies_head_and_idle_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let p = Prosody::start(ProsodyOpts { tls_required: true, ..Default::default() });
+    let cm = XmppCm::start(&XmppCm::config_with(&p, &[("http.header_read_timeout", "2")]));
+    let mut s = TcpStream::connect(addr(&cm)).await.unwrap();
+    // Reads one response (Content-Length framed, or none for 204) from a keep-alive socket.
+    async fn read_one(s: &mut TcpStream, buf: &mut Vec<u8>) -> support::http::HttpResponse {
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len = head.lines().find_map(|l| l.strip_prefix("content-length:")).map(|v| v.trim().parse::<usize>().unwrap()).unwrap_or(0);
+                let len = if head.starts_with("http/1.1 204") { 0 } else { len };
+                if buf.len() >= end + 4 + len {
+                    let one: Vec<u8> = buf.drain(..end + 4 + len).collect();
+                    return parse_response(&one, false).unwrap();
+                }
+            }
+            let mut b = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut b)).await.expect("response in time").unwrap();
+            assert!(n > 0, "closed early; have {:?}", String::from_utf8_lossy(buf));
+            buf.extend_from_slice(&b[..n]);
+        }
+    }
+    let mut buf = Vec::new();
+    // 1. A creation body sent in three pieces, 150 ms apart, after its head.
+    let body = create_body(500);
+    s.write_all(format!("POST /http-bind HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml; charset=utf-8\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes()).await.unwrap();
+    let third = body.len() / 3;
+    for piece in [&body[..third], &body[third..2 * third], &body[2 * third..]] {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        s.write_all(piece.as_bytes()).await.unwrap();
+    }
+    let r = read_one(&mut s, &mut buf).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("sid="), "{}", r.body);
+    assert!(r.header("date").is_some_and(|d| d.ends_with("GMT")), "{:?}", r.headers);
+    assert!(r.header("connection").is_none(), "{:?}", r.headers);
+    // 2. The same connection carries the next request: an unknown sid, answered at once.
+    let b2 = format!("<body {NS} rid='7' sid='unknown-2'/>");
+    s.write_all(format!("POST /http-bind HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{b2}", b2.len()).as_bytes()).await.unwrap();
+    let r = read_one(&mut s, &mut buf).await;
+    assert!(r.body.contains("item-not-found"), "{}", r.body);
+    // 3. OPTIONS (CORS preflight): 204 without a Content-Length.
+    s.write_all(b"OPTIONS /http-bind HTTP/1.1\r\nHost: x\r\nOrigin: https://example.net\r\nAccess-Control-Request-Method: POST\r\n\r\n").await.unwrap();
+    let r = read_one(&mut s, &mut buf).await;
+    assert_eq!(r.status, 204);
+    assert!(r.header("content-length").is_none(), "{:?}", r.headers);
+    // 4. HEAD: the GET page's length, no body; then the connection is still usable.
+    s.write_all(b"HEAD /http-bind HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut b = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut b)).await.unwrap().unwrap();
+        assert!(n > 0);
+        head.extend_from_slice(&b[..n]);
+    }
+    let text = String::from_utf8_lossy(&head).to_string();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.to_ascii_lowercase().contains("content-length:"), "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "HEAD answered with a body: {text}");
+    // 5. Idle: closed after header_read_timeout (2 s), without an answer.
+    let t0 = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(8), s.read_to_end(&mut rest)).await.expect("idle connection closed");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    assert!(t0.elapsed() >= Duration::from_millis(1500), "closed after {:?}", t0.elapsed());
+    // 6. Connection: close is honoured after the answer.
+    let raw = raw_exchange(&addr(&cm), b"GET /http-bind HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", Duration::from_secs(5)).await.expect("answered and closed");
+    let r = parse_response(&raw, false).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"));
+}

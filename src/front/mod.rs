@@ -293,3 +293,28 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every open HTTP connection is one task; a BOSH client keeps two per session, mostly
+    /// waiting. The task must not be sized for hyper's or TLS's state (boxed on their paths).
+    #[tokio::test]
+    async fn connection_task_stays_small() {
+        let state = AppState::new(Arc::new(crate::Config::default())).unwrap();
+        let edge = Edge {
+            router: crate::server::public_router(state.clone()),
+            trusted: Arc::new(Trusted::new(&[])),
+            state,
+            tls: None,
+        };
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (_client, (tcp, peer)) = tokio::join!(TcpStream::connect(addr), async { l.accept().await.unwrap() });
+        let fut = connection(tcp, peer, edge, CancellationToken::new());
+        let size = std::mem::size_of_val(&fut);
+        eprintln!("connection future: {size} bytes");
+        assert!(size <= 2048, "connection future is {size} bytes");
+    }
+}
