@@ -256,7 +256,8 @@ async fn sniff<S: AsyncRead + Unpin>(io: &mut S, deadline: Duration) -> Option<V
     tokio::time::timeout(deadline, read).await.ok().flatten()
 }
 
-/// A stream whose first bytes, already read by [`sniff`], are handed out again.
+/// A stream whose first bytes, already read by [`sniff`] or the [`h1`] loop, are handed out
+/// again (to hyper).
 struct Rewind<S> {
     prefix: Vec<u8>,
     pos: usize,
@@ -270,6 +271,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
             let start = self.pos;
             buf.put_slice(&self.prefix[start..start + n]);
             self.pos += n;
+            if self.pos == self.prefix.len() {
+                // An upgraded connection (WebSocket) keeps this wrapper for its whole life.
+                self.prefix = Vec::new();
+                self.pos = 0;
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
