@@ -331,7 +331,11 @@ async fn write_response<S: AsyncWrite + Unpin>(io: &mut S, response: hyper::Resp
     // No Content-Length on 1xx, 204 and 304 (RFC 9110 §8.6).
     if !(status < 200 || status == 204 || status == 304) {
         out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(body.len().to_string().as_bytes());
+        match parts.headers.get(header::CONTENT_LENGTH) {
+            // HEAD: axum drops the GET body but says how long it was.
+            Some(declared) if head_only => out.extend_from_slice(declared.as_bytes()),
+            _ => out.extend_from_slice(body.len().to_string().as_bytes()),
+        }
         out.extend_from_slice(b"\r\n");
     }
     if !keep {
