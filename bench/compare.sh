@@ -49,13 +49,23 @@ if (( QUICK )); then
 else
   REPS=3; DUR=10; WARM=1; PAUSE=1; SETUP_N=500; PP_N=100; FLOOD_N=200; MEM_SMALL=1000; MEM_BIG=10000; BIG_IDLE=100000; HOLD=5
 fi
-# Every session holds one socket in the generator (two for BOSH), and a proxy holds two per
-# session: size the big runs to the hard open-file limit when it cannot be raised.
+# The open-file limit is per process. Descriptors per session, in the process that needs the
+# most: direct TCP 1 (generator and Prosody one each); xmpp-cm WebSocket 2 (client + upstream);
+# xmpp-cm BOSH 3 (the client's two keep-alive HTTP connections + upstream; the generator holds
+# 2); node-xmpp-bosh the same 3. When the hard limit cannot be raised, each target's big run is
+# sized by its own figure (rounded down to 500, with FD_SLACK spare for listeners, logs and the
+# like) so that no process runs out: the record of each run keeps the count actually used.
 ulimit -Hn 1048576 2>/dev/null || true
 FDMAX=$(ulimit -Hn); [[ "$FDMAX" == unlimited ]] && FDMAX=1048576
-if (( MEM_BIG * 2 + 2000 > FDMAX )); then MEM_BIG=$(( (FDMAX - 2000) / 2 / 1000 * 1000 )); fi
+FD_SLACK=1000
+declare -A FD_PER=([direct]=1 [cm-ws]=2 [cm-bosh]=3 [nxb]=3)
+big_for() { # target → idle sessions for its growth run
+  local fit=$(( (FDMAX - FD_SLACK) / ${FD_PER[$1]} - PP_N ))
+  (( fit > MEM_BIG )) && fit=$MEM_BIG
+  echo $(( fit / 500 * 500 ))
+}
 SKIPPED=""
-if (( BIG_IDLE > 0 && BIG_IDLE * 2 + 2000 > FDMAX )); then
+if (( BIG_IDLE > 0 && BIG_IDLE * 2 + FD_SLACK > FDMAX )); then
   SKIPPED="not run: the hard open-file limit here is $FDMAX and cannot be raised (xmpp-cm needs 2 per session)"
   BIG_IDLE=0
 fi
@@ -100,6 +110,8 @@ stop() { # name
   kill -TERM "$pid" 2>/dev/null || true
   for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   kill -KILL "$pid" 2>/dev/null || true
+  # Forget it, so that the cleanup never signals a PID that has been reused meanwhile.
+  sed -i "/^$1 $pid\$/d" "$PIDS"
 }
 
 for p in $C2S $PHTTP $RELAY $NXB $CM $CMADMIN $UP $RELAY_UP $CMUP $CMUPADMIN; do
@@ -256,21 +268,32 @@ bench() { # target scenario args...
 
 want() { [[ "$ONLY" == all || "$ONLY" == "$1" ]]; }
 
-# A fresh proxy process before each memory run: RSS never shrinks back after earlier runs.
+set_pids() {
+  T_PIDS[direct]="--pid prosody=$PID_prosody"
+  T_PIDS[nxb]="--pid prosody=$PID_prosody --pid proxy=$PID_nxb"
+  T_PIDS[cm-bosh]="--pid prosody=$PID_prosody --pid proxy=$PID_xmpp_cm"
+  T_PIDS[cm-ws]="--pid prosody=$PID_prosody --pid proxy=$PID_xmpp_cm"
+}
+
+# A fresh Prosody and a fresh proxy process before each memory/growth run: RSS never shrinks
+# back after earlier runs, and a Prosody that has just held (and dropped) thousands of sessions
+# keeps working through that garbage for minutes (its CPU per message stays up), which would
+# land in the next target's figures.
 fresh() { # target
+  stop prosody
+  start prosody "$P/stdout.log" prosody --config "$P/prosody.cfg.lua" -F
+  wait_port prosody "$C2S" "$PID_prosody"
   case "$1" in
     nxb)
       stop nxb
       start nxb "$WORK/nxb.log" node "$ROOT/bench/node_modules/node-xmpp-bosh/run-server.js" "--config=$WORK/nxb.conf.js"
-      wait_port node-xmpp-bosh "$NXB" "$PID_nxb"
-      T_PIDS[nxb]="--pid prosody=$PID_prosody --pid proxy=$PID_nxb" ;;
+      wait_port node-xmpp-bosh "$NXB" "$PID_nxb" ;;
     cm-bosh|cm-ws)
       stop xmpp-cm
       start xmpp-cm "$WORK/xmpp-cm.log" "$CMBIN" --config "$WORK/xmpp-cm.toml"
-      wait_port xmpp-cm "$CM" "$PID_xmpp_cm"
-      T_PIDS[cm-bosh]="--pid prosody=$PID_prosody --pid proxy=$PID_xmpp_cm"
-      T_PIDS[cm-ws]="--pid prosody=$PID_prosody --pid proxy=$PID_xmpp_cm" ;;
+      wait_port xmpp-cm "$CM" "$PID_xmpp_cm" ;;
   esac
+  set_pids
   sleep 1
 }
 
@@ -286,12 +309,27 @@ want main && for rep in $(seq 1 "$REPS"); do
   done
 done
 
-log "memory per idle session and growth: $MEM_SMALL idle, then pingpong $PP_N with $MEM_BIG idle"
+# Growth: on a fresh Prosody and proxy, pingpong with only the active sessions (growth-base),
+# then the same pingpong with the idle sessions held (growth), so that both figures come from
+# the same state. Direct TCP is measured at every idle count another target uses: Prosody's own
+# growth at that count is the reference for the others'.
+declare -A BIG
+for t in direct nxb cm-bosh cm-ws; do BIG[$t]=$(big_for "$t"); done
+DIRECT_COUNTS=$(for t in direct nxb cm-bosh cm-ws; do echo "${BIG[$t]}"; done | sort -nr -u)
+log "memory per idle session and growth: $MEM_SMALL idle, then pingpong $PP_N alone and with idle sessions held (direct ${DIRECT_COUNTS//$'\n'/, }; nxb ${BIG[nxb]}, cm-bosh ${BIG[cm-bosh]}, cm-ws ${BIG[cm-ws]}; hard open-file limit $FDMAX)"
+growth() { # target idle-count
+  fresh "$1"
+  bench "$1" growth-base --workload pingpong --sessions "$PP_N" --rate 5 --duration "$DUR" --warmup "$WARM" --settle-max 20
+  bench "$1" growth --workload pingpong --sessions "$PP_N" --idle-sessions "$2" --rate 5 --duration "$DUR" --warmup "$WARM" --concurrency 100 --settle-max 20
+}
 want mem && for t in direct nxb cm-bosh cm-ws; do
   fresh "$t"
   bench "$t" mem-small --workload idle --sessions "$MEM_SMALL" --duration "$HOLD" --concurrency 100
-  fresh "$t"
-  bench "$t" growth --workload pingpong --sessions "$PP_N" --idle-sessions "$MEM_BIG" --rate 5 --duration "$DUR" --warmup "$WARM" --concurrency 100
+  if [[ "$t" == direct ]]; then
+    for n in $DIRECT_COUNTS; do growth direct "$n"; done
+  else
+    growth "$t" "${BIG[$t]}"
+  fi
 done
 
 # ------------------------------------------------------------------ bench upstream: relay vs xmpp-cm
