@@ -9,7 +9,8 @@
 #   bench/compare.sh --quick    smoke run (< 3 min): 1 repeat, short durations, small counts
 #   options: --out FILE (default BENCHMARKS.md at the repo root), --no-build, --keep (leave $WORK)
 #   env: BENCH_PORT_BASE (default 21000; every listener is BASE+0..99, all below 32768),
-#        BENCH_DIR (work dir; default a new /tmp/xmpp-cm-bench.XXXXXX)
+#        BENCH_DIR (work dir; default a new /tmp/xmpp-cm-bench.XXXXXX),
+#        BENCH_PINGPONG_NICE (default -10), BENCH_PROSODY_GC (e.g. generational; default Prosody's)
 #
 # Needs: prosody (Debian package; apt-get install prosody), node 20 + npm (node-xmpp-bosh is
 # installed into bench/node_modules by `npm ci`), python3, openssl. Run as root or with a hard
@@ -141,6 +142,10 @@ if command -v openssl >/dev/null; then
     -keyout "$P/certs/localhost.key" -out "$P/certs/localhost.crt" >/dev/null 2>&1 || true
 fi
 SSL=""
+# BENCH_PROSODY_GC=generational runs Prosody with Lua 5.4's generational GC instead of its
+# default (incremental, threshold 105, speed 500); see bench/findings.md (growth).
+PROSODY_GC=""
+[[ -n "${BENCH_PROSODY_GC:-}" ]] && PROSODY_GC="gc = { mode = \"$BENCH_PROSODY_GC\" }"
 [[ -s "$P/certs/localhost.crt" ]] && SSL="ssl = { certificate = \"$P/certs/localhost.crt\"; key = \"$P/certs/localhost.key\"; }"
 cat >"$P/prosody.cfg.lua" <<EOF
 -- written by bench/compare.sh: loopback only, TLS optional (STARTTLS offered, never required),
@@ -170,6 +175,7 @@ consider_websocket_secure = true
 bosh_max_inactivity = 60
 http_default_host = "localhost"
 statistics = nil
+$PROSODY_GC
 VirtualHost "localhost"
   $SSL
 EOF
@@ -254,10 +260,15 @@ T_TRANS[cm-bosh]=bosh;     T_URL[cm-bosh]="http://127.0.0.1:$CM/http-bind";     
 T_TRANS[cm-ws]=ws;         T_URL[cm-ws]="ws://127.0.0.1:$CM/xmpp-websocket";            T_PIDS[cm-ws]="--pid prosody=$PID_prosody --pid proxy=$PID_xmpp_cm"
 TARGETS=(direct relay prosody-bosh prosody-ws nxb cm-bosh cm-ws)
 
+# Pingpong runs raise the generator's priority (root only; ignored otherwise): on a machine
+# shared with the targets and with other work, a generator waiting for a CPU sends late and
+# reads late, and that lag would count in the latency (it is reported as send_lag_ms).
+PP_NICE=${BENCH_PINGPONG_NICE:--10}
 bench() { # target scenario args...
   local t=$1 scen=$2; shift 2
   local extra=()
   [[ "$t" == nxb ]] && extra+=(--bosh-route "xmpp:127.0.0.1:$C2S")
+  [[ " $* " == *" --workload pingpong "* ]] && extra+=(--nice "$PP_NICE")
   # shellcheck disable=SC2086
   timeout 600 "$BENCH" run --transport "${T_TRANS[$t]}" --target "${T_URL[$t]}" --label "$t" --note "$scen" \
     --json "$RESULTS" ${T_PIDS[$t]} "${extra[@]}" "$@" 2>>"$WORK/bench.log" >/dev/null \
@@ -392,6 +403,6 @@ fi
 MACHINE="$(nproc) cores, $(awk '/model name/{$1=$2=$3="";print;exit}' /proc/cpuinfo | sed 's/^ *//'), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
 VERSIONS="prosody $(dpkg-query -W -f '${Version}' prosody 2>/dev/null || echo '?'), node $(node --version), node-xmpp-bosh $(node -p "require('$ROOT/bench/node_modules/node-xmpp-bosh/package.json').version"), xmpp-cm $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
 CMDLINE="bench/compare.sh"; (( QUICK )) && CMDLINE+=" --quick"
-python3 "$ROOT/bench/report.py" "$RESULTS" "$OUT" --machine "$MACHINE" --versions "$VERSIONS" --command "$CMDLINE" --reps "$REPS" --skipped "$SKIPPED"
+python3 "$ROOT/bench/report.py" "$RESULTS" "$OUT" --machine "$MACHINE" --versions "$VERSIONS" --command "$CMDLINE" --reps "$REPS" --skipped "$SKIPPED" --fd-limit "$FDMAX"
 cp "$RESULTS" "$WORK/results-$(date +%Y%m%d-%H%M%S).jsonl"
 log "wrote $OUT (records in $RESULTS)"
