@@ -10,7 +10,7 @@
 #   options: --out FILE (default BENCHMARKS.md at the repo root), --no-build, --keep (leave $WORK)
 #   env: BENCH_PORT_BASE (default 21000; every listener is BASE+0..99, all below 32768),
 #        BENCH_DIR (work dir; default a new /tmp/xmpp-cm-bench.XXXXXX),
-#        BENCH_PINGPONG_NICE (default -10), BENCH_PROSODY_GC (e.g. generational; default Prosody's)
+#        BENCH_PINGPONG_NICE (e.g. -10; default none), BENCH_PROSODY_GC (e.g. generational; default Prosody's)
 #
 # Needs: prosody (Debian package; apt-get install prosody), node 20 + npm (node-xmpp-bosh is
 # installed into bench/node_modules by `npm ci`), python3, openssl. Run as root or with a hard
@@ -260,15 +260,16 @@ T_TRANS[cm-bosh]=bosh;     T_URL[cm-bosh]="http://127.0.0.1:$CM/http-bind";     
 T_TRANS[cm-ws]=ws;         T_URL[cm-ws]="ws://127.0.0.1:$CM/xmpp-websocket";            T_PIDS[cm-ws]="--pid prosody=$PID_prosody --pid proxy=$PID_xmpp_cm"
 TARGETS=(direct relay prosody-bosh prosody-ws nxb cm-bosh cm-ws)
 
-# Pingpong runs raise the generator's priority (root only; ignored otherwise): on a machine
-# shared with the targets and with other work, a generator waiting for a CPU sends late and
-# reads late, and that lag would count in the latency (it is reported as send_lag_ms).
-PP_NICE=${BENCH_PINGPONG_NICE:--10}
+# BENCH_PINGPONG_NICE=-10 runs the pingpong generator at a higher priority (root only). A
+# generator waiting for a CPU sends late and reads late, and that lag counts in the latency
+# (reported as send_lag_ms); in alternated runs on this shared machine -10 did not reduce the
+# lag, so it is off by default.
+PP_NICE=${BENCH_PINGPONG_NICE:-}
 bench() { # target scenario args...
   local t=$1 scen=$2; shift 2
   local extra=()
   [[ "$t" == nxb ]] && extra+=(--bosh-route "xmpp:127.0.0.1:$C2S")
-  [[ " $* " == *" --workload pingpong "* ]] && extra+=(--nice "$PP_NICE")
+  [[ -n "$PP_NICE" && " $* " == *" --workload pingpong "* ]] && extra+=(--nice "$PP_NICE")
   # shellcheck disable=SC2086
   timeout 600 "$BENCH" run --transport "${T_TRANS[$t]}" --target "${T_URL[$t]}" --label "$t" --note "$scen" \
     --json "$RESULTS" ${T_PIDS[$t]} "${extra[@]}" "$@" 2>>"$WORK/bench.log" >/dev/null \
