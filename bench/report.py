@@ -81,10 +81,11 @@ w("- Prosody 0.12 runs with SASL PLAIN only (SCRAM off), TLS optional (STARTTLS 
   "xmpp-cm uses `upstream.tls = \"none\"`, node-xmpp-bosh `no_tls_domains` and a fixed lookup (no DNS).")
 w("- Each session logs in with SASL PLAIN, restarts, binds a resource, sends presence and waits for its echo.")
 w("- Workloads: `setup` logs in sessions (50 at a time) and counts logins/s; `pingpong` has 100 sessions each send a "
-  "message to itself 5 times a second and times every round trip; `flood` has 200 sessions keep 8 messages each in "
+  "message to itself 5 times a second (fixed schedule, random phase per session) and times every round trip from its intended send time; `flood` has 200 sessions keep 8 messages each in "
   "flight, so msg/s is what the chain sustains (a message = one round trip client → server → client).\n")
 
 # ---------------------------------------------------------------- main table
+LAG_MARK = " ⚠"  # the generator's own lag p99 is over half the p99: the p99 measures the machine
 d = lambda wl, f: med("main", "direct", wl, f)
 base_tp = d("flood", lambda r: r["messages"]["per_s"])
 base_p50 = d("pingpong", lambda r: r["messages"]["latency_ms"]["p50"])
@@ -107,14 +108,14 @@ for t in TARGETS:
     lag99 = med("main", t, "pingpong", lambda r: (r["messages"].get("send_lag_ms") or {}).get("p99"))
     w(f"| {NAMES[t]} | {fmt(tp, '{:,.0f}')} | {fmt(ratio(tp, base_tp), '{:.2f}×')} | {fmt(p50, '{:.3f}')} | "
       f"{fmt(None if p50 is None or base_p50 is None else p50 - base_p50, '{:+.3f}')} | {fmt(lat('p95'), '{:.3f}')} | {fmt(lat('p99'), '{:.3f}')} | "
-      f"{fmt(ratio(lat('p99'), base_p99), '{:.2f}×')} | {fmt(lat('max'), '{:.2f}')} | {fmt(p99w, '{:.3f}')} | {fmt(lag99, '{:.3f}')} | {fmt(lg, '{:,.0f}')} | {fmt(ratio(lg, base_login), '{:.2f}×')} | "
+      f"{fmt(ratio(lat('p99'), base_p99), '{:.2f}×')} | {fmt(lat('max'), '{:.2f}')} | {fmt(p99w, '{:.3f}')} | {fmt(lag99, '{:.3f}')}{LAG_MARK if lag99 and lat('p99') and lag99 > 0.5 * lat('p99') else ''} | {fmt(lg, '{:,.0f}')} | {fmt(ratio(lg, base_login), '{:.2f}×')} | "
       f"{fmt(cpum, '{:.0f}')} | {fmt(cpul, '{:.2f}')} | {fmt(pcpu, '{:.2f}')} | {fmt(gcpu, '{:.2f}')} | {n}{' ' + str(kinds) if kinds else ''} |")
 w("\nProxy CPU is the CPU time of the proxy process alone (relay, node-xmpp-bosh or xmpp-cm) during the measured window, "
   "per 1,000 round trips; for Prosody's own modules it is inside Prosody's CPU.\n")
 w("Pingpong latency is timed from each message's *intended* send time (a fixed schedule per session with a random phase, "
   "so a stall anywhere, the generator included, counts against the messages behind it); \"p99 from the write\" is timed "
   "from the moment the generator actually wrote the message, and \"generator lag\" is how late it wrote (write − intended): "
-  "when the lag is a large part of p99, the figure measures the machine, not the target.\n")
+  "when the lag is a large part of p99 (⚠: over half), the figure measures the machine, not the target.\n")
 
 # ---------------------------------------------------------------- growth records
 # growth-base: pingpong alone on a fresh Prosody/proxy; growth: the same with idle sessions held
