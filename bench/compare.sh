@@ -282,6 +282,9 @@ want() { [[ "$ONLY" == all || "$ONLY" == "$1" ]]; }
 
 set_pids() {
   T_PIDS[direct]="--pid prosody=$PID_prosody"
+  T_PIDS[relay]="--pid prosody=$PID_prosody --pid proxy=$PID_relay"
+  T_PIDS[prosody-bosh]="--pid prosody=$PID_prosody"
+  T_PIDS[prosody-ws]="--pid prosody=$PID_prosody"
   T_PIDS[nxb]="--pid prosody=$PID_prosody --pid proxy=$PID_nxb"
   T_PIDS[cm-bosh]="--pid prosody=$PID_prosody --pid proxy=$PID_xmpp_cm"
   T_PIDS[cm-ws]="--pid prosody=$PID_prosody --pid proxy=$PID_xmpp_cm"
@@ -291,10 +294,14 @@ set_pids() {
 # back after earlier runs, and a Prosody that has just held (and dropped) thousands of sessions
 # keeps working through that garbage for minutes (its CPU per message stays up), which would
 # land in the next target's figures.
-fresh() { # target
+fresh_prosody() {
   stop prosody
   start prosody "$P/stdout.log" prosody --config "$P/prosody.cfg.lua" -F
-  wait_port prosody "$C2S" "$PID_prosody"
+  wait_port prosody "$C2S" "$PID_prosody"; wait_port prosody-http "$PHTTP" "$PID_prosody"
+  set_pids
+}
+fresh() { # target
+  fresh_prosody
   case "$1" in
     nxb)
       stop nxb
@@ -312,9 +319,13 @@ fresh() { # target
 # A short warm-up per target so first-run effects (Lua JIT-less warm caches, node JIT) hit no figure.
 for t in "${TARGETS[@]}"; do bench "$t" warmup --workload pingpong --sessions 20 --duration "$WARM" --warmup 0.2; done
 
+# Each target's block starts on a fresh Prosody: its heap grows with every flood (from ~17 MB to
+# ~40 MB over one quick pass) and its GC pauses with it, so a shared Prosody handed the later
+# targets a slower server than the first (pingpong p99 rose with the position in the order).
 want main && for rep in $(seq 1 "$REPS"); do
   log "repeat $rep/$REPS: setup ($SETUP_N), pingpong ($PP_N × 5/s), flood ($FLOOD_N × window 8)"
   for t in "${TARGETS[@]}"; do
+    fresh_prosody
     bench "$t" main --workload setup --sessions "$SETUP_N" --concurrency 50
     bench "$t" main --workload pingpong --sessions "$PP_N" --rate 5 --duration "$DUR" --warmup "$WARM"
     bench "$t" main --workload flood --sessions "$FLOOD_N" --window 8 --duration "$DUR" --warmup "$WARM"
