@@ -5,11 +5,12 @@
 # 100k idle WebSocket sessions. Writes every JSON record to $WORK/results.jsonl and the report
 # to BENCHMARKS.md (bench/report.py).
 #
-#   bench/compare.sh            full run (~15-20 min), medians of 3 repeats
+#   bench/compare.sh            full run (~25 min), medians of 3 repeats
 #   bench/compare.sh --quick    smoke run (< 3 min): 1 repeat, short durations, small counts
 #   options: --out FILE (default BENCHMARKS.md at the repo root), --no-build, --keep (leave $WORK)
 #   env: BENCH_PORT_BASE (default 21000; every listener is BASE+0..99, all below 32768),
-#        BENCH_DIR (work dir; default a new /tmp/xmpp-cm-bench.XXXXXX)
+#        BENCH_DIR (work dir; default a new /tmp/xmpp-cm-bench.XXXXXX),
+#        BENCH_PINGPONG_NICE (e.g. -10; default none), BENCH_PROSODY_GC (e.g. generational; default Prosody's)
 #
 # Needs: prosody (Debian package; apt-get install prosody), node 20 + npm (node-xmpp-bosh is
 # installed into bench/node_modules by `npm ci`), python3, openssl. Run as root or with a hard
@@ -49,13 +50,23 @@ if (( QUICK )); then
 else
   REPS=3; DUR=10; WARM=1; PAUSE=1; SETUP_N=500; PP_N=100; FLOOD_N=200; MEM_SMALL=1000; MEM_BIG=10000; BIG_IDLE=100000; HOLD=5
 fi
-# Every session holds one socket in the generator (two for BOSH), and a proxy holds two per
-# session: size the big runs to the hard open-file limit when it cannot be raised.
+# The open-file limit is per process. Descriptors per session, in the process that needs the
+# most: direct TCP 1 (generator and Prosody one each); xmpp-cm WebSocket 2 (client + upstream);
+# xmpp-cm BOSH 3 (the client's two keep-alive HTTP connections + upstream; the generator holds
+# 2); node-xmpp-bosh the same 3. When the hard limit cannot be raised, each target's big run is
+# sized by its own figure (rounded down to 500, with FD_SLACK spare for listeners, logs and the
+# like) so that no process runs out: the record of each run keeps the count actually used.
 ulimit -Hn 1048576 2>/dev/null || true
 FDMAX=$(ulimit -Hn); [[ "$FDMAX" == unlimited ]] && FDMAX=1048576
-if (( MEM_BIG * 2 + 2000 > FDMAX )); then MEM_BIG=$(( (FDMAX - 2000) / 2 / 1000 * 1000 )); fi
+FD_SLACK=1000
+declare -A FD_PER=([direct]=1 [cm-ws]=2 [cm-bosh]=3 [nxb]=3)
+big_for() { # target → idle sessions for its growth run
+  local fit=$(( (FDMAX - FD_SLACK) / ${FD_PER[$1]} - PP_N ))
+  (( fit > MEM_BIG )) && fit=$MEM_BIG
+  echo $(( fit / 500 * 500 ))
+}
 SKIPPED=""
-if (( BIG_IDLE > 0 && BIG_IDLE * 2 + 2000 > FDMAX )); then
+if (( BIG_IDLE > 0 && BIG_IDLE * 2 + FD_SLACK > FDMAX )); then
   SKIPPED="not run: the hard open-file limit here is $FDMAX and cannot be raised (xmpp-cm needs 2 per session)"
   BIG_IDLE=0
 fi
@@ -100,6 +111,8 @@ stop() { # name
   kill -TERM "$pid" 2>/dev/null || true
   for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   kill -KILL "$pid" 2>/dev/null || true
+  # Forget it, so that the cleanup never signals a PID that has been reused meanwhile.
+  sed -i "/^$1 $pid\$/d" "$PIDS"
 }
 
 for p in $C2S $PHTTP $RELAY $NXB $CM $CMADMIN $UP $RELAY_UP $CMUP $CMUPADMIN; do
@@ -129,6 +142,10 @@ if command -v openssl >/dev/null; then
     -keyout "$P/certs/localhost.key" -out "$P/certs/localhost.crt" >/dev/null 2>&1 || true
 fi
 SSL=""
+# BENCH_PROSODY_GC=generational runs Prosody with Lua 5.4's generational GC instead of its
+# default (incremental, threshold 105, speed 500); see bench/findings.md (growth).
+PROSODY_GC=""
+[[ -n "${BENCH_PROSODY_GC:-}" ]] && PROSODY_GC="gc = { mode = \"$BENCH_PROSODY_GC\" }"
 [[ -s "$P/certs/localhost.crt" ]] && SSL="ssl = { certificate = \"$P/certs/localhost.crt\"; key = \"$P/certs/localhost.key\"; }"
 cat >"$P/prosody.cfg.lua" <<EOF
 -- written by bench/compare.sh: loopback only, TLS optional (STARTTLS offered, never required),
@@ -158,6 +175,7 @@ consider_websocket_secure = true
 bosh_max_inactivity = 60
 http_default_host = "localhost"
 statistics = nil
+$PROSODY_GC
 VirtualHost "localhost"
   $SSL
 EOF
@@ -242,10 +260,16 @@ T_TRANS[cm-bosh]=bosh;     T_URL[cm-bosh]="http://127.0.0.1:$CM/http-bind";     
 T_TRANS[cm-ws]=ws;         T_URL[cm-ws]="ws://127.0.0.1:$CM/xmpp-websocket";            T_PIDS[cm-ws]="--pid prosody=$PID_prosody --pid proxy=$PID_xmpp_cm"
 TARGETS=(direct relay prosody-bosh prosody-ws nxb cm-bosh cm-ws)
 
+# BENCH_PINGPONG_NICE=-10 runs the pingpong generator at a higher priority (root only). A
+# generator waiting for a CPU sends late and reads late, and that lag counts in the latency
+# (reported as send_lag_ms); in alternated runs on this shared machine -10 did not reduce the
+# lag, so it is off by default.
+PP_NICE=${BENCH_PINGPONG_NICE:-}
 bench() { # target scenario args...
   local t=$1 scen=$2; shift 2
   local extra=()
   [[ "$t" == nxb ]] && extra+=(--bosh-route "xmpp:127.0.0.1:$C2S")
+  [[ -n "$PP_NICE" && " $* " == *" --workload pingpong "* ]] && extra+=(--nice "$PP_NICE")
   # shellcheck disable=SC2086
   timeout 600 "$BENCH" run --transport "${T_TRANS[$t]}" --target "${T_URL[$t]}" --label "$t" --note "$scen" \
     --json "$RESULTS" ${T_PIDS[$t]} "${extra[@]}" "$@" 2>>"$WORK/bench.log" >/dev/null \
@@ -256,42 +280,79 @@ bench() { # target scenario args...
 
 want() { [[ "$ONLY" == all || "$ONLY" == "$1" ]]; }
 
-# A fresh proxy process before each memory run: RSS never shrinks back after earlier runs.
+set_pids() {
+  T_PIDS[direct]="--pid prosody=$PID_prosody"
+  T_PIDS[relay]="--pid prosody=$PID_prosody --pid proxy=$PID_relay"
+  T_PIDS[prosody-bosh]="--pid prosody=$PID_prosody"
+  T_PIDS[prosody-ws]="--pid prosody=$PID_prosody"
+  T_PIDS[nxb]="--pid prosody=$PID_prosody --pid proxy=$PID_nxb"
+  T_PIDS[cm-bosh]="--pid prosody=$PID_prosody --pid proxy=$PID_xmpp_cm"
+  T_PIDS[cm-ws]="--pid prosody=$PID_prosody --pid proxy=$PID_xmpp_cm"
+}
+
+# A fresh Prosody and a fresh proxy process before each memory/growth run: RSS never shrinks
+# back after earlier runs, and a Prosody that has just held (and dropped) thousands of sessions
+# keeps working through that garbage for minutes (its CPU per message stays up), which would
+# land in the next target's figures.
+fresh_prosody() {
+  stop prosody
+  start prosody "$P/stdout.log" prosody --config "$P/prosody.cfg.lua" -F
+  wait_port prosody "$C2S" "$PID_prosody"; wait_port prosody-http "$PHTTP" "$PID_prosody"
+  set_pids
+}
 fresh() { # target
+  fresh_prosody
   case "$1" in
     nxb)
       stop nxb
       start nxb "$WORK/nxb.log" node "$ROOT/bench/node_modules/node-xmpp-bosh/run-server.js" "--config=$WORK/nxb.conf.js"
-      wait_port node-xmpp-bosh "$NXB" "$PID_nxb"
-      T_PIDS[nxb]="--pid prosody=$PID_prosody --pid proxy=$PID_nxb" ;;
+      wait_port node-xmpp-bosh "$NXB" "$PID_nxb" ;;
     cm-bosh|cm-ws)
       stop xmpp-cm
       start xmpp-cm "$WORK/xmpp-cm.log" "$CMBIN" --config "$WORK/xmpp-cm.toml"
-      wait_port xmpp-cm "$CM" "$PID_xmpp_cm"
-      T_PIDS[cm-bosh]="--pid prosody=$PID_prosody --pid proxy=$PID_xmpp_cm"
-      T_PIDS[cm-ws]="--pid prosody=$PID_prosody --pid proxy=$PID_xmpp_cm" ;;
+      wait_port xmpp-cm "$CM" "$PID_xmpp_cm" ;;
   esac
+  set_pids
   sleep 1
 }
 
 # A short warm-up per target so first-run effects (Lua JIT-less warm caches, node JIT) hit no figure.
 for t in "${TARGETS[@]}"; do bench "$t" warmup --workload pingpong --sessions 20 --duration "$WARM" --warmup 0.2; done
 
+# Each target's block starts on a fresh Prosody: its heap grows with every flood (from ~17 MB to
+# ~40 MB over one quick pass) and its GC pauses with it, so a shared Prosody handed the later
+# targets a slower server than the first (pingpong p99 rose with the position in the order).
 want main && for rep in $(seq 1 "$REPS"); do
   log "repeat $rep/$REPS: setup ($SETUP_N), pingpong ($PP_N × 5/s), flood ($FLOOD_N × window 8)"
   for t in "${TARGETS[@]}"; do
+    fresh_prosody
     bench "$t" main --workload setup --sessions "$SETUP_N" --concurrency 50
     bench "$t" main --workload pingpong --sessions "$PP_N" --rate 5 --duration "$DUR" --warmup "$WARM"
     bench "$t" main --workload flood --sessions "$FLOOD_N" --window 8 --duration "$DUR" --warmup "$WARM"
   done
 done
 
-log "memory per idle session and growth: $MEM_SMALL idle, then pingpong $PP_N with $MEM_BIG idle"
+# Growth: on a fresh Prosody and proxy, pingpong with only the active sessions (growth-base),
+# then the same pingpong with the idle sessions held (growth), so that both figures come from
+# the same state. Direct TCP is measured at every idle count another target uses: Prosody's own
+# growth at that count is the reference for the others'.
+declare -A BIG
+for t in direct nxb cm-bosh cm-ws; do BIG[$t]=$(big_for "$t"); done
+DIRECT_COUNTS=$(for t in direct nxb cm-bosh cm-ws; do echo "${BIG[$t]}"; done | sort -nr -u)
+log "memory per idle session and growth: $MEM_SMALL idle, then pingpong $PP_N alone and with idle sessions held (direct ${DIRECT_COUNTS//$'\n'/, }; nxb ${BIG[nxb]}, cm-bosh ${BIG[cm-bosh]}, cm-ws ${BIG[cm-ws]}; hard open-file limit $FDMAX)"
+growth() { # target idle-count
+  fresh "$1"
+  bench "$1" growth-base --workload pingpong --sessions "$PP_N" --rate 5 --duration "$DUR" --warmup "$WARM" --settle-max 20
+  bench "$1" growth --workload pingpong --sessions "$PP_N" --idle-sessions "$2" --rate 5 --duration "$DUR" --warmup "$WARM" --concurrency 100 --settle-max 20
+}
 want mem && for t in direct nxb cm-bosh cm-ws; do
   fresh "$t"
   bench "$t" mem-small --workload idle --sessions "$MEM_SMALL" --duration "$HOLD" --concurrency 100
-  fresh "$t"
-  bench "$t" growth --workload pingpong --sessions "$PP_N" --idle-sessions "$MEM_BIG" --rate 5 --duration "$DUR" --warmup "$WARM" --concurrency 100
+  if [[ "$t" == direct ]]; then
+    for n in $DIRECT_COUNTS; do growth direct "$n"; done
+  else
+    growth "$t" "${BIG[$t]}"
+  fi
 done
 
 # ------------------------------------------------------------------ bench upstream: relay vs xmpp-cm
@@ -354,6 +415,6 @@ fi
 MACHINE="$(nproc) cores, $(awk '/model name/{$1=$2=$3="";print;exit}' /proc/cpuinfo | sed 's/^ *//'), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
 VERSIONS="prosody $(dpkg-query -W -f '${Version}' prosody 2>/dev/null || echo '?'), node $(node --version), node-xmpp-bosh $(node -p "require('$ROOT/bench/node_modules/node-xmpp-bosh/package.json').version"), xmpp-cm $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
 CMDLINE="bench/compare.sh"; (( QUICK )) && CMDLINE+=" --quick"
-python3 "$ROOT/bench/report.py" "$RESULTS" "$OUT" --machine "$MACHINE" --versions "$VERSIONS" --command "$CMDLINE" --reps "$REPS" --skipped "$SKIPPED"
+python3 "$ROOT/bench/report.py" "$RESULTS" "$OUT" --machine "$MACHINE" --versions "$VERSIONS" --command "$CMDLINE" --reps "$REPS" --skipped "$SKIPPED" --fd-limit "$FDMAX"
 cp "$RESULTS" "$WORK/results-$(date +%Y%m%d-%H%M%S).jsonl"
 log "wrote $OUT (records in $RESULTS)"

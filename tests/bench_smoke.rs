@@ -62,6 +62,13 @@ fn bench_tool_runs_against_its_own_upstream() {
         assert_eq!(r["logins"]["ok"], 6, "{workload}: {r}");
         assert!(r["messages"]["received"].as_u64().unwrap_or(0) > 0, "{workload}: {r}");
         assert!(r["messages"]["latency_ms"]["count"].as_u64().unwrap_or(0) > 0, "{workload}: {r}");
+        if workload == "pingpong" {
+            // The generator's own lag and the latency from the write are recorded beside the
+            // latency from the intended send time.
+            assert!(r["messages"]["send_lag_ms"]["count"].as_u64().unwrap_or(0) > 0, "{r}");
+            assert!(r["messages"]["latency_from_write_ms"]["count"].as_u64().unwrap_or(0) > 0, "{r}");
+            assert!(!r["messages"]["per_second"].as_array().map(Vec::is_empty).unwrap_or(true), "{r}");
+        }
     }
     std::thread::sleep(Duration::from_millis(10));
 }

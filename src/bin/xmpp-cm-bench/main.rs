@@ -13,6 +13,7 @@
 mod bosh;
 mod client;
 mod net;
+mod pace;
 mod relay;
 mod stats;
 mod upstream;
@@ -33,6 +34,12 @@ struct Cli {
     /// Tokio worker threads (default: one per core).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Scheduling priority (nice) for all threads of this process, e.g. -10 (needs root to go
+    /// below 0; ignored when not allowed). On a machine shared with the targets (and others), a
+    /// generator that waits for a CPU is late to send and late to read the answer; see the
+    /// generator lag in the pingpong record.
+    #[arg(long, global = true, allow_hyphen_values = true)]
+    nice: Option<i32>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -103,6 +110,16 @@ struct RunArgs {
     /// BOSH `wait` (seconds).
     #[arg(long, default_value_t = 30)]
     bosh_wait: u32,
+    /// Seed of the random pingpong phases (default: a random one, stored in the record).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Before the run and after the logins, wait until every --pid process uses at most this
+    /// many cores (over 0.5 s)…
+    #[arg(long, default_value_t = 0.1)]
+    settle_cores: f64,
+    /// …or this many seconds have passed (0: do not wait).
+    #[arg(long, default_value_t = 30.0)]
+    settle_max: f64,
     /// Client source addresses in 127.0.0.0/8 (0: one per 20,000 connections).
     #[arg(long, default_value_t = 0)]
     sources: usize,
@@ -126,6 +143,13 @@ struct RunArgs {
 fn main() {
     let cli = Cli::parse();
     let fd_limit = net::raise_fd_limit(1_048_576);
+    if let Some(n) = cli.nice {
+        // Before any thread exists: threads inherit the nice value of the thread creating them.
+        // SAFETY: setpriority on this process (which = 0: the calling thread on Linux).
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) } != 0 {
+            eprintln!("xmpp-cm-bench: cannot set nice {n}: {}", std::io::Error::last_os_error());
+        }
+    }
     let mut b = tokio::runtime::Builder::new_multi_thread();
     b.enable_all();
     if let Some(n) = cli.threads {
@@ -183,6 +207,9 @@ async fn run(a: RunArgs, fd_limit: u64) {
         users: a.users.unwrap_or(a.sessions + a.idle_sessions).max(1),
         sources: sources.count(),
         fd_limit,
+        seed: a.seed.unwrap_or_else(pace::random_seed),
+        settle_cores: a.settle_cores,
+        settle_max_s: a.settle_max,
     };
     let target = Arc::new(Target {
         transport: a.transport,

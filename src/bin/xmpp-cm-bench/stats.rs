@@ -201,3 +201,47 @@ impl Watch {
 pub fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
+
+/// How long a run waited for the watched processes to go quiet (see [`settle`]).
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct Settled {
+    /// Seconds waited.
+    pub waited_s: f64,
+    /// Whether every watched process went under the threshold before the bound.
+    pub quiet: bool,
+    /// CPU of each watched process over the last window, in cores.
+    pub cpu_cores: BTreeMap<String, f64>,
+}
+
+/// Wait until every watched process uses at most `max_cores` of CPU over a 0.5 s window (CPU
+/// time from /proc, 10 ms ticks), or `limit` has passed. Used before a run (the previous run's
+/// sessions may still be closing, a flood backlog still draining) and after the logins (the
+/// target may still be digesting thousands of them) so that neither lands in the measured
+/// window. A steady background load that never goes under the threshold (BOSH polls of many
+/// idle sessions) just makes this wait `limit` and return `quiet: false`.
+pub async fn settle(pids: &[Watched], max_cores: f64, limit: Duration) -> Settled {
+    let t0 = std::time::Instant::now();
+    let window = Duration::from_millis(500);
+    let mut out = Settled::default();
+    if pids.is_empty() || limit.is_zero() {
+        out.quiet = true;
+        return out;
+    }
+    let mut prev: Vec<f64> = pids.iter().map(|w| sample(w.pid).map(|s| s.cpu_s).unwrap_or(0.0)).collect();
+    let mut prev_t = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(window).await;
+        let now: Vec<f64> = pids.iter().map(|w| sample(w.pid).map(|s| s.cpu_s).unwrap_or(0.0)).collect();
+        let dt = prev_t.elapsed().as_secs_f64().max(1e-3);
+        prev_t = std::time::Instant::now();
+        let cores: Vec<f64> = now.iter().zip(&prev).map(|(a, b)| (a - b).max(0.0) / dt).collect();
+        prev = now;
+        out.cpu_cores = pids.iter().zip(&cores).map(|(w, c)| (w.label.clone(), round3(*c))).collect();
+        out.quiet = cores.iter().all(|c| *c <= max_cores);
+        if out.quiet || t0.elapsed() >= limit {
+            break;
+        }
+    }
+    out.waited_s = round3(t0.elapsed().as_secs_f64());
+    out
+}

@@ -15,7 +15,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{self, client_ns, BenchError, Session, Target, Transport};
-use crate::stats::{self, round3, Errors, Latency, ProcReport, Samples, Watch, Watched};
+use crate::pace;
+use crate::stats::{self, round3, Errors, Latency, ProcReport, Samples, Settled, Watch, Watched};
 use crate::xml;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -41,6 +42,11 @@ pub struct Params {
     pub users: usize,
     pub sources: usize,
     pub fd_limit: u64,
+    /// Seed of the pingpong phases (`--seed`).
+    pub seed: u64,
+    /// Quiet threshold (cores per watched process) and bound (s) of the settling waits.
+    pub settle_cores: f64,
+    pub settle_max_s: f64,
 }
 
 #[derive(Serialize, Default)]
@@ -60,11 +66,23 @@ pub struct Messages {
     /// Round trips completed per second within the measured window.
     pub per_s: f64,
     pub window_s: f64,
+    /// Pingpong: from the intended send time to the echo (see `drive`); flood: from the write.
     pub latency_ms: Latency,
+    /// Pingpong: from the write to the echo (excludes the generator's own lag).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_from_write_ms: Option<Latency>,
+    /// Pingpong: the generator's lag, write time − intended send time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_lag_ms: Option<Latency>,
+    /// Pingpong: `latency_ms` for the messages intended in each second of the window.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_second: Vec<Latency>,
 }
 
 #[derive(Serialize)]
 pub struct Generator {
+    /// Nice value the generator ran at (`--nice`).
+    pub nice: i32,
     pub cpu_s: f64,
     pub cpu_s_run: f64,
     pub rss_kib_peak: u64,
@@ -94,6 +112,9 @@ pub struct Record {
     /// Watched CPU during the login phase per login (setup), ms.
     pub cpu_ms_per_login: BTreeMap<String, f64>,
     pub generator: Generator,
+    /// Waits for the watched processes to go quiet: before anything, and after the logins.
+    pub settle_before: Settled,
+    pub settle_after_login: Settled,
 }
 
 pub struct Spec {
@@ -218,11 +239,12 @@ async fn open_idle(spec: &Spec, from: usize, to: usize, errors: &Arc<Errors>, ca
     out
 }
 
-#[derive(Clone, Copy)]
 enum Mode {
     /// Read (and answer pings) until cancelled.
     Idle,
-    Ping { period: Duration, offset: Duration },
+    /// Send one message at each intended instant the pacer hands over (see `pace.rs`) until it
+    /// closes the channel.
+    Ping { due: tokio::sync::mpsc::UnboundedReceiver<Instant> },
     Flood { window: usize },
 }
 
@@ -230,8 +252,19 @@ enum Mode {
 struct Tally {
     sent: u64,
     received: u64,
+    /// Pingpong: from the intended send time; flood: from the write.
     latency: Samples,
+    /// Pingpong: from the moment the message was handed to the socket (or the BOSH driver).
+    latency_write: Samples,
+    /// Pingpong: how late the generator was, write time − intended time.
+    lag: Samples,
+    /// Pingpong: `latency` per second of the measured window (by intended send time).
+    by_second: Vec<Samples>,
 }
+
+/// A message in flight: sequence number, intended send time (pingpong; the write time for
+/// flood), write time.
+type InFlight = (u64, Instant, Instant);
 
 /// Run one session in `mode` until `end` (or cancel for idle); round trips sent in
 /// [`start`, `end`) count. Returns the session unless it failed.
@@ -239,7 +272,7 @@ async fn drive(mut s: Session, mode: Mode, ns: &'static str, start: Instant, end
     let mut t = Tally::default();
     let to = xml::escape(&s.jid);
     let mut seq: u64 = 0;
-    let mut inflight: VecDeque<(u64, Instant)> = VecDeque::new();
+    let mut inflight: VecDeque<InFlight> = VecDeque::new();
     let drain_limit = Duration::from_secs(3);
     let msg = |n: u64| format!("<message to='{to}' id='m{n}' type='chat'{ns}><body>ping {n}</body></message>");
     let fail = |e: BenchError, errors: &Errors| {
@@ -255,27 +288,37 @@ async fn drive(mut s: Session, mode: Mode, ns: &'static str, start: Instant, end
                 },
             }
         },
-        Mode::Ping { period, offset } => {
-            let mut tick = tokio::time::interval_at((Instant::now() + offset).into(), period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        Mode::Ping { mut due } => {
+            // Latency is taken from the *intended* send time: for a fixed-rate workload that is
+            // the honest origin (coordinated omission: a stall anywhere, the generator included,
+            // delays the sends queued behind it and must show in their latency). So the
+            // generator must not be the cause: its lag (write time − intended time) is
+            // recorded and reported beside the latency, and so is the latency from the write.
+            let mut sending = true;
             loop {
                 let now = Instant::now();
-                let sending = now < end;
                 if !sending && (inflight.is_empty() || now > end + drain_limit) {
                     break;
                 }
                 tokio::select! {
-                    _ = tick.tick(), if sending => {
-                        seq += 1;
-                        inflight.push_back((seq, Instant::now()));
-                        if let Err(e) = s.conn.send(msg(seq).as_bytes()).await {
-                            fail(e, &errors);
-                            return (None, t);
+                    d = due.recv(), if sending => match d {
+                        Some(intended) => {
+                            seq += 1;
+                            let wrote = Instant::now();
+                            inflight.push_back((seq, intended, wrote));
+                            if let Err(e) = s.conn.send(msg(seq).as_bytes()).await {
+                                fail(e, &errors);
+                                return (None, t);
+                            }
+                            if intended >= start && intended < end {
+                                t.sent += 1;
+                                t.lag.push(wrote - intended);
+                            }
                         }
-                        if Instant::now() >= start { t.sent += 1; }
-                    }
+                        None => sending = false,
+                    },
                     r = s.conn.recv() => match r {
-                        Ok(f) => on_frame(&f, &mut inflight, start, end, &mut t),
+                        Ok(f) => on_frame(&f, &mut inflight, start, end, &mut t, true),
                         Err(e) => { fail(e, &errors); return (None, t); }
                     },
                     _ = tokio::time::sleep_until((end + drain_limit).into()), if !sending => break,
@@ -286,7 +329,8 @@ async fn drive(mut s: Session, mode: Mode, ns: &'static str, start: Instant, end
             // One stanza per send: RFC 7395 allows exactly one stanza per WebSocket message.
             for _ in 0..window {
                 seq += 1;
-                inflight.push_back((seq, Instant::now()));
+                let now = Instant::now();
+                inflight.push_back((seq, now, now));
                 if let Err(e) = s.conn.send(msg(seq).as_bytes()).await {
                     fail(e, &errors);
                     return (None, t);
@@ -304,10 +348,11 @@ async fn drive(mut s: Session, mode: Mode, ns: &'static str, start: Instant, end
                 match r {
                     Ok(f) => {
                         let before = inflight.len();
-                        on_frame(&f, &mut inflight, start, end, &mut t);
+                        on_frame(&f, &mut inflight, start, end, &mut t, false);
                         if inflight.len() < before && Instant::now() < end {
                             seq += 1;
-                            inflight.push_back((seq, Instant::now()));
+                            let now = Instant::now();
+                            inflight.push_back((seq, now, now));
                             if let Err(e) = s.conn.send(msg(seq).as_bytes()).await {
                                 fail(e, &errors);
                                 return (None, t);
@@ -329,16 +374,24 @@ async fn drive(mut s: Session, mode: Mode, ns: &'static str, start: Instant, end
     (Some(s), t)
 }
 
-fn on_frame(f: &[u8], inflight: &mut VecDeque<(u64, Instant)>, start: Instant, end: Instant, t: &mut Tally) {
+fn on_frame(f: &[u8], inflight: &mut VecDeque<InFlight>, start: Instant, end: Instant, t: &mut Tally, ping: bool) {
     if xml::name(f) != "message" {
         return;
     }
     let Some(id) = xml::attr(f, "id").and_then(|s| s.strip_prefix('m')).and_then(|s| s.parse::<u64>().ok()) else { return };
-    let Some(pos) = inflight.iter().position(|(n, _)| *n == id) else { return };
-    let Some((_, sent)) = inflight.remove(pos) else { return };
+    let Some(pos) = inflight.iter().position(|(n, _, _)| *n == id) else { return };
+    let Some((_, sent, wrote)) = inflight.remove(pos) else { return };
     let now = Instant::now();
     if sent >= start && sent < end {
         t.latency.push(now - sent);
+        if ping {
+            t.latency_write.push(now - wrote);
+            let k = (sent - start).as_secs() as usize;
+            if t.by_second.len() <= k {
+                t.by_second.resize_with(k + 1, Samples::default);
+            }
+            t.by_second[k].push(now - sent);
+        }
     }
     if now >= start && now < end {
         t.received += 1;
@@ -347,6 +400,8 @@ fn on_frame(f: &[u8], inflight: &mut VecDeque<(u64, Instant)>, start: Instant, e
 
 pub async fn run(spec: Spec) -> Record {
     let errors = Arc::new(Errors::default());
+    let settle_limit = Duration::from_secs_f64(spec.params.settle_max_s.max(0.0));
+    let settle_before = stats::settle(&spec.pids, spec.params.settle_cores, settle_limit).await;
     let gen_pid = std::process::id();
     let gen0 = stats::sample(gen_pid).unwrap_or_default();
     let watch = Watch::start(spec.pids.clone());
@@ -382,6 +437,7 @@ pub async fn run(spec: Spec) -> Record {
     logins.latency_ms = login_lat.summary();
     let loaded = watch.now();
     let held = logins.ok as usize;
+    let settle_after_login = if spec.workload == Workload::Setup { Settled::default() } else { stats::settle(&spec.pids, p.settle_cores, settle_limit).await };
 
     let mut messages = Messages::default();
     let (phase0, phase1, gen_phase);
@@ -402,38 +458,64 @@ pub async fn run(spec: Spec) -> Record {
             gen_phase = stats::sample(gen_pid).unwrap_or_default().cpu_s - g0.cpu_s;
         }
         Workload::Pingpong | Workload::Flood => {
-            let start = Instant::now() + Duration::from_secs_f64(p.warmup_s);
+            // The first sends leave a little after this point so that no session starts late.
+            let t0 = Instant::now() + Duration::from_millis(20);
+            let start = t0 + Duration::from_secs_f64(p.warmup_s);
             let end = start + Duration::from_secs_f64(p.duration_s);
             let mut active = JoinSet::new();
             let period = Duration::from_secs_f64(1.0 / p.rate_per_session.max(0.001));
-            let n = o.sessions.len().max(1);
-            for (k, (_, s)) in o.sessions.into_iter().enumerate() {
+            let mut rng = pace::Rng::new(p.seed);
+            let (mut senders, mut phases) = (Vec::new(), Vec::new());
+            for (_, s) in o.sessions {
                 let mode = match spec.workload {
                     Workload::Flood => Mode::Flood { window: p.window.max(1) },
-                    _ => Mode::Ping { period, offset: period.mul_f64(k as f64 / n as f64) },
+                    _ => {
+                        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                        senders.push(tx);
+                        phases.push(period.mul_f64(rng.unit()));
+                        Mode::Ping { due: rx }
+                    }
                 };
                 active.spawn(drive(s, mode, ns, start, end, cancel.clone(), errors.clone()));
             }
+            let pacer = (!senders.is_empty()).then(|| pace::start(senders, phases, period, t0, end));
             tokio::time::sleep_until(start.into()).await;
             let g0 = stats::sample(gen_pid).unwrap_or_default();
             phase0 = watch.now();
             tokio::time::sleep_until(end.into()).await;
             phase1 = watch.now();
             gen_phase = stats::sample(gen_pid).unwrap_or_default().cpu_s - g0.cpu_s;
-            let mut lat = Samples::default();
+            let (mut lat, mut lat_w, mut lag) = (Samples::default(), Samples::default(), Samples::default());
+            let mut by_second: Vec<Samples> = Vec::new();
             while let Some(j) = active.join_next().await {
                 if let Ok((s, t)) = j {
                     messages.sent += t.sent;
                     messages.received += t.received;
                     lat.extend(t.latency);
+                    lat_w.extend(t.latency_write);
+                    lag.extend(t.lag);
+                    for (k, b) in t.by_second.into_iter().enumerate() {
+                        if by_second.len() <= k {
+                            by_second.resize_with(k + 1, Samples::default);
+                        }
+                        by_second[k].extend(b);
+                    }
                     if let Some(s) = s {
                         idle_set.spawn(async move { (Some(s), Tally::default()) });
                     }
                 }
             }
+            if let Some(h) = pacer {
+                let _ = h.join();
+            }
             messages.window_s = p.duration_s;
             messages.per_s = round3(messages.received as f64 / p.duration_s.max(1e-9));
             messages.latency_ms = lat.summary();
+            if spec.workload == Workload::Pingpong {
+                messages.latency_from_write_ms = Some(lat_w.summary());
+                messages.send_lag_ms = Some(lag.summary());
+                messages.per_second = by_second.into_iter().map(Samples::summary).collect();
+            }
         }
     }
 
@@ -497,10 +579,14 @@ pub async fn run(spec: Spec) -> Record {
         cpu_ms_per_1000_msgs: cpu_msgs,
         cpu_ms_per_login: cpu_login,
         generator: Generator {
+            // SAFETY: getpriority has no preconditions (who = 0: this thread).
+            nice: unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) },
             cpu_s: round3(gen_phase),
             cpu_s_run: round3(gen_end.cpu_s - gen0.cpu_s),
             rss_kib_peak: gen_end.hwm_kib,
         },
+        settle_before,
+        settle_after_login,
     }
 }
 
@@ -522,6 +608,21 @@ pub fn table(r: &Record) -> String {
             r.messages.sent, r.messages.received, r.messages.per_s, l.p50, l.p95, l.p99, l.max, l.count
         );
     }
+    if let (Some(w), Some(g)) = (&r.messages.latency_from_write_ms, &r.messages.send_lag_ms) {
+        let _ = writeln!(s, "  from the write: p50 {:.3} p99 {:.3} max {:.3}; generator lag (write − intended): p50 {:.3} p99 {:.3} max {:.3}", w.p50, w.p99, w.max, g.p50, g.p99, g.max);
+        let per: Vec<String> = r.messages.per_second.iter().map(|l| format!("{:.1}", l.p99)).collect();
+        let _ = writeln!(s, "  p99 per second of the window: {}", per.join(" "));
+    }
+    let _ = writeln!(
+        s,
+        "settled before: {:.1} s{} {:?}; after the logins: {:.1} s{} {:?}",
+        r.settle_before.waited_s,
+        if r.settle_before.quiet { "" } else { " (not quiet)" },
+        r.settle_before.cpu_cores,
+        r.settle_after_login.waited_s,
+        if r.settle_after_login.quiet { "" } else { " (not quiet)" },
+        r.settle_after_login.cpu_cores
+    );
     let _ = writeln!(s, "errors {} {:?}", r.errors_total, r.errors);
     let _ = writeln!(s, "{:<14} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}", "process", "pid", "cpu s", "cpu s run", "rss start", "rss loaded", "rss peak", "KiB/session");
     for p in &r.procs {
