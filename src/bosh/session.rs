@@ -16,6 +16,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::HeaderValue;
+use bytes::Bytes;
 use futures_util::future::OptionFuture;
 use futures_util::Future;
 use sha1::{Digest, Sha1};
@@ -42,8 +44,9 @@ pub struct Incoming {
 #[derive(Debug, Clone)]
 pub struct Reply {
     pub status: u16,
-    pub body: String,
-    pub content_type: Arc<str>,
+    /// Shared with the rid window's cache when the response is cached.
+    pub body: Bytes,
+    pub content_type: HeaderValue,
 }
 
 /// After the client acknowledged less than we answered, how old the oldest unacknowledged
@@ -64,7 +67,8 @@ pub struct Params {
     pub polling: Duration,
     /// `maxpause` in seconds; `None` when pause is off.
     pub maxpause: Option<u64>,
-    pub content_type: Arc<str>,
+    /// The client's `content` (validated once, here), else the default.
+    pub content_type: HeaderValue,
     /// Created without `ver`: binding errors use HTTP status codes (XEP-0124 §17.1).
     pub legacy: bool,
     /// Client asked for acks (`ack='1'` at creation).
@@ -97,7 +101,11 @@ impl Params {
             inactivity: Duration::from_secs(inactivity),
             polling: Duration::from_secs(cfg.polling),
             maxpause: (cfg.max_pause > 0).then_some(cfg.max_pause),
-            content_type: Arc::from(req.content.clone().unwrap_or_else(|| super::DEFAULT_CONTENT_TYPE.to_string())),
+            content_type: req
+                .content
+                .as_deref()
+                .and_then(|c| HeaderValue::from_str(c).ok())
+                .unwrap_or_else(|| HeaderValue::from_static(super::DEFAULT_CONTENT_TYPE)),
             legacy: req.ver.is_none(),
             ack_mode: req.ack.is_some(),
             ver,
@@ -353,6 +361,11 @@ impl Session {
         // Serialized now (self-contained), so its size counts against `max_queued_bytes`.
         let max = self.state.config.limits.max_queued_bytes;
         let before = self.out.len();
+        // `out` starts empty after every response: one allocation of a typical batch's size
+        // rather than a string doubling from 8 bytes.
+        if self.out.capacity() == 0 {
+            self.out.reserve(1024);
+        }
         relay::from_upstream(el).write_xml(&mut self.out, "");
         if before < max && self.out.len() >= max {
             // Upstream reads pause from here until the client fetches (main_loop's `room`).
@@ -432,7 +445,7 @@ impl Session {
         if let Some(h) = self.held.iter_mut().find(|h| h.rid == rid) {
             // Still held: answer the older copy with a recoverable error, keep the newest.
             let old = std::mem::replace(&mut h.reply, inc.reply);
-            let _ = old.send(Reply { status: 200, body: ResponseBody::new().attr("type", "error").to_xml(), content_type: self.p.content_type.clone() });
+            let _ = old.send(Reply { status: 200, body: ResponseBody::new().attr("type", "error").to_xml().into(), content_type: self.p.content_type.clone() });
             return self.count_repeat(rid).await;
         }
         if let Some(c) = self.window.cached(rid) {
@@ -521,7 +534,7 @@ impl Session {
             // Pause (§10): answer everything now, without payloads; the pause request is not
             // cached. The inactivity limit becomes the pause until the next request.
             while let Some(h) = self.held.pop_front() {
-                let body = self.decorate(ResponseBody::new(), h.rid).to_xml();
+                let body = Bytes::from(self.decorate(ResponseBody::new(), h.rid).to_xml());
                 self.window.store(h.rid, body.clone(), std::time::Instant::now());
                 self.reply(h.reply, 200, body);
             }
@@ -611,9 +624,9 @@ impl Session {
         let mut b = ResponseBody::new();
         let carried = !self.out.is_empty();
         if carried {
-            b.push_payload(&std::mem::take(&mut self.out));
+            b.set_payload(std::mem::take(&mut self.out));
         }
-        let body = self.decorate(b, h.rid).to_xml();
+        let body = Bytes::from(self.decorate(b, h.rid).to_xml());
         self.window.store(h.rid, body.clone(), std::time::Instant::now());
         if self.p.polling_session() {
             self.last_empty_poll = (h.empty && !carried).then(Instant::now);
@@ -645,9 +658,9 @@ impl Session {
         }
     }
 
-    fn reply(&self, reply: oneshot::Sender<Reply>, status: u16, body: String) {
+    fn reply(&self, reply: oneshot::Sender<Reply>, status: u16, body: impl Into<Bytes>) {
         // The client may have gone away meanwhile; the cache covers a retransmission.
-        let _ = reply.send(Reply { status, body, content_type: self.p.content_type.clone() });
+        let _ = reply.send(Reply { status, body: body.into(), content_type: self.p.content_type.clone() });
     }
 
     /// The terminate body for `condition`, carrying what is still queued (BOSH-T-20).
@@ -656,7 +669,7 @@ impl Session {
         for (n, v) in self.next_attrs.drain(..) {
             b.push_attr(n, v);
         }
-        b.push_payload(&std::mem::take(&mut self.out));
+        b.set_payload(std::mem::take(&mut self.out));
         if let Some(Error::UpstreamStreamError(el)) = err {
             b.push_elements(std::iter::once(el.as_ref()));
         }
@@ -815,8 +828,8 @@ mod tests {
         assert!(p.inactivity > p.polling * 2);
         let p = negotiate("wait='0' hold='1' content='text/plain; charset=utf-8'");
         assert!(p.polling_session());
-        assert_eq!(&*p.content_type, "text/plain; charset=utf-8");
-        assert_eq!(&*negotiate("").content_type, "text/xml; charset=utf-8");
+        assert_eq!(p.content_type, "text/plain; charset=utf-8");
+        assert_eq!(negotiate("").content_type, "text/xml; charset=utf-8");
         assert_eq!(negotiate("xml:lang='de'").open.lang, "de");
         assert!(negotiate("ack='1'").ack_mode);
     }

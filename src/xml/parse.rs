@@ -60,7 +60,9 @@ pub fn parse_document_with_bindings(
         return Err(XmlError::TooLarge(limits.max_stanza_bytes));
     }
     let text = std::str::from_utf8(input).map_err(|_| XmlError::InvalidUtf8)?;
-    if text.chars().any(|c| !is_xml_char(c)) {
+    // ASCII is checked bytewise; only text with other characters needs the per-char test.
+    let ascii_ok = |b: u8| b >= 0x20 || matches!(b, b'\t' | b'\n' | b'\r');
+    if !input.iter().all(|&b| ascii_ok(b) && b < 0x80) && text.chars().any(|c| !is_xml_char(c)) {
         return Err(nwf("character not allowed in XML 1.0"));
     }
 
@@ -109,7 +111,7 @@ pub fn parse_document_with_bindings(
                 if stack.len() + 1 > limits.max_depth {
                     return Err(XmlError::TooDeep(limits.max_depth));
                 }
-                let (el, decls) = start_element(s, &mut scope, limits)?;
+                let (el, decls) = start_element(s, &mut scope, limits, stack.is_empty())?;
                 if stack.is_empty() {
                     root_bindings = decls;
                 }
@@ -133,16 +135,13 @@ pub fn parse_document_with_bindings(
                             return Err(nwf("text outside the root element"));
                         }
                     }
-                    Some(parent) => {
-                        let s = unescape(raw, false)?;
-                        push_text(parent, &s);
-                    }
+                    Some(parent) => push_text(parent, unescape(raw, false)?),
                 }
             }
             Event::CData(c) => {
                 let raw = std::str::from_utf8(c.as_ref()).map_err(|_| XmlError::InvalidUtf8)?;
                 let parent = stack.last_mut().ok_or_else(|| nwf("CDATA outside the root element"))?;
-                push_text(parent, &normalize_newlines(raw));
+                push_text(parent, normalize_newlines(raw));
             }
             Event::Eof => break,
         }
@@ -161,33 +160,34 @@ fn finish(el: Element, stack: &mut [Element], root: &mut Option<Element>) {
     }
 }
 
-fn push_text(parent: &mut Element, s: &str) {
+fn push_text(parent: &mut Element, s: Cow<'_, str>) {
     if s.is_empty() {
         return;
     }
     if let Some(Node::Text(t)) = parent.children.last_mut() {
-        t.push_str(s);
+        t.push_str(&s);
     } else {
-        parent.children.push(Node::Text(s.to_owned()));
+        parent.children.push(Node::Text(s.into_owned()));
     }
 }
 
 /// Namespace bindings in scope while parsing: a flat list plus one mark per open element.
-struct Scope {
-    bindings: Vec<(String, String)>,
+/// Inherited bindings are borrowed, declarations in the document owned.
+struct Scope<'a> {
+    bindings: Vec<(Cow<'a, str>, Cow<'a, str>)>,
     marks: Vec<usize>,
 }
 
-impl Scope {
-    fn new(inherited: &[(&str, &str)]) -> Self {
-        Scope {
-            bindings: inherited.iter().map(|(p, u)| ((*p).to_owned(), (*u).to_owned())).collect(),
-            marks: Vec::new(),
-        }
+impl<'a> Scope<'a> {
+    fn new(inherited: &[(&'a str, &'a str)]) -> Self {
+        let mut bindings = Vec::with_capacity(inherited.len() + 4);
+        bindings.extend(inherited.iter().map(|(p, u)| (Cow::Borrowed(*p), Cow::Borrowed(*u))));
+        Scope { bindings, marks: Vec::with_capacity(8) }
     }
-    fn push(&mut self, decls: &[(String, String)]) {
+    /// Open an element: `decls` are the declarations written on it.
+    fn push(&mut self, decls: impl IntoIterator<Item = (String, String)>) {
         self.marks.push(self.bindings.len());
-        self.bindings.extend(decls.iter().cloned());
+        self.bindings.extend(decls.into_iter().map(|(p, u)| (Cow::Owned(p), Cow::Owned(u))));
     }
     fn pop(&mut self) {
         if let Some(m) = self.marks.pop() {
@@ -198,22 +198,24 @@ impl Scope {
         if prefix == "xml" {
             return Some(ns::XML);
         }
-        self.bindings.iter().rev().find(|(p, _)| p == prefix).map(|(_, u)| u.as_str())
+        self.bindings.iter().rev().find(|(p, _)| p == prefix).map(|(_, u)| u.as_ref())
     }
 }
 
 /// Resolve a start tag: check names and limits, collect namespace declarations (pushed onto
 /// `scope`, which the caller pops at the end tag), resolve element and attribute namespaces.
-fn start_element(
-    s: &BytesStart<'_>,
-    scope: &mut Scope,
+/// `want_decls`: also return the declarations (the root's, for the framer).
+fn start_element<'s>(
+    s: &'s BytesStart<'_>,
+    scope: &mut Scope<'_>,
     limits: &Limits,
+    want_decls: bool,
 ) -> Result<(Element, Vec<(String, String)>), XmlError> {
-    let qname = std::str::from_utf8(s.name().as_ref()).map_err(|_| XmlError::InvalidUtf8)?.to_owned();
-    check_name(&qname, limits)?;
+    let qname = std::str::from_utf8(s.name().into_inner()).map_err(|_| XmlError::InvalidUtf8)?;
+    check_name(qname, limits)?;
 
     let mut decls: Vec<(String, String)> = Vec::new();
-    let mut plain: Vec<(String, String)> = Vec::new();
+    let mut plain: Vec<(&'s str, String)> = Vec::new();
     for (count, a) in s.attributes().enumerate() {
         if count + 1 > limits.max_attrs {
             return Err(XmlError::TooManyAttrs(limits.max_attrs));
@@ -222,7 +224,7 @@ fn start_element(
             quick_xml::events::attributes::AttrError::Duplicated(..) => nwf("duplicate attribute"),
             _ => nwf("malformed attribute"),
         })?;
-        let key = std::str::from_utf8(a.key.as_ref()).map_err(|_| XmlError::InvalidUtf8)?;
+        let key = std::str::from_utf8(a.key.into_inner()).map_err(|_| XmlError::InvalidUtf8)?;
         check_name(key, limits)?;
         let raw = std::str::from_utf8(&a.value).map_err(|_| XmlError::InvalidUtf8)?;
         let value = unescape(raw, true)?.into_owned();
@@ -243,12 +245,13 @@ fn start_element(
             }
             decls.push((p.to_owned(), value));
         } else {
-            plain.push((key.to_owned(), value));
+            plain.push((key, value));
         }
     }
-    scope.push(&decls);
+    let returned = if want_decls { decls.clone() } else { Vec::new() };
+    scope.push(decls);
 
-    let (prefix, local) = split_qname(&qname);
+    let (prefix, local) = split_qname(qname);
     let el_ns = match prefix {
         Some("xmlns") => return Err(nwf("element with the xmlns prefix")),
         Some(p) => scope.lookup(p).ok_or(XmlError::UnboundPrefix)?.to_owned(),
@@ -256,7 +259,7 @@ fn start_element(
     };
     let mut attrs: Vec<Attr> = Vec::with_capacity(plain.len());
     for (key, value) in plain {
-        let (p, l) = split_qname(&key);
+        let (p, l) = split_qname(key);
         let a_ns = match p {
             Some(p) => Some(scope.lookup(p).ok_or(XmlError::UnboundPrefix)?.to_owned()),
             None => None,
@@ -273,7 +276,7 @@ fn start_element(
         attrs,
         children: Vec::new(),
     };
-    Ok((el, decls))
+    Ok((el, returned))
 }
 
 const XMLNS_URI: &str = "http://www.w3.org/2000/xmlns/";
