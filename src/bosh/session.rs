@@ -176,6 +176,13 @@ pub struct Session {
     done: bool,
     /// Counts the session in the metrics; records why it ended when the task drops it.
     metrics: crate::metrics::SessionGuard,
+    /// The one timer of the session: the oldest held request's `wait` deadline, or the
+    /// inactivity deadline when nothing is held (never both). Kept across loop iterations so
+    /// that an unchanged deadline costs no timer-wheel registration per event.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// The deadline `timer` is armed for; `None` once it fired (so it is re-armed even for an
+    /// equal deadline).
+    timer_at: Option<Instant>,
 }
 
 impl Session {
@@ -222,6 +229,8 @@ impl Session {
             terminal: None,
             done: false,
             metrics: crate::metrics::metrics().session_started(crate::metrics::Transport::Bosh),
+            timer: Box::pin(sleep_until(far_future())),
+            timer_at: None,
             state,
             p,
         };
@@ -236,6 +245,14 @@ impl Session {
         while !self.done {
             let wait_deadline = self.held.front().map(|h| h.deadline);
             let idle_deadline = (self.held.is_empty() && self.parked.is_empty()).then(|| self.idle_since + self.inactivity);
+            // At most one applies: the wait deadline while a request is held, else inactivity.
+            let deadline = wait_deadline.or(idle_deadline);
+            if let Some(d) = deadline {
+                if self.timer_at != Some(d) {
+                    self.timer.as_mut().reset(d);
+                    self.timer_at = Some(d);
+                }
+            }
             let connecting = OptionFuture::from(self.connecting.as_mut());
             // Backpressure: a client that does not fetch its stanzas stops us reading upstream,
             // so the server (not xmpp-cm) buffers or applies its own policy.
@@ -264,12 +281,14 @@ impl Session {
                     self.on_connected(res).await;
                 }
                 Some(frame) = reading => self.on_frame(frame).await,
-                _ = sleep_until(wait_deadline.unwrap_or_else(far_future)), if wait_deadline.is_some() => {
-                    self.answer_oldest();
-                }
-                _ = sleep_until(idle_deadline.unwrap_or_else(far_future)), if idle_deadline.is_some() => {
-                    debug!(sid = %short(&self.p.sid), "inactivity timeout");
-                    self.end(Error::ClientGone, None).await;
+                _ = self.timer.as_mut(), if deadline.is_some() => {
+                    self.timer_at = None;
+                    if wait_deadline.is_some() {
+                        self.answer_oldest();
+                    } else {
+                        debug!(sid = %short(&self.p.sid), "inactivity timeout");
+                        self.end(Error::ClientGone, None).await;
+                    }
                 }
             }
         }
