@@ -111,7 +111,7 @@ pub fn parse_document_with_bindings(
                 if stack.len() + 1 > limits.max_depth {
                     return Err(XmlError::TooDeep(limits.max_depth));
                 }
-                let (el, decls) = start_element(s, &mut scope, limits, stack.is_empty())?;
+                let (el, decls) = start_element(text, s, &mut scope, limits, stack.is_empty())?;
                 if stack.is_empty() {
                     root_bindings = decls;
                 }
@@ -128,7 +128,7 @@ pub fn parse_document_with_bindings(
                 finish(el, &mut stack, &mut root);
             }
             Event::Text(t) => {
-                let raw = std::str::from_utf8(t.as_ref()).map_err(|_| XmlError::InvalidUtf8)?;
+                let raw = sub_str(text, t.as_ref())?;
                 match stack.last_mut() {
                     None => {
                         if !raw.bytes().all(is_xml_space) {
@@ -139,7 +139,7 @@ pub fn parse_document_with_bindings(
                 }
             }
             Event::CData(c) => {
-                let raw = std::str::from_utf8(c.as_ref()).map_err(|_| XmlError::InvalidUtf8)?;
+                let raw = sub_str(text, c.as_ref())?;
                 let parent = stack.last_mut().ok_or_else(|| nwf("CDATA outside the root element"))?;
                 push_text(parent, normalize_newlines(raw));
             }
@@ -206,12 +206,13 @@ impl<'a> Scope<'a> {
 /// `scope`, which the caller pops at the end tag), resolve element and attribute namespaces.
 /// `want_decls`: also return the declarations (the root's, for the framer).
 fn start_element<'s>(
+    text: &'s str,
     s: &'s BytesStart<'_>,
     scope: &mut Scope<'_>,
     limits: &Limits,
     want_decls: bool,
 ) -> Result<(Element, Vec<(String, String)>), XmlError> {
-    let qname = std::str::from_utf8(s.name().into_inner()).map_err(|_| XmlError::InvalidUtf8)?;
+    let qname = sub_str(text, s.name().into_inner())?;
     check_name(qname, limits)?;
 
     let mut decls: Vec<(String, String)> = Vec::new();
@@ -224,9 +225,9 @@ fn start_element<'s>(
             quick_xml::events::attributes::AttrError::Duplicated(..) => nwf("duplicate attribute"),
             _ => nwf("malformed attribute"),
         })?;
-        let key = std::str::from_utf8(a.key.into_inner()).map_err(|_| XmlError::InvalidUtf8)?;
+        let key = sub_str(text, a.key.into_inner())?;
         check_name(key, limits)?;
-        let raw = std::str::from_utf8(&a.value).map_err(|_| XmlError::InvalidUtf8)?;
+        let raw = sub_str(text, &a.value)?;
         let value = unescape(raw, true)?.into_owned();
         if key == "xmlns" {
             if value == ns::XML || value == XMLNS_URI {
@@ -282,10 +283,27 @@ fn start_element<'s>(
 const XMLNS_URI: &str = "http://www.w3.org/2000/xmlns/";
 
 fn split_qname(q: &str) -> (Option<&str>, &str) {
-    match q.split_once(':') {
+    match split_colon(q) {
         Some((p, l)) => (Some(p), l),
         None => (None, q),
     }
+}
+
+/// `q.split_once(':')` for short names: a plain byte loop beats the generic searcher here.
+fn split_colon(q: &str) -> Option<(&str, &str)> {
+    let i = q.bytes().position(|b| b == b':')?;
+    Some((&q[..i], &q[i + 1..]))
+}
+
+/// `b` as text. Slices of the (already validated) input are re-borrowed from `text` by
+/// position, which only checks the two char boundaries; anything else is validated.
+fn sub_str<'a>(text: &'a str, b: &'a [u8]) -> Result<&'a str, XmlError> {
+    let base = text.as_ptr() as usize;
+    let start = (b.as_ptr() as usize).wrapping_sub(base);
+    if start <= text.len() && b.len() <= text.len() - start {
+        return text.get(start..start + b.len()).ok_or(XmlError::InvalidUtf8);
+    }
+    std::str::from_utf8(b).map_err(|_| XmlError::InvalidUtf8)
 }
 
 /// A QName: length within limits, at most one colon, each part an XML Name without colons.
@@ -294,13 +312,23 @@ fn check_name(q: &str, limits: &Limits) -> Result<(), XmlError> {
         return Err(XmlError::NameTooLong(limits.max_name_len));
     }
     let ok_part = |s: &str| {
+        let b = s.as_bytes();
+        if b.is_ascii() {
+            // The ASCII subset of NameStartChar / NameChar (colon excluded).
+            return match b.split_first() {
+                Some((c, rest)) if c.is_ascii_alphabetic() || *c == b'_' => {
+                    rest.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+                }
+                _ => false,
+            };
+        }
         let mut cs = s.chars();
         match cs.next() {
             Some(c) if is_name_start(c) => cs.all(is_name_char),
             _ => false,
         }
     };
-    let ok = match q.split_once(':') {
+    let ok = match split_colon(q) {
         Some((p, l)) => ok_part(p) && ok_part(l),
         None => ok_part(q),
     };

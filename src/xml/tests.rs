@@ -257,6 +257,20 @@ fn serializer_escapes() {
 }
 
 #[test]
+fn names_ascii_fast_path_and_unicode() {
+    for ok in ["<a-b.c_1/>", "<_x/>", "<é/>", "<x:é xmlns:x='u'/>", "<a Ünï.cødé='1'/>", "<a b-1.c='1'/>"] {
+        assert!(parse(ok).is_ok(), "{ok}");
+    }
+    for bad in ["<1a/>", "<-a/>", "<.a/>", "<a 9='1'/>", "<a b:c:d='1' xmlns:b='u'/>", "<a$/>", "<x:/>"] {
+        assert!(parse(bad).is_err(), "{bad}");
+    }
+    // Text and attribute values with multibyte characters come back intact.
+    let e = parse("<a v='ü&amp;é'>ß&lt;€</a>").unwrap();
+    assert_eq!(e.attr("v"), Some("ü&é"));
+    assert_eq!(e.text(), "ß<€");
+}
+
+#[test]
 fn serializer_escapes_around_multibyte_characters() {
     let e = Element::new("a", "").with_attr("v", "é&ü'\u{1F600}").with_text("ß<\u{1F600}>é\r");
     let s = e.to_xml("");
