@@ -66,7 +66,7 @@ fn rid_window(c: &mut Criterion) {
                 let rid = 1_000_001 + i;
                 black_box(w.classify(rid));
                 w.advance();
-                w.store(rid, String::new(), now);
+                w.store(rid, bytes::Bytes::new(), now);
             }
         })
     });

@@ -49,15 +49,15 @@ impl Request {
 
 /// Parse one request body. Errors are `bad-request` (or the XML error that caused it).
 pub fn parse(input: &[u8], limits: &Limits) -> Result<Request, Error> {
-    let root = parse_document(input, limits, &[])?;
+    let mut root = parse_document(input, limits, &[])?;
     if root.name != "body" || root.ns != ns::HTTPBIND {
         return Err(Error::BadRequest("root is not {http://jabber.org/protocol/httpbind}body".into()));
     }
     let mut r = Request::default();
     let rid = root.attr("rid").ok_or_else(|| Error::BadRequest("missing rid".into()))?;
     r.rid = parse_rid(rid).ok_or_else(|| Error::BadRequest("rid is not an integer in 1..2^53".into()))?;
-    r.sid = root.attr("sid").map(str::to_owned);
-    r.to = root.attr("to").map(str::to_owned).filter(|s| !s.is_empty());
+    r.sid = take_attr(&mut root, "sid");
+    r.to = take_attr(&mut root, "to").filter(|s| !s.is_empty());
     r.lang = root.attr_ns(ns::XML, "lang").map(str::to_owned);
     r.wait = opt_num(&root, "wait")?;
     r.hold = opt_num(&root, "hold")?;
@@ -65,12 +65,12 @@ pub fn parse(input: &[u8], limits: &Limits) -> Result<Request, Error> {
         None => None,
         Some(v) => Some(parse_ver(v).ok_or_else(|| Error::BadRequest("ver is not major.minor".into()))?),
     };
-    r.content = root.attr("content").map(str::to_owned);
-    r.route = root.attr("route").map(str::to_owned);
-    r.from = root.attr("from").map(str::to_owned);
+    r.content = take_attr(&mut root, "content");
+    r.route = take_attr(&mut root, "route");
+    r.from = take_attr(&mut root, "from");
     r.ack = opt_num(&root, "ack")?;
-    r.key = root.attr("key").map(str::to_owned);
-    r.newkey = root.attr("newkey").map(str::to_owned);
+    r.key = take_attr(&mut root, "key");
+    r.newkey = take_attr(&mut root, "newkey");
     r.pause = opt_num(&root, "pause")?;
     r.terminate = match root.attr("type") {
         None => false,
@@ -92,6 +92,11 @@ pub fn parse(input: &[u8], limits: &Limits) -> Result<Request, Error> {
         }
     }
     Ok(r)
+}
+
+/// Move the value of the unprefixed attribute `name` out of `e` (each is read once).
+fn take_attr(e: &mut Element, name: &str) -> Option<String> {
+    e.attrs.iter_mut().find(|a| a.ns.is_none() && a.name == name).map(|a| std::mem::take(&mut a.value))
 }
 
 /// A positive integer without sign, spaces or leading '+', at most 2^53 - 1.
@@ -153,6 +158,16 @@ impl ResponseBody {
 
     pub fn push_payload(&mut self, xml: &str) {
         self.payload.push_str(xml);
+    }
+
+    /// Like [`ResponseBody::push_payload`], taking the string (no copy when nothing was
+    /// pushed yet).
+    pub fn set_payload(&mut self, xml: String) {
+        if self.payload.is_empty() {
+            self.payload = xml;
+        } else {
+            self.payload.push_str(&xml);
+        }
     }
 
     /// Append elements, each serialized self-contained (`xmlns='jabber:client'` on stanzas,

@@ -136,15 +136,14 @@ fn pre_session(status: u16, err: &Error, cors: Option<HeaderValue>) -> Response 
         body.push_elements(std::iter::once(&crate::xml::Element::new("uri", crate::xml::ns::HTTPBIND).with_text(uri.as_str())));
     }
     let body = body.to_xml();
-    respond(Reply { status, body, content_type: Arc::from(DEFAULT_CONTENT_TYPE) }, cors)
+    respond(Reply { status, body: body.into(), content_type: HeaderValue::from_static(DEFAULT_CONTENT_TYPE) }, cors)
 }
 
 fn respond(reply: Reply, cors: Option<HeaderValue>) -> Response {
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
     let mut r = (status, reply.body).into_response();
     let h = r.headers_mut();
-    let ct = HeaderValue::from_str(&reply.content_type).unwrap_or_else(|_| HeaderValue::from_static(DEFAULT_CONTENT_TYPE));
-    h.insert(header::CONTENT_TYPE, ct);
+    h.insert(header::CONTENT_TYPE, reply.content_type);
     no_cache(h);
     if let Some(origin) = cors {
         set_cors(h, &origin);

@@ -16,6 +16,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::HeaderValue;
+use bytes::Bytes;
 use futures_util::future::OptionFuture;
 use futures_util::Future;
 use sha1::{Digest, Sha1};
@@ -42,8 +44,9 @@ pub struct Incoming {
 #[derive(Debug, Clone)]
 pub struct Reply {
     pub status: u16,
-    pub body: String,
-    pub content_type: Arc<str>,
+    /// Shared with the rid window's cache when the response is cached.
+    pub body: Bytes,
+    pub content_type: HeaderValue,
 }
 
 /// After the client acknowledged less than we answered, how old the oldest unacknowledged
@@ -64,7 +67,8 @@ pub struct Params {
     pub polling: Duration,
     /// `maxpause` in seconds; `None` when pause is off.
     pub maxpause: Option<u64>,
-    pub content_type: Arc<str>,
+    /// The client's `content` (validated once, here), else the default.
+    pub content_type: HeaderValue,
     /// Created without `ver`: binding errors use HTTP status codes (XEP-0124 §17.1).
     pub legacy: bool,
     /// Client asked for acks (`ack='1'` at creation).
@@ -97,7 +101,11 @@ impl Params {
             inactivity: Duration::from_secs(inactivity),
             polling: Duration::from_secs(cfg.polling),
             maxpause: (cfg.max_pause > 0).then_some(cfg.max_pause),
-            content_type: Arc::from(req.content.clone().unwrap_or_else(|| super::DEFAULT_CONTENT_TYPE.to_string())),
+            content_type: req
+                .content
+                .as_deref()
+                .and_then(|c| HeaderValue::from_str(c).ok())
+                .unwrap_or_else(|| HeaderValue::from_static(super::DEFAULT_CONTENT_TYPE)),
             legacy: req.ver.is_none(),
             ack_mode: req.ack.is_some(),
             ver,
@@ -168,6 +176,13 @@ pub struct Session {
     done: bool,
     /// Counts the session in the metrics; records why it ended when the task drops it.
     metrics: crate::metrics::SessionGuard,
+    /// The one timer of the session: the oldest held request's `wait` deadline, or the
+    /// inactivity deadline when nothing is held (never both). Kept across loop iterations so
+    /// that an unchanged deadline costs no timer-wheel registration per event.
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// The deadline `timer` is armed for; `None` once it fired (so it is re-armed even for an
+    /// equal deadline).
+    timer_at: Option<Instant>,
 }
 
 impl Session {
@@ -214,6 +229,8 @@ impl Session {
             terminal: None,
             done: false,
             metrics: crate::metrics::metrics().session_started(crate::metrics::Transport::Bosh),
+            timer: Box::pin(sleep_until(far_future())),
+            timer_at: None,
             state,
             p,
         };
@@ -228,6 +245,14 @@ impl Session {
         while !self.done {
             let wait_deadline = self.held.front().map(|h| h.deadline);
             let idle_deadline = (self.held.is_empty() && self.parked.is_empty()).then(|| self.idle_since + self.inactivity);
+            // At most one applies: the wait deadline while a request is held, else inactivity.
+            let deadline = wait_deadline.or(idle_deadline);
+            if let Some(d) = deadline {
+                if self.timer_at != Some(d) {
+                    self.timer.as_mut().reset(d);
+                    self.timer_at = Some(d);
+                }
+            }
             let connecting = OptionFuture::from(self.connecting.as_mut());
             // Backpressure: a client that does not fetch its stanzas stops us reading upstream,
             // so the server (not xmpp-cm) buffers or applies its own policy.
@@ -256,12 +281,14 @@ impl Session {
                     self.on_connected(res).await;
                 }
                 Some(frame) = reading => self.on_frame(frame).await,
-                _ = sleep_until(wait_deadline.unwrap_or_else(far_future)), if wait_deadline.is_some() => {
-                    self.answer_oldest();
-                }
-                _ = sleep_until(idle_deadline.unwrap_or_else(far_future)), if idle_deadline.is_some() => {
-                    debug!(sid = %short(&self.p.sid), "inactivity timeout");
-                    self.end(Error::ClientGone, None).await;
+                _ = self.timer.as_mut(), if deadline.is_some() => {
+                    self.timer_at = None;
+                    if wait_deadline.is_some() {
+                        self.answer_oldest();
+                    } else {
+                        debug!(sid = %short(&self.p.sid), "inactivity timeout");
+                        self.end(Error::ClientGone, None).await;
+                    }
                 }
             }
         }
@@ -353,6 +380,11 @@ impl Session {
         // Serialized now (self-contained), so its size counts against `max_queued_bytes`.
         let max = self.state.config.limits.max_queued_bytes;
         let before = self.out.len();
+        // `out` starts empty after every response: one allocation of a typical batch's size
+        // rather than a string doubling from 8 bytes.
+        if self.out.capacity() == 0 {
+            self.out.reserve(1024);
+        }
         relay::from_upstream(el).write_xml(&mut self.out, "");
         if before < max && self.out.len() >= max {
             // Upstream reads pause from here until the client fetches (main_loop's `room`).
@@ -432,7 +464,7 @@ impl Session {
         if let Some(h) = self.held.iter_mut().find(|h| h.rid == rid) {
             // Still held: answer the older copy with a recoverable error, keep the newest.
             let old = std::mem::replace(&mut h.reply, inc.reply);
-            let _ = old.send(Reply { status: 200, body: ResponseBody::new().attr("type", "error").to_xml(), content_type: self.p.content_type.clone() });
+            let _ = old.send(Reply { status: 200, body: ResponseBody::new().attr("type", "error").to_xml().into(), content_type: self.p.content_type.clone() });
             return self.count_repeat(rid).await;
         }
         if let Some(c) = self.window.cached(rid) {
@@ -521,7 +553,7 @@ impl Session {
             // Pause (§10): answer everything now, without payloads; the pause request is not
             // cached. The inactivity limit becomes the pause until the next request.
             while let Some(h) = self.held.pop_front() {
-                let body = self.decorate(ResponseBody::new(), h.rid).to_xml();
+                let body = Bytes::from(self.decorate(ResponseBody::new(), h.rid).to_xml());
                 self.window.store(h.rid, body.clone(), std::time::Instant::now());
                 self.reply(h.reply, 200, body);
             }
@@ -611,9 +643,9 @@ impl Session {
         let mut b = ResponseBody::new();
         let carried = !self.out.is_empty();
         if carried {
-            b.push_payload(&std::mem::take(&mut self.out));
+            b.set_payload(std::mem::take(&mut self.out));
         }
-        let body = self.decorate(b, h.rid).to_xml();
+        let body = Bytes::from(self.decorate(b, h.rid).to_xml());
         self.window.store(h.rid, body.clone(), std::time::Instant::now());
         if self.p.polling_session() {
             self.last_empty_poll = (h.empty && !carried).then(Instant::now);
@@ -645,9 +677,9 @@ impl Session {
         }
     }
 
-    fn reply(&self, reply: oneshot::Sender<Reply>, status: u16, body: String) {
+    fn reply(&self, reply: oneshot::Sender<Reply>, status: u16, body: impl Into<Bytes>) {
         // The client may have gone away meanwhile; the cache covers a retransmission.
-        let _ = reply.send(Reply { status, body, content_type: self.p.content_type.clone() });
+        let _ = reply.send(Reply { status, body: body.into(), content_type: self.p.content_type.clone() });
     }
 
     /// The terminate body for `condition`, carrying what is still queued (BOSH-T-20).
@@ -656,7 +688,7 @@ impl Session {
         for (n, v) in self.next_attrs.drain(..) {
             b.push_attr(n, v);
         }
-        b.push_payload(&std::mem::take(&mut self.out));
+        b.set_payload(std::mem::take(&mut self.out));
         if let Some(Error::UpstreamStreamError(el)) = err {
             b.push_elements(std::iter::once(el.as_ref()));
         }
@@ -815,8 +847,8 @@ mod tests {
         assert!(p.inactivity > p.polling * 2);
         let p = negotiate("wait='0' hold='1' content='text/plain; charset=utf-8'");
         assert!(p.polling_session());
-        assert_eq!(&*p.content_type, "text/plain; charset=utf-8");
-        assert_eq!(&*negotiate("").content_type, "text/xml; charset=utf-8");
+        assert_eq!(p.content_type, "text/plain; charset=utf-8");
+        assert_eq!(negotiate("").content_type, "text/xml; charset=utf-8");
         assert_eq!(negotiate("xml:lang='de'").open.lang, "de");
         assert!(negotiate("ack='1'").ack_mode);
     }

@@ -9,6 +9,8 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use bytes::Bytes;
+
 /// Where an incoming rid falls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
@@ -26,7 +28,8 @@ pub enum Class {
 #[derive(Debug, Clone)]
 pub struct Cached {
     pub rid: u64,
-    pub body: String,
+    /// Shared with the answer that went out (no copy per response).
+    pub body: Bytes,
     pub sent_at: Instant,
 }
 
@@ -74,7 +77,7 @@ impl Window {
     }
 
     /// Remember the response to `rid` (not for pause or error responses).
-    pub fn store(&mut self, rid: u64, body: String, now: Instant) {
+    pub fn store(&mut self, rid: u64, body: Bytes, now: Instant) {
         let at = self.cache.iter().position(|c| c.rid > rid).unwrap_or(self.cache.len());
         self.cache.insert(at, Cached { rid, body, sent_at: now });
         while self.cache.len() > self.cache_cap {
@@ -144,11 +147,11 @@ mod tests {
     fn cache_keeps_the_most_recent_and_acks_trim() {
         let now = Instant::now();
         let mut w = Window::new(1, 2, 2);
-        w.store(1, "a".into(), now);
-        w.store(2, "b".into(), now);
-        w.store(3, "c".into(), now);
+        w.store(1, Bytes::from_static(b"a"), now);
+        w.store(2, Bytes::from_static(b"b"), now);
+        w.store(3, Bytes::from_static(b"c"), now);
         assert!(w.cached(1).is_none());
-        assert_eq!(w.cached(2).map(|c| c.body.as_str()), Some("b"));
+        assert_eq!(w.cached(2).map(|c| &c.body[..]), Some(&b"b"[..]));
         assert_eq!(w.last_answered(), Some(3));
         w.ack(2);
         assert!(w.cached(2).is_none());
@@ -159,8 +162,8 @@ mod tests {
     fn out_of_order_answers_stay_sorted() {
         let now = Instant::now();
         let mut w = Window::new(1, 3, 3);
-        w.store(3, "c".into(), now);
-        w.store(2, "b".into(), now);
+        w.store(3, Bytes::from_static(b"c"), now);
+        w.store(2, Bytes::from_static(b"b"), now);
         assert_eq!(w.last_answered(), Some(3));
     }
 }

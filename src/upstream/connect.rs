@@ -510,6 +510,11 @@ impl UpstreamWriter {
     /// ready queues them all and flushes once, so the server gets one read event per batch.
     /// Returns true when the queue is big enough that the caller should flush now.
     pub fn queue(&mut self, el: &Element) -> bool {
+        // Empty after every write: one allocation of a typical batch's size, not a doubling
+        // from 8 bytes.
+        if self.queued.capacity() == 0 {
+            self.queued.reserve(1024);
+        }
         el.write_xml(&mut self.queued, ns::CLIENT);
         self.queued.len() >= 16 * 1024
     }

@@ -5,6 +5,8 @@
 //! serialized fragment needs, so every fragment it writes is self-contained. Parsing lives in
 //! [`super::parse`]; deciding *what* to rewrite lives in `crate::relay`.
 
+use std::borrow::Cow;
+
 use super::ns;
 
 /// One attribute. `ns` is `None` for unprefixed attributes (which have no namespace).
@@ -155,40 +157,45 @@ impl Element {
     /// in scope around it: "" for a standalone document (BOSH/WebSocket), `jabber:client` when
     /// writing into the upstream stream (the stanza then carries no `xmlns`).
     pub fn to_xml(&self, default_ns_in_scope: &str) -> String {
-        let mut out = String::new();
+        let mut out = String::with_capacity(256);
         self.write_xml(&mut out, default_ns_in_scope);
         out
     }
 
     /// Like [`Element::to_xml`], appending to `out`.
     pub fn write_xml(&self, out: &mut String, default_ns_in_scope: &str) {
-        let mut scope: Vec<(String, String)> = vec![(String::new(), default_ns_in_scope.to_owned())];
+        // The scope borrows from the element: no allocation per element or attribute, except
+        // for an invented prefix.
+        let mut scope: Vec<(Cow<'_, str>, &str)> = Vec::with_capacity(4);
+        scope.push((Cow::Borrowed(""), default_ns_in_scope));
         write_element(self, out, &mut scope);
     }
 }
 
+type Scope<'a> = Vec<(Cow<'a, str>, &'a str)>;
+
 /// Current binding of `prefix` ("" = default namespace) in the serializer's scope.
-fn lookup<'a>(scope: &'a [(String, String)], prefix: &str) -> Option<&'a str> {
+fn lookup<'a>(scope: &[(Cow<'a, str>, &'a str)], prefix: &str) -> Option<&'a str> {
     if prefix == "xml" {
         return Some(ns::XML);
     }
-    scope.iter().rev().find(|(p, _)| p == prefix).map(|(_, u)| u.as_str())
+    scope.iter().rev().find(|(p, _)| p == prefix).map(|(_, u)| *u)
 }
 
 /// Bind `prefix` to `uri` on the element being written, unless that is already the binding in
 /// scope. Returns false when this element already declares `prefix` for another URI.
-fn ensure(scope: &mut Vec<(String, String)>, mark: usize, prefix: &str, uri: &str) -> bool {
-    if lookup(scope, prefix) == Some(uri) {
+fn ensure<'a>(scope: &mut Scope<'a>, mark: usize, prefix: Cow<'a, str>, uri: &'a str) -> bool {
+    if lookup(scope, &prefix) == Some(uri) {
         return true;
     }
-    if scope[mark..].iter().any(|(p, _)| p == prefix) {
+    if scope[mark..].iter().any(|(p, _)| *p == prefix) {
         return false;
     }
-    scope.push((prefix.to_owned(), uri.to_owned()));
+    scope.push((prefix, uri));
     true
 }
 
-fn write_element(el: &Element, out: &mut String, scope: &mut Vec<(String, String)>) {
+fn write_element<'a>(el: &'a Element, out: &mut String, scope: &mut Scope<'a>) {
     let mark = scope.len();
     // A prefix is only usable with a non-empty namespace (`xmlns:p=''` is not XML Namespaces 1.0),
     // and `xml`/`xmlns` cannot be rebound; otherwise fall back to the default namespace.
@@ -197,53 +204,46 @@ fn write_element(el: &Element, out: &mut String, scope: &mut Vec<(String, String
         Some(p) if !p.is_empty() && p != "xml" && p != "xmlns" && !el.ns.is_empty() => Some(p),
         _ => None,
     };
-    match prefix {
-        Some(p) => {
-            ensure(scope, mark, p, &el.ns);
-        }
-        None => {
-            ensure(scope, mark, "", &el.ns);
-        }
-    }
+    ensure(scope, mark, Cow::Borrowed(prefix.unwrap_or("")), &el.ns);
 
-    // Attribute names first: they may add declarations to this element.
-    let mut attrs: Vec<(String, &str)> = Vec::with_capacity(el.attrs.len());
+    // Attribute names first: they may add declarations to this element. Each is written as
+    // (prefix, local name, value); the prefix is "" for an unprefixed attribute.
+    let mut attrs: Vec<(Cow<'a, str>, &'a str, &'a str)> = Vec::with_capacity(el.attrs.len());
     let mut fresh = 0usize;
     for a in &el.attrs {
         let is_decl = a.prefix.as_deref() == Some("xmlns") || (a.prefix.is_none() && a.name == "xmlns");
         if is_decl {
             continue; // the serializer owns namespace declarations
         }
-        let qname = match a.ns.as_deref() {
-            None | Some("") => a.name.clone(),
-            Some(u) if u == ns::XML => format!("xml:{}", a.name),
+        let p: Cow<'a, str> = match a.ns.as_deref() {
+            None | Some("") => Cow::Borrowed(""),
+            Some(u) if u == ns::XML => Cow::Borrowed("xml"),
             Some(u) => {
                 let wanted = a.prefix.as_deref().filter(|p| !p.is_empty() && *p != "xml" && *p != "xmlns");
-                let p = match wanted {
-                    Some(p) if ensure(scope, mark, p, u) => p.to_owned(),
+                match wanted {
+                    Some(p) if ensure(scope, mark, Cow::Borrowed(p), u) => Cow::Borrowed(p),
                     _ => {
                         // Reuse any non-default prefix currently bound to `u`, else invent one.
                         let existing = scope
                             .iter()
                             .rev()
-                            .find(|(p, uri)| !p.is_empty() && uri == u && lookup(scope, p) == Some(u))
+                            .find(|(p, uri)| !p.is_empty() && *uri == u && lookup(scope, p) == Some(u))
                             .map(|(p, _)| p.clone());
                         match existing {
                             Some(p) => p,
                             None => loop {
                                 let cand = format!("ns{fresh}");
                                 fresh += 1;
-                                if lookup(scope, &cand).is_none() && ensure(scope, mark, &cand, u) {
-                                    break cand;
+                                if lookup(scope, &cand).is_none() && ensure(scope, mark, Cow::Owned(cand.clone()), u) {
+                                    break Cow::Owned(cand);
                                 }
                             },
                         }
                     }
-                };
-                format!("{p}:{}", a.name)
+                }
             }
         };
-        attrs.push((qname, a.value.as_str()));
+        attrs.push((p, a.name.as_str(), a.value.as_str()));
     }
 
     out.push('<');
@@ -263,9 +263,13 @@ fn write_element(el: &Element, out: &mut String, scope: &mut Vec<(String, String
         escape_attr(u, out);
         out.push('\'');
     }
-    for (q, v) in &attrs {
+    for (p, n, v) in &attrs {
         out.push(' ');
-        out.push_str(q);
+        if !p.is_empty() {
+            out.push_str(p);
+            out.push(':');
+        }
+        out.push_str(n);
         out.push_str("='");
         escape_attr(v, out);
         out.push('\'');
@@ -294,30 +298,41 @@ fn write_element(el: &Element, out: &mut String, scope: &mut Vec<(String, String
 /// Escape character data. `\r` becomes a character reference so it survives re-parsing
 /// (parsers normalise raw line ends).
 pub fn escape_text(s: &str, out: &mut String) {
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\r' => out.push_str("&#13;"),
-            c => out.push(c),
-        }
-    }
+    escape_with(s, out, |b| match b {
+        b'&' => Some("&amp;"),
+        b'<' => Some("&lt;"),
+        b'>' => Some("&gt;"),
+        b'\r' => Some("&#13;"),
+        _ => None,
+    })
 }
 
 /// Escape an attribute value for single or double quotes; whitespace other than space becomes
 /// a character reference (parsers normalise it to spaces otherwise).
 pub fn escape_attr(s: &str, out: &mut String) {
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            '\t' => out.push_str("&#9;"),
-            '\n' => out.push_str("&#10;"),
-            '\r' => out.push_str("&#13;"),
-            c => out.push(c),
+    escape_with(s, out, |b| match b {
+        b'&' => Some("&amp;"),
+        b'<' => Some("&lt;"),
+        b'\'' => Some("&apos;"),
+        b'"' => Some("&quot;"),
+        b'\t' => Some("&#9;"),
+        b'\n' => Some("&#10;"),
+        b'\r' => Some("&#13;"),
+        _ => None,
+    })
+}
+
+/// Copy `s` to `out` in runs, replacing the (ASCII) bytes `rep` maps. ASCII bytes never occur
+/// inside a multibyte UTF-8 sequence, so every cut is on a character boundary.
+#[inline]
+fn escape_with(s: &str, out: &mut String, rep: impl Fn(u8) -> Option<&'static str>) {
+    let mut last = 0;
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        if let Some(r) = rep(b) {
+            out.push_str(&s[last..i]);
+            out.push_str(r);
+            last = i + 1;
         }
     }
+    out.push_str(&s[last..]);
 }

@@ -391,12 +391,23 @@ impl Framer {
         if slice.len() > self.limits.max_stanza_bytes {
             return Err(XmlError::TooLarge(self.limits.max_stanza_bytes));
         }
-        let inherited: Vec<(&str, &str)> =
-            self.bindings.iter().map(|(p, u)| (p.as_str(), u.as_str())).collect();
+        // The header's bindings as borrowed pairs: on the stack for the usual two (default
+        // namespace and `stream`), no allocation per stanza.
+        let mut small = [("", ""); 4];
+        let heap: Vec<(&str, &str)>;
+        let inherited: &[(&str, &str)] = if self.bindings.len() <= small.len() {
+            for (slot, (p, u)) in small.iter_mut().zip(&self.bindings) {
+                *slot = (p.as_str(), u.as_str());
+            }
+            &small[..self.bindings.len()]
+        } else {
+            heap = self.bindings.iter().map(|(p, u)| (p.as_str(), u.as_str())).collect();
+            &heap
+        };
         // The stream root is depth 1, so a top-level element may nest one level less.
         let mut limits = self.limits;
         limits.max_depth = limits.max_depth.saturating_sub(1);
-        let el = parse_document(slice, &limits, &inherited).map_err(|e| match e {
+        let el = parse_document(slice, &limits, inherited).map_err(|e| match e {
             XmlError::TooDeep(_) => XmlError::TooDeep(self.limits.max_depth),
             e => e,
         })?;

@@ -60,7 +60,9 @@ pub fn parse_document_with_bindings(
         return Err(XmlError::TooLarge(limits.max_stanza_bytes));
     }
     let text = std::str::from_utf8(input).map_err(|_| XmlError::InvalidUtf8)?;
-    if text.chars().any(|c| !is_xml_char(c)) {
+    // ASCII is checked bytewise; only text with other characters needs the per-char test.
+    let ascii_ok = |b: u8| b >= 0x20 || matches!(b, b'\t' | b'\n' | b'\r');
+    if !input.iter().all(|&b| ascii_ok(b) && b < 0x80) && text.chars().any(|c| !is_xml_char(c)) {
         return Err(nwf("character not allowed in XML 1.0"));
     }
 
@@ -109,7 +111,7 @@ pub fn parse_document_with_bindings(
                 if stack.len() + 1 > limits.max_depth {
                     return Err(XmlError::TooDeep(limits.max_depth));
                 }
-                let (el, decls) = start_element(s, &mut scope, limits)?;
+                let (el, decls) = start_element(text, s, &mut scope, limits, stack.is_empty())?;
                 if stack.is_empty() {
                     root_bindings = decls;
                 }
@@ -126,23 +128,20 @@ pub fn parse_document_with_bindings(
                 finish(el, &mut stack, &mut root);
             }
             Event::Text(t) => {
-                let raw = std::str::from_utf8(t.as_ref()).map_err(|_| XmlError::InvalidUtf8)?;
+                let raw = sub_str(text, t.as_ref())?;
                 match stack.last_mut() {
                     None => {
                         if !raw.bytes().all(is_xml_space) {
                             return Err(nwf("text outside the root element"));
                         }
                     }
-                    Some(parent) => {
-                        let s = unescape(raw, false)?;
-                        push_text(parent, &s);
-                    }
+                    Some(parent) => push_text(parent, unescape(raw, false)?),
                 }
             }
             Event::CData(c) => {
-                let raw = std::str::from_utf8(c.as_ref()).map_err(|_| XmlError::InvalidUtf8)?;
+                let raw = sub_str(text, c.as_ref())?;
                 let parent = stack.last_mut().ok_or_else(|| nwf("CDATA outside the root element"))?;
-                push_text(parent, &normalize_newlines(raw));
+                push_text(parent, normalize_newlines(raw));
             }
             Event::Eof => break,
         }
@@ -161,33 +160,34 @@ fn finish(el: Element, stack: &mut [Element], root: &mut Option<Element>) {
     }
 }
 
-fn push_text(parent: &mut Element, s: &str) {
+fn push_text(parent: &mut Element, s: Cow<'_, str>) {
     if s.is_empty() {
         return;
     }
     if let Some(Node::Text(t)) = parent.children.last_mut() {
-        t.push_str(s);
+        t.push_str(&s);
     } else {
-        parent.children.push(Node::Text(s.to_owned()));
+        parent.children.push(Node::Text(s.into_owned()));
     }
 }
 
 /// Namespace bindings in scope while parsing: a flat list plus one mark per open element.
-struct Scope {
-    bindings: Vec<(String, String)>,
+/// Inherited bindings are borrowed, declarations in the document owned.
+struct Scope<'a> {
+    bindings: Vec<(Cow<'a, str>, Cow<'a, str>)>,
     marks: Vec<usize>,
 }
 
-impl Scope {
-    fn new(inherited: &[(&str, &str)]) -> Self {
-        Scope {
-            bindings: inherited.iter().map(|(p, u)| ((*p).to_owned(), (*u).to_owned())).collect(),
-            marks: Vec::new(),
-        }
+impl<'a> Scope<'a> {
+    fn new(inherited: &[(&'a str, &'a str)]) -> Self {
+        let mut bindings = Vec::with_capacity(inherited.len() + 4);
+        bindings.extend(inherited.iter().map(|(p, u)| (Cow::Borrowed(*p), Cow::Borrowed(*u))));
+        Scope { bindings, marks: Vec::with_capacity(8) }
     }
-    fn push(&mut self, decls: &[(String, String)]) {
+    /// Open an element: `decls` are the declarations written on it.
+    fn push(&mut self, decls: impl IntoIterator<Item = (String, String)>) {
         self.marks.push(self.bindings.len());
-        self.bindings.extend(decls.iter().cloned());
+        self.bindings.extend(decls.into_iter().map(|(p, u)| (Cow::Owned(p), Cow::Owned(u))));
     }
     fn pop(&mut self) {
         if let Some(m) = self.marks.pop() {
@@ -198,22 +198,25 @@ impl Scope {
         if prefix == "xml" {
             return Some(ns::XML);
         }
-        self.bindings.iter().rev().find(|(p, _)| p == prefix).map(|(_, u)| u.as_str())
+        self.bindings.iter().rev().find(|(p, _)| p == prefix).map(|(_, u)| u.as_ref())
     }
 }
 
 /// Resolve a start tag: check names and limits, collect namespace declarations (pushed onto
 /// `scope`, which the caller pops at the end tag), resolve element and attribute namespaces.
-fn start_element(
-    s: &BytesStart<'_>,
-    scope: &mut Scope,
+/// `want_decls`: also return the declarations (the root's, for the framer).
+fn start_element<'s>(
+    text: &'s str,
+    s: &'s BytesStart<'_>,
+    scope: &mut Scope<'_>,
     limits: &Limits,
+    want_decls: bool,
 ) -> Result<(Element, Vec<(String, String)>), XmlError> {
-    let qname = std::str::from_utf8(s.name().as_ref()).map_err(|_| XmlError::InvalidUtf8)?.to_owned();
-    check_name(&qname, limits)?;
+    let qname = sub_str(text, s.name().into_inner())?;
+    check_name(qname, limits)?;
 
     let mut decls: Vec<(String, String)> = Vec::new();
-    let mut plain: Vec<(String, String)> = Vec::new();
+    let mut plain: Vec<(&'s str, String)> = Vec::new();
     for (count, a) in s.attributes().enumerate() {
         if count + 1 > limits.max_attrs {
             return Err(XmlError::TooManyAttrs(limits.max_attrs));
@@ -222,9 +225,9 @@ fn start_element(
             quick_xml::events::attributes::AttrError::Duplicated(..) => nwf("duplicate attribute"),
             _ => nwf("malformed attribute"),
         })?;
-        let key = std::str::from_utf8(a.key.as_ref()).map_err(|_| XmlError::InvalidUtf8)?;
+        let key = sub_str(text, a.key.into_inner())?;
         check_name(key, limits)?;
-        let raw = std::str::from_utf8(&a.value).map_err(|_| XmlError::InvalidUtf8)?;
+        let raw = sub_str(text, &a.value)?;
         let value = unescape(raw, true)?.into_owned();
         if key == "xmlns" {
             if value == ns::XML || value == XMLNS_URI {
@@ -243,12 +246,13 @@ fn start_element(
             }
             decls.push((p.to_owned(), value));
         } else {
-            plain.push((key.to_owned(), value));
+            plain.push((key, value));
         }
     }
-    scope.push(&decls);
+    let returned = if want_decls { decls.clone() } else { Vec::new() };
+    scope.push(decls);
 
-    let (prefix, local) = split_qname(&qname);
+    let (prefix, local) = split_qname(qname);
     let el_ns = match prefix {
         Some("xmlns") => return Err(nwf("element with the xmlns prefix")),
         Some(p) => scope.lookup(p).ok_or(XmlError::UnboundPrefix)?.to_owned(),
@@ -256,7 +260,7 @@ fn start_element(
     };
     let mut attrs: Vec<Attr> = Vec::with_capacity(plain.len());
     for (key, value) in plain {
-        let (p, l) = split_qname(&key);
+        let (p, l) = split_qname(key);
         let a_ns = match p {
             Some(p) => Some(scope.lookup(p).ok_or(XmlError::UnboundPrefix)?.to_owned()),
             None => None,
@@ -273,16 +277,33 @@ fn start_element(
         attrs,
         children: Vec::new(),
     };
-    Ok((el, decls))
+    Ok((el, returned))
 }
 
 const XMLNS_URI: &str = "http://www.w3.org/2000/xmlns/";
 
 fn split_qname(q: &str) -> (Option<&str>, &str) {
-    match q.split_once(':') {
+    match split_colon(q) {
         Some((p, l)) => (Some(p), l),
         None => (None, q),
     }
+}
+
+/// `q.split_once(':')` for short names: a plain byte loop beats the generic searcher here.
+fn split_colon(q: &str) -> Option<(&str, &str)> {
+    let i = q.bytes().position(|b| b == b':')?;
+    Some((&q[..i], &q[i + 1..]))
+}
+
+/// `b` as text. Slices of the (already validated) input are re-borrowed from `text` by
+/// position, which only checks the two char boundaries; anything else is validated.
+fn sub_str<'a>(text: &'a str, b: &'a [u8]) -> Result<&'a str, XmlError> {
+    let base = text.as_ptr() as usize;
+    let start = (b.as_ptr() as usize).wrapping_sub(base);
+    if start <= text.len() && b.len() <= text.len() - start {
+        return text.get(start..start + b.len()).ok_or(XmlError::InvalidUtf8);
+    }
+    std::str::from_utf8(b).map_err(|_| XmlError::InvalidUtf8)
 }
 
 /// A QName: length within limits, at most one colon, each part an XML Name without colons.
@@ -291,13 +312,23 @@ fn check_name(q: &str, limits: &Limits) -> Result<(), XmlError> {
         return Err(XmlError::NameTooLong(limits.max_name_len));
     }
     let ok_part = |s: &str| {
+        let b = s.as_bytes();
+        if b.is_ascii() {
+            // The ASCII subset of NameStartChar / NameChar (colon excluded).
+            return match b.split_first() {
+                Some((c, rest)) if c.is_ascii_alphabetic() || *c == b'_' => {
+                    rest.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+                }
+                _ => false,
+            };
+        }
         let mut cs = s.chars();
         match cs.next() {
             Some(c) if is_name_start(c) => cs.all(is_name_char),
             _ => false,
         }
     };
-    let ok = match q.split_once(':') {
+    let ok = match split_colon(q) {
         Some((p, l)) => ok_part(p) && ok_part(l),
         None => ok_part(q),
     };

@@ -56,6 +56,9 @@ fn parse_refusals() {
         (b"<a b='\x1b'/>", Limits::default(), nwf()),
         (b"<a>\xff</a>", Limits::default(), XmlError::InvalidUtf8),
         (b"<a>\xe2\x82</a>", Limits::default(), XmlError::InvalidUtf8),
+        // Raw characters XML 1.0 forbids, outside ASCII (the bytewise ASCII check skips them).
+        ("<a>\u{FFFE}</a>".as_bytes(), Limits::default(), nwf()),
+        ("<a b='é\u{FFFF}'/>".as_bytes(), Limits::default(), nwf()),
         (b"<x:a/>", Limits::default(), XmlError::UnboundPrefix),
         (b"<a x:b='1'/>", Limits::default(), XmlError::UnboundPrefix),
         (b"<a><x:b xmlns:x='u'/><x:c/></a>", Limits::default(), XmlError::UnboundPrefix),
@@ -251,6 +254,30 @@ fn serializer_escapes() {
     let s = e.to_xml("");
     assert_eq!(s, "<a v='&apos;&quot;&amp;&lt;>&#9;&#10;&#13;'>&amp;&lt;&gt;\"'&#13;]]&gt;</a>");
     assert_eq!(parse(&s).unwrap(), e);
+}
+
+#[test]
+fn names_ascii_fast_path_and_unicode() {
+    for ok in ["<a-b.c_1/>", "<_x/>", "<é/>", "<x:é xmlns:x='u'/>", "<a Ünï.cødé='1'/>", "<a b-1.c='1'/>"] {
+        assert!(parse(ok).is_ok(), "{ok}");
+    }
+    for bad in ["<1a/>", "<-a/>", "<.a/>", "<a 9='1'/>", "<a b:c:d='1' xmlns:b='u'/>", "<a$/>", "<x:/>"] {
+        assert!(parse(bad).is_err(), "{bad}");
+    }
+    // Text and attribute values with multibyte characters come back intact.
+    let e = parse("<a v='ü&amp;é'>ß&lt;€</a>").unwrap();
+    assert_eq!(e.attr("v"), Some("ü&é"));
+    assert_eq!(e.text(), "ß<€");
+}
+
+#[test]
+fn serializer_escapes_around_multibyte_characters() {
+    let e = Element::new("a", "").with_attr("v", "é&ü'\u{1F600}").with_text("ß<\u{1F600}>é\r");
+    let s = e.to_xml("");
+    assert_eq!(s, "<a v='é&amp;ü&apos;\u{1F600}'>ß&lt;\u{1F600}&gt;é&#13;</a>");
+    assert_eq!(parse(&s).unwrap(), e);
+    // Non-ASCII text that XML allows still parses (C1 controls included).
+    assert!(parse("<a>\u{85}é\u{FFFD}</a>").is_ok());
 }
 
 #[test]
