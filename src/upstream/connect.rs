@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -26,7 +26,13 @@ use super::OpenParams;
 
 /// Read buffer per connection: large enough that a typical stanza arrives in one or two reads,
 /// small enough that thousands of idle sessions cost little.
-const READ_BUF_BYTES: usize = 4 * 1024;
+/// Size of the read buffer each worker thread shares among all its upstream connections (see
+/// [`read_frame`]): no connection keeps a read buffer of its own.
+const READ_BUF_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    static READ_BUF: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; READ_BUF_BYTES].into_boxed_slice());
+}
 
 /// The STARTTLS request (RFC 6120 §5.4.2.1).
 const STARTTLS: &str = "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
@@ -66,7 +72,6 @@ pub struct UpstreamReader {
     io: ReadHalf<BoxIo>,
     /// Carries over from negotiation: bytes after the features may already be buffered in it.
     framer: Framer,
-    buf: Box<[u8]>,
     /// Once the stream is broken, every later call repeats why, instead of reading on.
     failed: Option<String>,
 }
@@ -301,9 +306,9 @@ async fn establish(
         other => return Err(starttls_err(format!("expected <proceed/>, got {}", describe(&other)))),
     }
     // Everything learned before TLS is discarded (RFC 6120 §5.4.3.3): new framer, new header.
-    let Wire { io, buf, .. } = wire;
+    let Wire { io, .. } = wire;
     let tls = tls_handshake(&ctx.tls.starttls, domain, io).await?;
-    let mut wire = Wire { io: Box::new(tls), framer: Framer::new(limits), buf };
+    let mut wire = Wire { io: Box::new(tls), framer: Framer::new(limits) };
     let (header, features) = open_stream(&mut wire, params, true).await?;
     Ok(wire.into_connection(header, features, true))
 }
@@ -409,21 +414,38 @@ impl ReadFail {
 
 /// Pull the next frame: from what the framer already holds, else read more. Cancel-safe: bytes
 /// are fed to the framer in the same poll that reads them.
-async fn read_frame<R: AsyncRead + Unpin>(
-    io: &mut R,
-    framer: &mut Framer,
-    buf: &mut [u8],
-) -> Result<Frame, ReadFail> {
+///
+/// The read goes into the worker thread's shared buffer, borrowed only for the duration of one
+/// `poll_read` (a read that returns `Pending` writes nothing), and what arrived is copied into
+/// the framer at once; so a waiting connection holds no read buffer, only the framer's bytes of
+/// an unfinished stanza.
+async fn read_frame<R: AsyncRead + Unpin>(io: &mut R, framer: &mut Framer) -> Result<Frame, ReadFail> {
     loop {
         if let Some(frame) = framer.next_frame().map_err(ReadFail::Xml)? {
             return Ok(frame);
         }
-        match io.read(buf).await {
+        let read = std::future::poll_fn(|cx| {
+            READ_BUF.with(|b| {
+                let mut b = b.borrow_mut();
+                let mut rb = tokio::io::ReadBuf::new(&mut b[..]);
+                match std::pin::Pin::new(&mut *io).poll_read(cx, &mut rb) {
+                    std::task::Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        if n > 0 {
+                            crate::metrics::metrics().bytes(crate::metrics::Direction::ToClient, n);
+                            framer.feed(rb.filled());
+                        }
+                        std::task::Poll::Ready(Ok(n))
+                    }
+                    std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+                    std::task::Poll::Pending => std::task::Poll::Pending,
+                }
+            })
+        })
+        .await;
+        match read {
             Ok(0) => return Err(ReadFail::Eof),
-            Ok(n) => {
-                crate::metrics::metrics().bytes(crate::metrics::Direction::ToClient, n);
-                framer.feed(&buf[..n])
-            }
+            Ok(_) => {}
             Err(e) => return Err(ReadFail::Io(e)),
         }
     }
@@ -433,12 +455,11 @@ async fn read_frame<R: AsyncRead + Unpin>(
 struct Wire {
     io: BoxIo,
     framer: Framer,
-    buf: Box<[u8]>,
 }
 
 impl Wire {
     fn new(io: BoxIo, limits: Limits) -> Wire {
-        Wire { io, framer: Framer::new(limits), buf: vec![0u8; READ_BUF_BYTES].into_boxed_slice() }
+        Wire { io, framer: Framer::new(limits) }
     }
 
     async fn write(&mut self, s: &str) -> std::io::Result<()> {
@@ -447,7 +468,7 @@ impl Wire {
     }
 
     async fn read_frame(&mut self) -> Result<Frame, ReadFail> {
-        read_frame(&mut self.io, &mut self.framer, &mut self.buf).await
+        read_frame(&mut self.io, &mut self.framer).await
     }
 
     fn into_connection(self, header: StreamHeader, features: Element, secure: bool) -> Connection {
@@ -457,7 +478,7 @@ impl Wire {
             features,
             secure,
             writer: UpstreamWriter { io: w, queued: String::new(), secure },
-            reader: UpstreamReader { io: r, framer: self.framer, buf: self.buf, failed: None },
+            reader: UpstreamReader { io: r, framer: self.framer, failed: None },
         }
     }
 }
@@ -572,7 +593,7 @@ impl UpstreamReader {
         if let Some(why) = &self.failed {
             return Err(Error::UpstreamLost(why.clone()));
         }
-        match read_frame(&mut self.io, &mut self.framer, &mut self.buf).await {
+        match read_frame(&mut self.io, &mut self.framer).await {
             Ok(f) => Ok(f),
             Err(e) => {
                 let too_large = matches!(e, ReadFail::Xml(XmlError::TooLarge(_)));
