@@ -76,6 +76,8 @@ struct Head {
     close: bool,
 }
 
+// Lives on the stack for one parse; boxing the head would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Parsed {
     Head(Head),
     /// Valid so far, needs more bytes.
