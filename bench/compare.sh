@@ -406,6 +406,39 @@ want upstream && for rep in $(seq 1 "$REPS"); do
   done
 done
 
+# Growth without Prosody's GC in the way: the same pair of pingpong runs against the bench
+# upstream, whose sessions cost it a socket and a buffer and no garbage collector, so what grows
+# with the idle count is the proxy's own per-message cost (Prosody's stock GC stalls grow its own
+# p99 tens of times with thousands of sessions; see bench/findings.md).
+FD_PER[up-direct]=1; FD_PER[up-cm-ws]=2; FD_PER[up-cm-bosh]=3
+set_up_pids() {
+  T_PIDS[up-direct]="--pid upstream=$PID_upstream"
+  T_PIDS[up-cm-bosh]="--pid upstream=$PID_upstream --pid proxy=$PID_xmpp_cm_up"
+  T_PIDS[up-cm-ws]="--pid upstream=$PID_upstream --pid proxy=$PID_xmpp_cm_up"
+}
+fresh_up() { # target: a fresh bench upstream, and a fresh xmpp-cm in front of it
+  stop upstream
+  start upstream "$WORK/upstream.log" "$BENCH" upstream "${UP_LISTEN[@]}"
+  wait_port upstream "$UP" "$PID_upstream"
+  if [[ "$1" == up-cm-* ]]; then
+    stop xmpp_cm_up
+    start xmpp_cm_up "$WORK/xmpp-cm-up.log" "$CMBIN" --config "$WORK/xmpp-cm-up.toml"
+    wait_port xmpp-cm-up "$CMUP" "$PID_xmpp_cm_up"
+  fi
+  set_up_pids
+  sleep 1
+}
+if want upstream; then
+  for t in up-direct up-cm-bosh up-cm-ws; do
+    n=$(big_for "$t")
+    log "growth against the bench upstream: $t, pingpong $PP_N alone, then with $n idle"
+    fresh_up "$t"
+    bench "$t" growth-base --workload pingpong --sessions "$PP_N" --rate 5 --duration "$DUR" --warmup "$WARM" --settle-max 20 --domain bench.test
+    bench "$t" growth --workload pingpong --sessions "$PP_N" --idle-sessions "$n" --rate 5 --duration "$DUR" --warmup "$WARM" --concurrency 100 --settle-max 20 --domain bench.test
+  done
+  fresh_up up-cm-ws
+fi
+
 if (( BIG_IDLE > 0 )) && want upstream; then
   log "$BIG_IDLE idle WebSocket sessions through xmpp-cm to the bench upstream"
   bench up-cm-ws big-idle --workload idle --sessions "$BIG_IDLE" --duration 20 --concurrency 500 --domain "$BIG_DOMAINS" --users 1000

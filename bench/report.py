@@ -136,8 +136,8 @@ def growth_runs(t):
         out.append((g["params"]["idle_sessions"], g, b99, b50))
     return sorted(out, key=lambda x: -x[0])
 
-def direct_growth_at(n):
-    for idle, g, b99, _ in growth_runs("direct"):
+def direct_growth_at(n, ref="direct"):
+    for idle, g, b99, _ in growth_runs(ref):
         if idle == n:
             return ratio(g["messages"]["latency_ms"]["p99"], b99)
     return None
@@ -199,6 +199,15 @@ for t, lim in (("cm-ws", 16), ("cm-bosh", 24)):
     extra = "" if rr is None or not dg else f" (direct TCP's own at {idle:,}: {dg:.2f}×)"
     row(f"{NAMES[t]} pingpong p99 with {idle:,} idle vs without (fd limit {FDMAX})" if FDMAX else f"{NAMES[t]} pingpong p99 with {idle:,} idle vs without",
         "≤ 1.2×", fmt(rr, '{:.2f}×') + extra, None if rr is None else rr <= 1.2)
+for t in ("up-cm-ws", "up-cm-bosh"):
+    runs = growth_runs(t)
+    if not runs:
+        continue
+    idle, g, b99, _ = runs[0]
+    rr = ratio(g["messages"]["latency_ms"]["p99"], b99)
+    dg = direct_growth_at(idle, "up-direct")
+    extra = "" if rr is None or not dg else f" (direct TCP to the bench upstream at {idle:,}: {dg:.2f}×)"
+    row(f"{NAMES[t]}: pingpong p99 with {idle:,} idle vs without (no GC upstream)", "≤ 1.2×", fmt(rr, '{:.2f}×') + extra, None if rr is None else rr <= 1.2)
 big = groups.get(("big-idle", "up-cm-ws", "idle"), [])
 if big:
     r = big[-1]
@@ -213,7 +222,7 @@ w("`mem-small`: an `idle` run; `growth`: the pingpong run with the extra idle se
   "Prosody's RSS is listed for scale; for direct TCP only Prosody exists.\n")
 w("| target | sessions | proxy RSS before → loaded (KiB) | proxy KiB/session | Prosody KiB/session | errors |")
 w("|---|---|---|---|---|---|")
-for t in ("direct", "nxb", "cm-bosh", "cm-ws"):
+for t in ("direct", "nxb", "cm-bosh", "cm-ws", "up-cm-bosh", "up-cm-ws"):
     for scen, wl in (("mem-small", "idle"), ("growth", "pingpong")):
       for r in sorted(groups.get((scen, t, wl), []), key=lambda r: -r["params"]["idle_sessions"])[:1 if scen == "mem-small" else None]:
         held = r["logins"]["ok"]
@@ -227,20 +236,23 @@ w("## Growth: pingpong latency with many idle sessions held\n")
 w(f"Each target's idle count is what fits its own descriptors per session under the open-file limit ({FDMAX or '?'}; "
   "direct TCP 1, xmpp-cm WebSocket 2, BOSH 3), so direct TCP is measured at each count used. Both figures of a row come from "
   "the same fresh Prosody and proxy: pingpong alone, then the same pingpong with the idle sessions held. The last column "
-  "divides a target's ratio by direct TCP's at the same count: what the target adds to Prosody's own growth.\n")
+  "divides a target's ratio by direct TCP's at the same count: what the target adds to Prosody's own growth. "
+  "The rows *→ bench upstream* repeat the measurement against `xmpp-cm-bench upstream` (no garbage collector; its "
+  "reference is direct TCP to the bench upstream), so their ratio is the proxy's own growth.\n")
 w("| target | idle sessions held | p50 / p99 ms alone | p50 / p99 ms with idle | p99 ratio | direct TCP's ratio, same count | ratio ÷ direct's | generator lag p99 ms | settled after logins | errors |")
 w("|---|---|---|---|---|---|---|---|---|---|")
-for t in ("direct", "nxb", "cm-bosh", "cm-ws"):
+for t in ("direct", "nxb", "cm-bosh", "cm-ws", "up-direct", "up-cm-bosh", "up-cm-ws"):
+    ref = "up-direct" if t.startswith("up-") else "direct"
     for idle, g, b99, b50 in growth_runs(t):
         l = g["messages"]["latency_ms"]
         rr = ratio(l["p99"], b99)
-        dg = direct_growth_at(idle)
+        dg = direct_growth_at(idle, ref)
         lag = (g["messages"].get("send_lag_ms") or {}).get("p99")
         st = g.get("settle_after_login")
         st_s = "–" if not st else (f"{st['waited_s']:.1f} s" + ("" if st["quiet"] else " (not quiet)"))
         held = g["logins"]["ok"] - g["params"]["sessions"]
         w(f"| {NAMES[t]} | {held:,} of {idle:,} | {fmt(b50, '{:.3f}')} / {fmt(b99, '{:.3f}')} | {l['p50']:.3f} / {l['p99']:.3f} | "
-          f"{fmt(rr, '{:.2f}×')} | {fmt(dg, '{:.2f}×')} | {fmt(None if rr is None or not dg or t == 'direct' else rr / dg, '{:.2f}')} | "
+          f"{fmt(rr, '{:.2f}×')} | {fmt(dg, '{:.2f}×')} | {fmt(None if rr is None or not dg or t == ref else rr / dg, '{:.2f}')} | "
           f"{fmt(lag, '{:.3f}')} | {st_s} | {g['errors_total']} |")
 w("")
 
