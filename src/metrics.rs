@@ -9,7 +9,8 @@
 //!
 //! Exported (OpenMetrics names):
 //! - `xmpp_cm_build_info{version}` — always 1.
-//! - `xmpp_cm_sessions_active{transport}` — gauge.
+//! - `xmpp_cm_sessions_active{transport}` — gauge; `transport` is `bosh`, `websocket` or `direct_tls`
+//!   (XEP-0368 passthrough).
 //! - `xmpp_cm_sessions_created_total{transport}`, `xmpp_cm_sessions_ended_total{transport,side,condition}`
 //!   (`condition` is [`Error::kind`]), `xmpp_cm_sessions_refused_total{transport,condition}`
 //!   (creation refused before a session existed: host-unknown, shutdown …).
@@ -46,6 +47,8 @@ use crate::Side;
 pub enum Transport {
     Bosh,
     WebSocket,
+    /// XEP-0368 Direct TLS passthrough on the HTTPS port (`crate::passthrough`).
+    DirectTls,
 }
 
 impl Transport {
@@ -53,6 +56,7 @@ impl Transport {
         match self {
             Transport::Bosh => "bosh",
             Transport::WebSocket => "websocket",
+            Transport::DirectTls => "direct_tls",
         }
     }
 }
@@ -438,6 +442,13 @@ pub struct SessionGuard {
     transport: Transport,
     started: Instant,
     ended: Option<(Side, &'static str)>,
+}
+
+impl SessionGuard {
+    /// The transport this session is counted under.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
 }
 
 impl std::fmt::Debug for SessionGuard {

@@ -36,7 +36,7 @@ where
         Err(e) => {
             // Counted under the limit that refused it (sessions, per IP, rate), like the other
             // transports; the client gets a policy-violation stream error, not a bare close.
-            crate::metrics::metrics().pre_session(crate::metrics::Transport::WebSocket, &e);
+            crate::metrics::metrics().pre_session(crate::metrics::Transport::DirectTls, &e);
             refuse(io, &e).await;
             return;
         }

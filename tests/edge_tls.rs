@@ -427,6 +427,9 @@ async fn direct_tls_passthrough_is_admitted_like_other_sessions() {
     let e = second.until("</stream:stream>").await;
     assert!(e.contains("<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"), "{e}");
     assert_eq!(metric(&cm.admin_url(), "xmpp_cm_limit_hits_total{limit=\"sessions\"}").await, 1.0);
+    // Counted as their own transport, not as WebSocket sessions (OPS metrics).
+    assert_eq!(metric(&cm.admin_url(), "xmpp_cm_sessions_created_total{transport=\"direct_tls\"}").await, 1.0);
+    assert_eq!(metric(&cm.admin_url(), "xmpp_cm_sessions_active{transport=\"direct_tls\"}").await, 1.0);
 
     let creds = base64::engine::general_purpose::STANDARD.encode("\0alice\0alicepass");
     first.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>")).await;

@@ -19,6 +19,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use crate::config::WebSocket as WsConfig;
+use crate::metrics::Transport;
 use crate::server::AppState;
 
 /// The RFC 7395 subprotocol name.
@@ -62,7 +63,7 @@ pub async fn handler(State(state): State<Arc<AppState>>, ext: axum::http::Extens
             tracker.track_future(async move {
                 // The admission slot is held for the session's whole life.
                 let _permit = permit;
-                let mut s = session::Session::new(socket, state);
+                let mut s = session::Session::new(socket, state, Transport::WebSocket);
                 s.client = client;
                 s.run().await
             })
@@ -78,7 +79,7 @@ where
         + Unpin
         + Send,
 {
-    let mut s = session::Session::new(socket, state);
+    let mut s = session::Session::new(socket, state, Transport::DirectTls);
     s.passthrough = true;
     s.client = client;
     s.run().await

@@ -169,7 +169,7 @@ impl<S> Session<S>
 where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + Send,
 {
-    pub(super) fn new(socket: S, state: Arc<AppState>) -> Self {
+    pub(super) fn new(socket: S, state: Arc<AppState>, transport: Transport) -> Self {
         let c = &state.config;
         let limits = Limits { max_stanza_bytes: c.upstream.max_stanza_bytes, ..Limits::default() };
         let keepalive = Keepalive::new(c.websocket.ping_interval, c.websocket.ping_timeout);
@@ -178,7 +178,7 @@ where
         } else {
             DEFAULT_SEND_WAIT
         };
-        let guard = metrics().session_started(Transport::WebSocket);
+        let guard = metrics().session_started(transport);
         Session { socket, state, framing: None, opened: false, asked_domain: None, up: None, limits, keepalive, send_wait, guard, passthrough: false, client: None }
     }
 
@@ -221,7 +221,7 @@ where
             let up_reader = self.up.as_mut().map(|u| &mut u.reader);
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    return Ending::with_code(self.state.drain_error(Transport::WebSocket), code::GOING_AWAY);
+                    return Ending::with_code(self.state.drain_error(self.guard.transport()), code::GOING_AWAY);
                 }
                 msg = self.socket.next() => {
                     self.keepalive.alive();
@@ -336,7 +336,7 @@ where
         let conn = tokio::select! {
             c = upstream::connect(&self.state.upstream, &params) => c,
             _ = shutdown.cancelled() => {
-                return Flow::End(Ending::with_code(self.state.drain_error(Transport::WebSocket), code::GOING_AWAY));
+                return Flow::End(Ending::with_code(self.state.drain_error(self.guard.transport()), code::GOING_AWAY));
             }
         };
         let conn = match conn {

@@ -275,7 +275,7 @@ impl futures_util::Sink<axum::extract::ws::Message> for NullSocket {
 #[test]
 fn session_future_is_small() {
     let state = crate::server::AppState::new(std::sync::Arc::new(crate::Config::default())).unwrap();
-    let fut = super::session::Session::new(NullSocket, state).run();
+    let fut = super::session::Session::new(NullSocket, state, crate::metrics::Transport::WebSocket).run();
     let size = std::mem::size_of_val(&fut);
     eprintln!("session future: {size} bytes");
     assert!(size <= 2048, "session future is {size} bytes");
