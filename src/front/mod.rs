@@ -75,7 +75,10 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, edge: Edge, stop: Cancella
 async fn tls_connection(tcp: TcpStream, acceptor: TlsAcceptor, peer: SocketAddr, edge: &Edge, stop: CancellationToken) {
     let cfg = &edge.state.config.http;
     let deadline = Duration::from_secs(cfg.tls.handshake_timeout);
-    let tls = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
+    // Pinned here so that a timed-out handshake's socket is closed (dropped) only after the
+    // limit hit is counted: whoever sees the close can already see the metric.
+    let mut accept = std::pin::pin!(acceptor.accept(tcp));
+    let tls = match tokio::time::timeout(deadline, accept.as_mut()).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "TLS handshake failed");
