@@ -156,13 +156,9 @@ impl ResponseBody {
         self
     }
 
-    pub fn push_payload(&mut self, xml: &str) {
-        self.payload.push_str(xml);
-    }
-
-    /// Like [`ResponseBody::push_payload`], taking the string (no copy when nothing was
-    /// pushed yet).
-    pub fn set_payload(&mut self, xml: String) {
+    /// Append already-serialized elements, taking the string (no copy when nothing was pushed
+    /// yet).
+    pub fn push_payload(&mut self, xml: String) {
         if self.payload.is_empty() {
             self.payload = xml;
         } else {

@@ -411,7 +411,6 @@ impl Session {
         }
     }
 
-
     // ------------------------------------------------------------------ client requests
 
     /// Boxed, so that this state does not size the future every idle session keeps.
@@ -643,7 +642,7 @@ impl Session {
         let mut b = ResponseBody::new();
         let carried = !self.out.is_empty();
         if carried {
-            b.set_payload(std::mem::take(&mut self.out));
+            b.push_payload(std::mem::take(&mut self.out));
         }
         let body = Bytes::from(self.decorate(b, h.rid).to_xml());
         self.window.store(h.rid, body.clone(), std::time::Instant::now());
@@ -688,7 +687,7 @@ impl Session {
         for (n, v) in self.next_attrs.drain(..) {
             b.push_attr(n, v);
         }
-        b.set_payload(std::mem::take(&mut self.out));
+        b.push_payload(std::mem::take(&mut self.out));
         if let Some(Error::UpstreamStreamError(el)) = err {
             b.push_elements(std::iter::once(el.as_ref()));
         }

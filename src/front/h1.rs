@@ -20,7 +20,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
@@ -84,8 +83,8 @@ enum Parsed {
     Partial,
     /// Something this loop does not serve: hand to hyper.
     Handoff,
-    /// Answer with this status and close (400, 431).
-    Refuse(u16),
+    /// The head is over the limits: answer 431 and close.
+    TooLarge,
 }
 
 fn parse_head(buf: &[u8], max_body: usize) -> Parsed {
@@ -93,13 +92,13 @@ fn parse_head(buf: &[u8], max_body: usize) -> Parsed {
     let mut req = httparse::Request::new(&mut slots);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return if buf.len() >= MAX_HEAD { Parsed::Refuse(431) } else { Parsed::Partial },
-        Err(httparse::Error::TooManyHeaders) => return Parsed::Refuse(431),
+        Ok(httparse::Status::Partial) => return if buf.len() >= MAX_HEAD { Parsed::TooLarge } else { Parsed::Partial },
+        Err(httparse::Error::TooManyHeaders) => return Parsed::TooLarge,
         // hyper answers malformed heads itself (400), with its own rules.
         Err(_) => return Parsed::Handoff,
     };
     if len > MAX_HEAD {
-        return Parsed::Refuse(431);
+        return Parsed::TooLarge;
     }
     if req.version != Some(1) {
         return Parsed::Handoff;
@@ -174,8 +173,8 @@ where
                     Parsed::Head(h) => break h,
                     Parsed::Partial => {}
                     Parsed::Handoff => return Outcome::Handoff(buf),
-                    Parsed::Refuse(status) => {
-                        let _ = write_simple(io, status).await;
+                    Parsed::TooLarge => {
+                        let _ = write_simple(io, hyper::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE).await;
                         return Outcome::Done;
                     }
                 }
@@ -209,14 +208,13 @@ where
             let _ = tx.try_send(first);
             (Body::new(ChannelBody { rx, missing: content_length }), Some(tx))
         };
+        let head_only = method == Method::HEAD;
         let mut req = Request::new(body);
-        *req.method_mut() = method.clone();
+        *req.method_mut() = method;
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
-        let info = edge.trusted.client(peer, secure, &headers);
         *req.headers_mut() = headers;
-        req.extensions_mut().insert(ConnectInfo(peer));
-        req.extensions_mut().insert(info);
+        super::tag_client(&edge.trusted, peer, secure, &mut req);
         let call = edge.router.clone().oneshot(req);
         let (response, body_complete) = match feeder {
             None => (call.await, true),
@@ -240,7 +238,7 @@ where
         };
         // ---- the answer
         let keep = !close && body_complete && !stop.is_cancelled();
-        if write_response(io, response, method == Method::HEAD, keep).await.is_err() || !keep {
+        if write_response(io, response, head_only, keep).await.is_err() || !keep {
             return Outcome::Done;
         }
         if buf.is_empty() {
@@ -354,13 +352,10 @@ async fn write_response<S: AsyncWrite + Unpin>(io: &mut S, response: hyper::Resp
 }
 
 /// A bodiless refusal that ends the connection.
-async fn write_simple<S: AsyncWrite + Unpin>(io: &mut S, status: u16) -> std::io::Result<()> {
-    let reason = hyper::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
-    let mut out = format!("HTTP/1.1 {status} {reason}\r\ncontent-length: 0\r\nconnection: close\r\ndate: ").into_bytes();
-    date::with(|d| out.extend_from_slice(d));
-    out.extend_from_slice(b"\r\n\r\n");
-    io.write_all(&out).await?;
-    io.flush().await
+async fn write_simple<S: AsyncWrite + Unpin>(io: &mut S, status: hyper::StatusCode) -> std::io::Result<()> {
+    let mut r = hyper::Response::new(Body::empty());
+    *r.status_mut() = status;
+    write_response(io, r, false, false).await
 }
 
 /// The `Date` header value (RFC 9110 §6.6.1), formatted once per second per thread.
@@ -419,8 +414,8 @@ mod tests {
         }
         assert!(matches!(head("POST /http-bind HTTP/1.1\r\nHost: x\r\n"), Parsed::Partial));
         let many: String = (0..MAX_HEADERS + 1).map(|i| format!("X-{i}: y\r\n")).collect();
-        assert!(matches!(head(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Parsed::Refuse(431)));
+        assert!(matches!(head(&format!("GET / HTTP/1.1\r\n{many}\r\n")), Parsed::TooLarge));
         let long = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
-        assert!(matches!(head(&long), Parsed::Refuse(431)));
+        assert!(matches!(head(&long), Parsed::TooLarge));
     }
 }

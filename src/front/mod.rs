@@ -140,9 +140,7 @@ where
     let activity = Arc::new(Activity::new());
     let act = activity.clone();
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        let info = trusted.client(peer, secure, req.headers());
-        req.extensions_mut().insert(ConnectInfo(peer));
-        req.extensions_mut().insert(info);
+        tag_client(&trusted, peer, secure, &mut req);
         if req.method() == hyper::Method::CONNECT || req.headers().contains_key(hyper::header::UPGRADE) {
             // A WebSocket (RFC 8441 stream or HTTP/1.1 upgrade) lives past its response: the
             // session's own pings watch it, not the idle rule below.
@@ -198,6 +196,14 @@ where
     }
     conn.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+}
+
+/// What every request carries for the handlers: the TCP peer and the client after the
+/// trusted-proxy rules ([`ClientInfo`]).
+fn tag_client<B>(trusted: &Trusted, peer: SocketAddr, secure: bool, req: &mut hyper::Request<B>) {
+    let info = trusted.client(peer, secure, req.headers());
+    req.extensions_mut().insert(ConnectInfo(peer));
+    req.extensions_mut().insert(info);
 }
 
 /// Requests in flight on one connection, for the idle rule in [`serve_http`].

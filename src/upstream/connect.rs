@@ -24,8 +24,6 @@ use crate::xml::{ns, stream_header, Element, Frame, Framer, Limits, StreamHeader
 use super::resolve::{self, Target};
 use super::OpenParams;
 
-/// Read buffer per connection: large enough that a typical stanza arrives in one or two reads,
-/// small enough that thousands of idle sessions cost little.
 /// Size of the read buffer each worker thread shares among all its upstream connections (see
 /// [`read_frame`]): no connection keeps a read buffer of its own.
 const READ_BUF_BYTES: usize = 16 * 1024;
@@ -554,13 +552,16 @@ impl UpstreamWriter {
 
     async fn write(&mut self, s: &str) -> Result<(), Error> {
         let lost = |e: std::io::Error| Error::UpstreamLost(format!("write failed: {}", io_detail(&e)));
-        if !self.queued.is_empty() {
+        // Queued elements go first, in the same write.
+        let batch;
+        let s = if self.queued.is_empty() {
+            s
+        } else {
             let mut q = std::mem::take(&mut self.queued);
             q.push_str(s);
-            self.io.write_all(q.as_bytes()).await.map_err(lost)?;
-            crate::metrics::metrics().bytes(crate::metrics::Direction::ToUpstream, q.len());
-            return self.io.flush().await.map_err(lost);
-        }
+            batch = q;
+            batch.as_str()
+        };
         self.io.write_all(s.as_bytes()).await.map_err(lost)?;
         crate::metrics::metrics().bytes(crate::metrics::Direction::ToUpstream, s.len());
         self.io.flush().await.map_err(lost)
@@ -577,11 +578,7 @@ impl UpstreamReader {
         match self.framer.next_frame() {
             Ok(Some(f)) => Some(Ok(f)),
             Ok(None) => None,
-            Err(e) => {
-                let why = format!("bad XML from upstream: {e}");
-                self.failed = Some(why.clone());
-                Some(Err(Error::UpstreamLost(why)))
-            }
+            Err(e) => Some(Err(self.fail(ReadFail::Xml(e)))),
         }
     }
 
@@ -593,20 +590,21 @@ impl UpstreamReader {
         if let Some(why) = &self.failed {
             return Err(Error::UpstreamLost(why.clone()));
         }
-        match read_frame(&mut self.io, &mut self.framer).await {
-            Ok(f) => Ok(f),
-            Err(e) => {
-                let too_large = matches!(e, ReadFail::Xml(XmlError::TooLarge(_)));
-                let why = e.lost();
-                self.failed = Some(why.clone());
-                if too_large {
-                    // upstream.max_stanza_bytes in the server-to-client direction: a limit, so
-                    // the client hears policy-violation, not a connection failure.
-                    crate::metrics::metrics().limit_hit(crate::metrics::Limit::StanzaSize);
-                    return Err(Error::PolicyViolation("stanza from the server too large"));
-                }
-                Err(Error::UpstreamLost(why))
-            }
+        read_frame(&mut self.io, &mut self.framer).await.map_err(|e| self.fail(e))
+    }
+
+    /// Remember that the stream is broken (later calls repeat why) and say what it means for
+    /// the session.
+    fn fail(&mut self, e: ReadFail) -> Error {
+        let too_large = matches!(e, ReadFail::Xml(XmlError::TooLarge(_)));
+        let why = e.lost();
+        self.failed = Some(why.clone());
+        if too_large {
+            // upstream.max_stanza_bytes in the server-to-client direction: a limit, so the
+            // client hears policy-violation, not a connection failure.
+            crate::metrics::metrics().limit_hit(crate::metrics::Limit::StanzaSize);
+            return Error::PolicyViolation("stanza from the server too large");
         }
+        Error::UpstreamLost(why)
     }
 }

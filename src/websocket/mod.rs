@@ -33,7 +33,7 @@ const WRITE_BUFFER: usize = 4096;
 /// The WebSocket endpoint: checks the handshake, then spawns the session on `state.tracker`.
 pub async fn handler(State(state): State<Arc<AppState>>, ext: axum::http::Extensions, ws: WebSocketUpgrade, headers: HeaderMap) -> Response {
     if state.shutdown.is_cancelled() {
-        crate::metrics::metrics().pre_session(crate::metrics::Transport::WebSocket, &crate::Error::Shutdown);
+        crate::metrics::metrics().pre_session(Transport::WebSocket, &crate::Error::Shutdown);
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
     if let Err((status, reason)) = check_handshake(&headers, &state.config.websocket) {
@@ -44,7 +44,7 @@ pub async fn handler(State(state): State<Arc<AppState>>, ext: axum::http::Extens
     let permit = match state.admission.admit(ip) {
         Ok(p) => p,
         Err(e) => {
-            crate::metrics::metrics().pre_session(crate::metrics::Transport::WebSocket, &e);
+            crate::metrics::metrics().pre_session(Transport::WebSocket, &e);
             let status = match e {
                 crate::Error::TooMany { status, .. } => StatusCode::from_u16(status).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
                 _ => StatusCode::TOO_MANY_REQUESTS,
@@ -80,7 +80,6 @@ where
         + Send,
 {
     let mut s = session::Session::new(socket, state, Transport::DirectTls);
-    s.passthrough = true;
     s.client = client;
     s.run().await
 }

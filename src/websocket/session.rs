@@ -153,9 +153,6 @@ pub(super) struct Session<S> {
     send_wait: Duration,
     /// Records the session in the metrics (active gauge, duration, how it ended) when dropped.
     guard: SessionGuard,
-    /// A Direct TLS client relayed by [`crate::passthrough`]: the legacy framing is its native
-    /// stream, whatever `[websocket] legacy_framing` says.
-    pub(super) passthrough: bool,
     /// The client's address, for the upstream PROXY header (`upstream.proxy_protocol`).
     pub(super) client: Option<std::net::SocketAddr>,
 }
@@ -179,7 +176,7 @@ where
             DEFAULT_SEND_WAIT
         };
         let guard = metrics().session_started(transport);
-        Session { socket, state, framing: None, opened: false, asked_domain: None, up: None, limits, keepalive, send_wait, guard, passthrough: false, client: None }
+        Session { socket, state, framing: None, opened: false, asked_domain: None, up: None, limits, keepalive, send_wait, guard, client: None }
     }
 
     /// Run to the end, then say goodbye to both sides.
@@ -282,7 +279,9 @@ where
             // Closing the socket without `<close/>` is a lost client (WS-24), not a close.
             Some(Ok(Message::Close(_))) => return Flow::End(Ending::gone("close frame without <close/>")),
         };
-        let legacy = self.state.config.websocket.legacy_framing || self.passthrough;
+        // A Direct TLS client relayed by `crate::passthrough` speaks the legacy framing (its
+        // native stream), whatever `[websocket] legacy_framing` says.
+        let legacy = self.state.config.websocket.legacy_framing || self.guard.transport() == Transport::DirectTls;
         let inbound = match message::classify(text.as_str(), self.framing, legacy, &self.limits) {
             Ok(i) => i,
             Err(e) => {
@@ -438,15 +437,14 @@ where
             }
             socket.flush().await
         };
-        match timeout(self.send_wait, work).await {
-            Ok(Ok(())) => {
+        match sent(timeout(self.send_wait, work).await) {
+            Ok(()) => {
                 for _ in 0..n {
                     metrics().stanza(Direction::ToClient);
                 }
                 Flow::Continue
             }
-            Ok(Err(_)) => Flow::End(Ending::gone("write error")),
-            Err(_) => Flow::End(Ending::gone("write timed out")),
+            Err(e) => Flow::End(e),
         }
     }
 
@@ -499,11 +497,7 @@ where
 
     /// Send one message, bounded in time so a client that stops reading cannot pin the task.
     async fn send(&mut self, msg: Message) -> Result<(), Ending> {
-        match timeout(self.send_wait, self.socket.send(msg)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Ending::gone("write error")),
-            Err(_) => Err(Ending::gone("write timed out")),
-        }
+        sent(timeout(self.send_wait, self.socket.send(msg)).await)
     }
 
     /// Tell the upstream and the client how the session ended.
@@ -583,4 +577,14 @@ fn upstream_to_client(el: Element) -> Option<String> {
 /// condition child carrying its own `xmlns` (strophe.js checks it literally, WS-18).
 fn stream_error_from_upstream(el: &Element) -> String {
     el.to_xml("")
+}
+
+/// The outcome of a bounded write to the client: a failed or timed-out write means the client
+/// is gone.
+fn sent(r: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>) -> Result<(), Ending> {
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Ending::gone("write error")),
+        Err(_) => Err(Ending::gone("write timed out")),
+    }
 }

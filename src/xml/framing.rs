@@ -10,7 +10,7 @@
 //! UTF-8 need no care. The same type also frames the client side of legacy WebSocket framing
 //! (`<stream:stream>` then stanzas, one per message).
 
-use super::parse::{is_xml_space, parse_document_with_bindings};
+use super::parse::{is_xml_space, parse_document_with_bindings, parse_in_scope};
 use super::{ns, parse_document, Element, Limits, StreamHeader, XmlError};
 
 /// What the framer yields.
@@ -391,23 +391,11 @@ impl Framer {
         if slice.len() > self.limits.max_stanza_bytes {
             return Err(XmlError::TooLarge(self.limits.max_stanza_bytes));
         }
-        // The header's bindings as borrowed pairs: on the stack for the usual two (default
-        // namespace and `stream`), no allocation per stanza.
-        let mut small = [("", ""); 4];
-        let heap: Vec<(&str, &str)>;
-        let inherited: &[(&str, &str)] = if self.bindings.len() <= small.len() {
-            for (slot, (p, u)) in small.iter_mut().zip(&self.bindings) {
-                *slot = (p.as_str(), u.as_str());
-            }
-            &small[..self.bindings.len()]
-        } else {
-            heap = self.bindings.iter().map(|(p, u)| (p.as_str(), u.as_str())).collect();
-            &heap
-        };
         // The stream root is depth 1, so a top-level element may nest one level less.
         let mut limits = self.limits;
         limits.max_depth = limits.max_depth.saturating_sub(1);
-        let el = parse_document(slice, &limits, inherited).map_err(|e| match e {
+        let inherited = self.bindings.iter().map(|(p, u)| (p.as_str(), u.as_str()));
+        let el = parse_in_scope(slice, &limits, inherited).map(|(el, _)| el).map_err(|e| match e {
             XmlError::TooDeep(_) => XmlError::TooDeep(self.limits.max_depth),
             e => e,
         })?;

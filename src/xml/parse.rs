@@ -56,6 +56,16 @@ pub fn parse_document_with_bindings(
     limits: &Limits,
     inherited: &[(&str, &str)],
 ) -> Result<(Element, Vec<(String, String)>), XmlError> {
+    parse_in_scope(input, limits, inherited.iter().copied())
+}
+
+/// [`parse_document_with_bindings`] with the inherited bindings as borrowed pairs from any
+/// source (the framer passes its stream header's, without collecting them per stanza).
+pub(crate) fn parse_in_scope<'b>(
+    input: &[u8],
+    limits: &Limits,
+    inherited: impl Iterator<Item = (&'b str, &'b str)>,
+) -> Result<(Element, Vec<(String, String)>), XmlError> {
     if input.len() > limits.max_stanza_bytes {
         return Err(XmlError::TooLarge(limits.max_stanza_bytes));
     }
@@ -179,9 +189,9 @@ struct Scope<'a> {
 }
 
 impl<'a> Scope<'a> {
-    fn new(inherited: &[(&'a str, &'a str)]) -> Self {
-        let mut bindings = Vec::with_capacity(inherited.len() + 4);
-        bindings.extend(inherited.iter().map(|(p, u)| (Cow::Borrowed(*p), Cow::Borrowed(*u))));
+    fn new(inherited: impl Iterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut bindings = Vec::with_capacity(inherited.size_hint().0 + 4);
+        bindings.extend(inherited.map(|(p, u)| (Cow::Borrowed(p), Cow::Borrowed(u))));
         Scope { bindings, marks: Vec::with_capacity(8) }
     }
     /// Open an element: `decls` are the declarations written on it.
