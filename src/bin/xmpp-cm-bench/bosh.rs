@@ -1,9 +1,17 @@
 //! A BOSH (XEP-0124/0206) client session as a browser library runs one: `hold=1`, so at most
 //! two requests in flight on at most two keep-alive HTTP/1.1 connections, one request always
 //! held open for the server to answer with stanzas, stanzas queued while both are busy and sent
-//! together in the next body. A driver task per session owns the connections; the session talks
-//! to it over channels, so `recv` is cancel-safe like the other transports'.
+//! together in the next body.
+//!
+//! Like a page's event loop, the session runs in the caller's task: `send` only queues, and
+//! `recv` hands out the stanzas of a response one by one and sends the next request (queued
+//! stanzas, else an empty poll when nothing is held) only once the caller has taken them all, so
+//! what it sent in reaction leaves in the same body — as the stanzas a page's handlers send
+//! while one response is being processed do (strophe.js queues them until the turn ends). No
+//! driver task and no channel hop sits between the workload and its connections. `recv` is
+//! cancel-safe like the other transports'.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,63 +20,17 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 use crate::client::{BenchError, Result, Target};
 use crate::xml;
 
 const NS: &str = "http://jabber.org/protocol/httpbind";
 
-enum Cmd {
-    Send(Vec<u8>),
-    Restart,
-    Close(tokio::sync::oneshot::Sender<()>),
-}
-
-pub struct BoshConn {
-    cmd: mpsc::UnboundedSender<Cmd>,
-    ev: mpsc::UnboundedReceiver<Result<Bytes>>,
-}
-
-impl BoshConn {
-    /// Start the driver; it sends the session creation request at once.
-    pub fn start(t: Arc<Target>, domain: String) -> BoshConn {
-        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-        tokio::spawn(Driver::new(t, domain, cmd_rx, ev_tx).run());
-        BoshConn { cmd: cmd_tx, ev: ev_rx }
-    }
-
-    pub fn send(&mut self, data: &[u8]) -> Result<()> {
-        self.cmd.send(Cmd::Send(data.to_vec())).map_err(|_| BenchError::new("closed", "BOSH session ended"))
-    }
-
-    pub fn restart(&mut self) -> Result<()> {
-        self.cmd.send(Cmd::Restart).map_err(|_| BenchError::new("closed", "BOSH session ended"))
-    }
-
-    pub async fn recv(&mut self) -> Result<Bytes> {
-        match self.ev.recv().await {
-            Some(r) => r,
-            None => Err(BenchError::new("closed", "BOSH session ended")),
-        }
-    }
-
-    pub async fn close(&mut self) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.cmd.send(Cmd::Close(tx)).is_ok() {
-            let _ = rx.await;
-        }
-    }
-}
-
 type Inflight = std::pin::Pin<Box<dyn std::future::Future<Output = (Option<HttpConn>, Result<Bytes>)> + Send>>;
 
-struct Driver {
+pub struct BoshConn {
     t: Arc<Target>,
     domain: String,
-    cmd: mpsc::UnboundedReceiver<Cmd>,
-    ev: mpsc::UnboundedSender<Result<Bytes>>,
     sid: Option<String>,
     rid: u64,
     /// Idle keep-alive connections (at most two exist).
@@ -77,41 +39,79 @@ struct Driver {
     pending: Vec<u8>,
     restart: bool,
     created: bool,
+    /// Stanzas of responses not yet taken by the caller.
+    events: VecDeque<Bytes>,
+    /// The session failed; reported once the stanzas before the failure were taken.
+    failed: Option<BenchError>,
+    dead: bool,
 }
 
-impl Driver {
-    fn new(t: Arc<Target>, domain: String, cmd: mpsc::UnboundedReceiver<Cmd>, ev: mpsc::UnboundedSender<Result<Bytes>>) -> Driver {
+impl BoshConn {
+    /// A new session; the creation request leaves on the first `recv`.
+    pub fn start(t: Arc<Target>, domain: String) -> BoshConn {
         let rid = 1_000_000 + (rand_u32() as u64 % 1_000_000_000);
-        Driver { t, domain, cmd, ev, sid: None, rid, idle: Vec::new(), inflight: FuturesUnordered::new(), pending: Vec::new(), restart: false, created: false }
+        BoshConn {
+            t,
+            domain,
+            sid: None,
+            rid,
+            idle: Vec::new(),
+            inflight: FuturesUnordered::new(),
+            pending: Vec::new(),
+            restart: false,
+            created: false,
+            events: VecDeque::new(),
+            failed: None,
+            dead: false,
+        }
     }
 
-    async fn run(mut self) {
+    pub fn send(&mut self, data: &[u8]) -> Result<()> {
+        if self.dead {
+            return Err(BenchError::new("closed", "BOSH session ended"));
+        }
+        self.pending.extend_from_slice(data);
+        Ok(())
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        if self.dead {
+            return Err(BenchError::new("closed", "BOSH session ended"));
+        }
+        self.restart = true;
+        Ok(())
+    }
+
+    pub async fn recv(&mut self) -> Result<Bytes> {
         loop {
-            self.fill();
-            tokio::select! {
-                cmd = self.cmd.recv() => match cmd {
-                    Some(Cmd::Send(d)) => self.pending.extend_from_slice(&d),
-                    Some(Cmd::Restart) => self.restart = true,
-                    Some(Cmd::Close(done)) => {
-                        self.terminate().await;
-                        let _ = done.send(());
-                        return;
-                    }
-                    None => {
-                        self.terminate().await;
-                        return;
-                    }
-                },
-                Some((conn, res)) = self.inflight.next(), if !self.inflight.is_empty() => {
-                    if let Some(c) = conn {
-                        self.idle.push(c);
-                    }
-                    if let Err(e) = res.and_then(|b| self.on_body(&b)) {
-                        let _ = self.ev.send(Err(e));
-                        return;
-                    }
-                }
+            if let Some(e) = self.events.pop_front() {
+                return Ok(e);
             }
+            if let Some(e) = self.failed.take() {
+                return Err(e);
+            }
+            if self.dead {
+                return Err(BenchError::new("closed", "BOSH session ended"));
+            }
+            self.fill();
+            let Some((conn, res)) = self.inflight.next().await else {
+                self.dead = true;
+                return Err(BenchError::new("protocol", "no request in flight"));
+            };
+            if let Some(c) = conn {
+                self.idle.push(c);
+            }
+            if let Err(e) = res.and_then(|b| self.on_body(&b)) {
+                self.failed = Some(e);
+                self.dead = true;
+            }
+        }
+    }
+
+    pub async fn close(&mut self) {
+        if !self.dead {
+            self.dead = true;
+            self.terminate().await;
         }
     }
 
@@ -128,7 +128,7 @@ impl Driver {
                 self.t.bosh_wait
             );
             self.rid += 1;
-            self.post(body);
+            self.post(body.into_bytes());
             return;
         }
         let Some(sid) = self.sid.clone() else { return };
@@ -138,20 +138,15 @@ impl Driver {
             } else {
                 String::new()
             };
-            let payload = std::mem::take(&mut self.pending);
             let mut body = format!("<body rid='{}' sid='{}' xmlns='{NS}'{restart}>", self.rid, sid).into_bytes();
-            body.extend_from_slice(&payload);
+            body.append(&mut self.pending);
             body.extend_from_slice(b"</body>");
             self.rid += 1;
-            self.post_bytes(body);
+            self.post(body);
         }
     }
 
-    fn post(&mut self, body: String) {
-        self.post_bytes(body.into_bytes())
-    }
-
-    fn post_bytes(&mut self, body: Vec<u8>) {
+    fn post(&mut self, body: Vec<u8>) {
         let conn = self.idle.pop();
         let t = self.t.clone();
         let limit = Duration::from_secs(self.t.bosh_wait as u64 + 15);
@@ -174,11 +169,7 @@ impl Driver {
                 None => return Err(BenchError::new("bosh_terminate", format!("no sid: {}", String::from_utf8_lossy(&root)))),
             }
         }
-        for c in children {
-            if self.ev.send(Ok(c)).is_err() {
-                break;
-            }
-        }
+        self.events.extend(children);
         if xml::attr(&root, "type") == Some("terminate") {
             let cond = xml::attr(&root, "condition").unwrap_or("none");
             return Err(BenchError::new("bosh_terminate", format!("condition {cond}")));
