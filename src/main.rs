@@ -29,17 +29,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// (`purge_delay` 0) and commit arena memory only when used (`arena_eager_commit` 0). Without
 /// these an idle BOSH session measured ~87 KiB instead of ~66 KiB. The numbers are the
 /// `mi_option_e` values of the mimalloc v3 that libmimalloc-sys 0.1.49 vendors (the Rust
-/// bindings do not name them); `MIMALLOC_*` environment variables are read before this runs.
+/// bindings do not name them). An operator's `MIMALLOC_PURGE_DELAY` / `MIMALLOC_ARENA_EAGER_COMMIT`
+/// environment variable wins over these defaults.
 fn tune_allocator() {
     extern "C" {
         fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
     }
     const MI_OPTION_ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
     const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-    // SAFETY: mi_option_set only stores an option value; both indices exist in this mimalloc.
-    unsafe {
-        mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
-        mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+    for (option, env) in [(MI_OPTION_ARENA_EAGER_COMMIT, "MIMALLOC_ARENA_EAGER_COMMIT"), (MI_OPTION_PURGE_DELAY, "MIMALLOC_PURGE_DELAY")] {
+        if std::env::var_os(env).is_none() {
+            // SAFETY: mi_option_set only stores an option value; both indices exist in this mimalloc.
+            unsafe { mi_option_set(option, 0) };
+        }
     }
 }
 
