@@ -1,6 +1,9 @@
 //! Keeps `xmpp-cm-bench` working: its own `upstream` server plus a few sessions over TCP
-//! (`setup`, then a 1 s `pingpong` and `flood`), and the JSON record must parse with no error.
+//! (`setup`, then a 1 s `pingpong` and `flood`), and the JSON record must parse with no error;
+//! then its BOSH and WebSocket clients through xmpp-cm in front of that upstream.
 //! No timing is asserted: only that the tool runs and counts.
+
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -34,8 +37,12 @@ fn start_upstream() -> (Upstream, String) {
 }
 
 fn run(addr: &str, args: &[&str]) -> serde_json::Value {
+    run_over("tcp", addr, args)
+}
+
+fn run_over(transport: &str, target: &str, args: &[&str]) -> serde_json::Value {
     let mut cmd = Command::new(BENCH);
-    cmd.args(["--threads", "1", "run", "--transport", "tcp", "--target", addr, "--domain", "bench.test", "--quiet"]);
+    cmd.args(["--threads", "1", "run", "--transport", transport, "--target", target, "--domain", "bench.test", "--quiet"]);
     cmd.args(args);
     let out = cmd.output().expect("run xmpp-cm-bench");
     assert!(out.status.success(), "xmpp-cm-bench {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -71,4 +78,32 @@ fn bench_tool_runs_against_its_own_upstream() {
         }
     }
     std::thread::sleep(Duration::from_millis(10));
+}
+
+/// The generator's BOSH and WebSocket clients, through xmpp-cm (plaintext upstream) to the
+/// bench upstream: logins, a pingpong and a flood, every message back and no error.
+#[test]
+fn bench_tool_drives_bosh_and_websocket_through_xmpp_cm() {
+    let (up, addr) = start_upstream();
+    let toml = format!(
+        "[http]\nlisten = [\"127.0.0.1:{}\"]\n[admin]\nlisten = \"127.0.0.1:{}\"\n[upstream]\ndomains = [\"bench.test\"]\ntls = \"none\"\n\
+         [upstream.routes]\n\"bench.test\" = \"{addr}\"\n[limits]\nnew_sessions_per_ip_per_sec = 1000\n",
+        support::free_port(),
+        support::free_port()
+    );
+    let cm = support::xmpp_cm::XmppCm::start(&toml);
+    let watch = format!("proxy={}", cm.pid());
+    for (transport, target) in [("bosh", cm.bosh_url()), ("ws", cm.ws_url())] {
+        for workload in ["pingpong", "flood"] {
+            let r = run_over(transport, &target, &["--workload", workload, "--sessions", "4", "--duration", "1", "--warmup", "0.2", "--rate", "20", "--pid", &watch]);
+            let what = format!("{transport} {workload}: {r}\n--- xmpp-cm log ---\n{}", cm.log());
+            assert_eq!(r["errors_total"], 0, "{what}");
+            assert_eq!(r["logins"]["ok"], 4, "{what}");
+            let (sent, received) = (r["messages"]["sent"].as_u64().unwrap_or(0), r["messages"]["received"].as_u64().unwrap_or(0));
+            assert!(received > 0 && received == sent, "every message comes back: {what}");
+            assert!(r["procs"][0]["cpu_s"].as_f64().is_some(), "xmpp-cm's CPU sampled: {what}");
+        }
+    }
+    drop(cm);
+    drop(up);
 }

@@ -31,7 +31,8 @@ fn value(text: &str, name_and_labels: &str) -> Option<f64> {
 /// Every `xmpp_cm_*` metric name a dashboard query uses.
 fn dashboard_metric_names() -> BTreeSet<String> {
     let path = repo_root().join("dashboards/xmpp-cm.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // Readable and UTF-8 here, so a missing file fails with its path rather than in Python.
+    let _ = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     // Parsed by Python's json module: the file must be valid JSON, and we get the exprs.
     let script = r#"
 import json, re, sys

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +17,10 @@ use crate::server::AppState;
 use crate::xml::Limits;
 
 /// POST on the BOSH path.
-pub async fn post(State(state): State<Arc<AppState>>, ext: axum::http::Extensions, headers: HeaderMap, body: Body) -> Response {
+pub async fn post(State(state): State<Arc<AppState>>, req: axum::extract::Request) -> Response {
+    // Taken apart rather than extracted: the `HeaderMap` and `Extensions` extractors clone.
+    let (parts, body) = req.into_parts();
+    let axum::http::request::Parts { headers, extensions: ext, .. } = parts;
     let cors = cors_origin(&state, &headers);
     let max = state.config.bosh.max_body_bytes;
     // Refuse early on the declared length; the limit below also stops chunked bodies (HTTP-15).
@@ -61,7 +63,7 @@ pub async fn post(State(state): State<Arc<AppState>>, ext: axum::http::Extension
             let client = crate::upstream::proxy::client_addr(&ext);
             let ip = client.map(|c| c.ip());
             let span = tracing::info_span!("client", ip = ip.map(tracing::field::display));
-            if let Err((e, _inc)) = span.in_scope(|| state.bosh.create(&state, inc, client)) {
+            if let Err(e) = span.in_scope(|| state.bosh.create(&state, inc, client)) {
                 let status = match &e {
                     // Admission limits: 429 for this client, 503 for the whole process.
                     Error::TooMany { status, .. } => *status,

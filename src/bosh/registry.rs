@@ -44,23 +44,24 @@ impl Registry {
         self.sessions.is_empty()
     }
 
-    /// Check the creation policy and start the session task; the task answers `inc.reply`.
+    /// Check the creation policy and start the session task; the task answers `inc.reply`. On a
+    /// refusal `inc` is dropped and the caller answers with the error.
     /// `client` is the client's address (IP after the trusted-proxy rules); its IP is what the
     /// admission limits count, and it goes to the upstream in the PROXY header when configured.
-    pub fn create(&self, state: &Arc<AppState>, inc: Incoming, client: Option<std::net::SocketAddr>) -> Result<(), (Error, Incoming)> {
+    pub fn create(&self, state: &Arc<AppState>, inc: Incoming, client: Option<std::net::SocketAddr>) -> Result<(), Error> {
         let ip = client.map(|c| c.ip());
         if state.shutdown.is_cancelled() {
-            return Err((state.drain_error(crate::metrics::Transport::Bosh), inc));
+            return Err(state.drain_error(crate::metrics::Transport::Bosh));
         }
         let cfg = &state.config;
         let domain = match inc.req.to.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
             Some(d) => d.to_ascii_lowercase(),
             None if !cfg.bosh.default_domain.is_empty() => cfg.bosh.default_domain.to_ascii_lowercase(),
-            None => return Err((Error::ImproperAddressing, inc)),
+            None => return Err(Error::ImproperAddressing),
         };
         // Not an open relay: anything not served is refused before any DNS or TCP work.
         if !cfg.serves(&domain) {
-            return Err((Error::HostUnknown, inc));
+            return Err(Error::HostUnknown);
         }
         // `route` is honoured only when allow-listed verbatim; any other value is host-unknown
         // (BOSH-S-14, issue 5), before any DNS or TCP work.
@@ -70,14 +71,11 @@ impl Registry {
                 Some(t) => Some(t),
                 None => {
                     tracing::info!(route = r, "BOSH route not in upstream.allow_route: host-unknown");
-                    return Err((Error::HostUnknown, inc));
+                    return Err(Error::HostUnknown);
                 }
             },
         };
-        let permit = match state.admission.admit(ip) {
-            Ok(p) => p,
-            Err(e) => return Err((e, inc)),
-        };
+        let permit = state.admission.admit(ip)?;
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         let sid = loop {
             let sid = new_sid();

@@ -805,6 +805,16 @@ fn undelivered(out: &str) -> Vec<Element> {
     }
 }
 
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// The first characters of a sid, enough to correlate log lines without revealing the bearer
+/// secret (SEC-08).
+pub fn short(sid: &str) -> &str {
+    sid.get(..6).unwrap_or(sid)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -851,14 +861,4 @@ mod tests {
         assert_eq!(negotiate("xml:lang='de'").open.lang, "de");
         assert!(negotiate("ack='1'").ack_mode);
     }
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
-}
-
-/// The first characters of a sid, enough to correlate log lines without revealing the bearer
-/// secret (SEC-08).
-pub fn short(sid: &str) -> &str {
-    sid.get(..6).unwrap_or(sid)
 }
