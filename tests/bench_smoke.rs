@@ -81,7 +81,7 @@ fn bench_tool_runs_against_its_own_upstream() {
 }
 
 /// The generator's BOSH and WebSocket clients, through xmpp-cm (plaintext upstream) to the
-/// bench upstream: logins, a pingpong and a flood, every message back and no error.
+/// bench upstream: logins, a pingpong and a flood, messages back and no error (none lost).
 #[test]
 fn bench_tool_drives_bosh_and_websocket_through_xmpp_cm() {
     let (up, addr) = start_upstream();
@@ -99,8 +99,10 @@ fn bench_tool_drives_bosh_and_websocket_through_xmpp_cm() {
             let what = format!("{transport} {workload}: {r}\n--- xmpp-cm log ---\n{}", cm.log());
             assert_eq!(r["errors_total"], 0, "{what}");
             assert_eq!(r["logins"]["ok"], 4, "{what}");
-            let (sent, received) = (r["messages"]["sent"].as_u64().unwrap_or(0), r["messages"]["received"].as_u64().unwrap_or(0));
-            assert!(received > 0 && received == sent, "every message comes back: {what}");
+            // A message that never comes back is counted as a `lost` error (errors_total above);
+            // `sent` and `received` count by different clocks (write time, intended time), so
+            // they are not compared.
+            assert!(r["messages"]["received"].as_u64().unwrap_or(0) > 0, "messages came back: {what}");
             assert!(r["procs"][0]["cpu_s"].as_f64().is_some(), "xmpp-cm's CPU sampled: {what}");
         }
     }
