@@ -212,9 +212,9 @@ for t in ("up-cm-ws", "up-cm-bosh"):
     rs = growth_ratios_at(t, idle)
     rr = median_or_none(rs)
     dg = direct_growth_at(idle, "up-direct")
-    pairs = "" if len(rs) < 2 else f"median of {len(rs)} pairs ({', '.join(f'{x:.2f}' for x in rs)}); "
-    ref = "" if not dg else f"direct TCP to the bench upstream at {idle:,}: {dg:.2f}×"
-    extra = "" if rr is None or not (pairs or ref) else f" ({pairs}{ref})".replace("; )", ")")
+    notes = ([f"median of {len(rs)} pairs ({', '.join(f'{x:.2f}' for x in rs)})"] if len(rs) > 1 else []) + \
+        ([f"direct TCP to the bench upstream at {idle:,}: {dg:.2f}×"] if dg else [])
+    extra = "" if rr is None or not notes else f" ({'; '.join(notes)})"
     row(f"{NAMES[t]}: pingpong p99 with {idle:,} idle vs without (no GC upstream)", "≤ 1.2×", fmt(rr, '{:.2f}×') + extra, None if rr is None else rr <= 1.2)
 big = groups.get(("big-idle", "up-cm-ws", "idle"), [])
 if big:

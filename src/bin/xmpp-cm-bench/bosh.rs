@@ -9,7 +9,8 @@
 //! what it sent in reaction leaves in the same body — as the stanzas a page's handlers send
 //! while one response is being processed do (strophe.js queues them until the turn ends). No
 //! driver task and no channel hop sits between the workload and its connections. `recv` is
-//! cancel-safe like the other transports'.
+//! cancel-safe like the other transports'. Requests progress only while `recv` is polled, and a
+//! session dropped without `close` sends no terminate (the server ends it on inactivity).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
