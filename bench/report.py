@@ -217,9 +217,20 @@ for t in ("up-cm-ws", "up-cm-bosh"):
     extra = "" if rr is None or not notes else f" ({'; '.join(notes)})"
     row(f"{NAMES[t]}: pingpong p99 with {idle:,} idle vs without (no GC upstream)", "≤ 1.2×", fmt(rr, '{:.2f}×') + extra, None if rr is None else rr <= 1.2)
 big = groups.get(("big-idle", "up-cm-ws", "idle"), [])
+scale = groups.get(("scale-total", "up-cm-ws", "idle"), [])
+scale_shards = groups.get(("scale-shard", "up-cm-ws", "idle"), [])
 if big:
     r = big[-1]
     row("100,000 idle WebSocket sessions (bench upstream)", "held", f"{r['logins']['ok']:,} held, {r['errors_total']} errors")
+elif scale:
+    r = scale[-1]
+    shard_errors = sum(x["errors_total"] for x in scale_shards)
+    ok = r["max_held_at_once"] >= r["sessions"] and r.get("held_after_window", 0) >= r["sessions"]
+    row(f"{r['sessions']:,} idle WebSocket sessions (bench upstream)", "held",
+        f"{r['max_held_at_once']:,} held at once by {r['chains']} xmpp-cm processes "
+        f"(open-file limit {r['fd_limit_per_process']:,} per process), {r.get('proxy_kib_per_session_incl_base', 0):.1f} KiB/session "
+        f"incl. each process's base, {r.get('cpu_s_window', {}).get('proxy', 0):.2f} CPU-s idle over {r.get('window_s', 0):g} s, "
+        f"{shard_errors} errors", ok and shard_errors == 0)
 else:
     row("100,000 idle WebSocket sessions (bench upstream)", "held", a.skipped or "not run (full mode only)")
 w("")
@@ -293,6 +304,29 @@ if big:
         w(f"- bench upstream RSS {u['rss_kib_loaded']:,} KiB, CPU while idle {u['cpu_s']:.2f} s")
     w(f"- generator CPU while idle {r['generator']['cpu_s']:.2f} s; client source addresses: {r['params']['sources']}\n")
 
+if scale and not big:
+    r = scale[-1]
+    w(f"## {r['sessions']:,} idle WebSocket sessions (upstream: `xmpp-cm-bench upstream`; bench/scale.sh)\n")
+    w(f"The open-file limit here is {r['fd_limit_per_process']:,} per process and cannot be raised (no CAP_SYS_RESOURCE), "
+      "and xmpp-cm needs 2 descriptors per WebSocket session, so one process tops out near 9,500 sessions. "
+      f"bench/scale.sh splits the sessions over {r['chains']} independent chains (generator → xmpp-cm → bench upstream, "
+      "each on its own ports) running on this machine at the same time, and reads xmpp-cm's own "
+      "`xmpp_cm_sessions_active` gauges to check that all are held at once before it measures. "
+      "With a raised limit, one process would hold them (`bench/compare.sh` then runs the single-process 100k run instead).\n")
+    w(f"- held at once (sum of the {r['chains']} gauges): {r['max_held_at_once']:,} of {r['sessions']:,}, "
+      f"reached {r.get('setup_s', 0):.0f} s after the generators started; still held after the window: {r.get('held_after_window', 0):,}")
+    st, ld, cw = r.get("rss_kib_start", {}), r.get("rss_kib_loaded", {}), r.get("cpu_s_window", {})
+    if ld.get("proxy"):
+        w(f"- xmpp-cm RSS, all {r['chains']} processes: {st['proxy']:,} KiB before → {ld['proxy']:,} KiB loaded = "
+          f"{r['proxy_kib_per_session']:.1f} KiB per session ({r['proxy_kib_per_session_incl_base']:.1f} with every process's base)")
+        w(f"- CPU while all are held, over {r['window_s']:g} s: xmpp-cm {cw.get('proxy')} s, bench upstreams {cw.get('upstream')} s, "
+          f"generators {cw.get('generator')} s; bench upstream RSS {ld['upstream']:,} KiB, generators {ld['generator']:,} KiB")
+    if scale_shards:
+        lg = sum(x["logins"]["ok"] for x in scale_shards)
+        w(f"- generators' own records: {lg:,} logins, {sum(x['logins']['failed'] for x in scale_shards)} failed, "
+          f"{sum(x['errors_total'] for x in scale_shards)} errors over {len(scale_shards)} generators")
+    w("")
+
 # ---------------------------------------------------------------- errors and commands
 w("## Errors\n")
 any_err = False
@@ -300,7 +334,7 @@ for (s, l, wl), rs in sorted(groups.items()):
     tot = sum(r["errors_total"] for r in rs)
     if tot:
         any_err = True
-        samples = [x for r in rs for x in r["error_samples"]][:3]
+        samples = [x for r in rs for x in r.get("error_samples", [])][:3]
         w(f"- {s} / {l} / {wl}: {tot} — {samples}")
 if not any_err:
     w("None in any run.")
@@ -311,6 +345,8 @@ w("Each run is one `xmpp-cm-bench run …` command; the exact commands of this r
 w("```")
 seen = set()
 for r in recs:
+    if "params" not in r:  # bench/scale.sh's summary record
+        continue
     key = (r["note"], r["label"], r["workload"], r["params"]["idle_sessions"])
     if key in seen or r["note"] == "warmup":
         continue

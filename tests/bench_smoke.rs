@@ -109,3 +109,55 @@ fn bench_tool_drives_bosh_and_websocket_through_xmpp_cm() {
     drop(cm);
     drop(up);
 }
+
+/// A run of `port_count` consecutive loopback ports, all free right now, below 32768.
+fn free_port_run(port_count: u16) -> u16 {
+    let seed = std::process::id() as u16;
+    for i in 0..200u16 {
+        let base = 20000 + (seed.wrapping_add(i.wrapping_mul(97)) % 1000) * 10;
+        let held: Vec<_> = (base..base + port_count).map_while(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok()).collect();
+        if held.len() == port_count as usize {
+            return base;
+        }
+    }
+    panic!("no run of {port_count} free loopback ports");
+}
+
+/// bench/scale.sh (the 100k run split over processes when one process's open-file limit is too
+/// low) with 2 chains of 15 sessions: every session is held at once per xmpp-cm's own gauges,
+/// and every generator writes its record with no error.
+#[test]
+fn scale_script_holds_every_session_across_chains() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("scale.jsonl");
+    let bin = std::path::Path::new(BENCH).parent().expect("bin dir");
+    assert!(bin.join("xmpp-cm").exists(), "xmpp-cm is built next to xmpp-cm-bench");
+    let base = free_port_run(6);
+    let res = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/bench/scale.sh"))
+        .args(["--sessions", "30", "--chains", "2", "--hold", "1", "--port-base", &base.to_string()])
+        .arg("--out")
+        .arg(&out)
+        .arg("--bin")
+        .arg(bin)
+        .output()
+        .expect("run bench/scale.sh");
+    let log = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "bench/scale.sh failed: {log}");
+    let recs: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .expect("records")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad record ({e}): {l}")))
+        .collect();
+    let total = recs.iter().find(|r| r["note"] == "scale-total").unwrap_or_else(|| panic!("no summary record: {log}"));
+    assert_eq!(total["chains"], 2);
+    assert_eq!(total["max_held_at_once"], 30, "{total}");
+    assert_eq!(total["held_after_window"], 30, "{total}");
+    assert!(total["rss_kib_loaded"]["proxy"].as_u64().unwrap_or(0) > 0, "{total}");
+    let shards: Vec<_> = recs.iter().filter(|r| r["note"] == "scale-shard").collect();
+    assert_eq!(shards.len(), 2, "one record per generator: {log}");
+    for s in shards {
+        assert_eq!(s["logins"]["ok"], 15, "{s}");
+        assert_eq!(s["errors_total"], 0, "{s}");
+    }
+}

@@ -107,8 +107,9 @@ struct RunArgs {
     /// BOSH `route` attribute to send, e.g. xmpp:127.0.0.1:5222.
     #[arg(long)]
     bosh_route: Option<String>,
-    /// BOSH `wait` (seconds).
-    #[arg(long, default_value_t = 30)]
+    /// BOSH `wait` (seconds). 60 is what strophe.js (and so converse.js) asks for; an idle
+    /// session's held request comes back, and is re-posted, once per `wait`.
+    #[arg(long, default_value_t = 60)]
     bosh_wait: u32,
     /// Seed of the random pingpong phases (default: a random one, stored in the record).
     #[arg(long)]

@@ -453,7 +453,14 @@ pub async fn run(spec: Spec) -> Record {
         Workload::Idle => {
             let g0 = stats::sample(gen_pid).unwrap_or_default();
             phase0 = watch.now();
-            tokio::time::sleep(Duration::from_secs_f64(p.duration_s)).await;
+            // SIGTERM or SIGINT ends the hold early and the record is still written
+            // (bench/scale.sh stops its generators once it has measured them all held at once).
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs_f64(p.duration_s)) => {}
+                _ = tokio::signal::ctrl_c() => {}
+                Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => std::future::pending().await } } => {}
+            }
             phase1 = watch.now();
             gen_phase = stats::sample(gen_pid).unwrap_or_default().cpu_s - g0.cpu_s;
         }
