@@ -5,7 +5,7 @@
 # 100k idle WebSocket sessions. Writes every JSON record to $WORK/results.jsonl and the report
 # to BENCHMARKS.md (bench/report.py).
 #
-#   bench/compare.sh            full run (~25 min), medians of 3 repeats
+#   bench/compare.sh            full run (~30 min), medians of 3 repeats
 #   bench/compare.sh --quick    smoke run (< 3 min): 1 repeat, short durations, small counts
 #   options: --out FILE (default BENCHMARKS.md at the repo root), --no-build, --keep (leave $WORK)
 #   env: BENCH_PORT_BASE (default 21000; every listener is BASE+0..99, all below 32768),
