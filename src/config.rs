@@ -84,6 +84,10 @@ pub struct Limits {
     pub new_sessions_per_ip_per_sec: u32,
     /// Bytes queued for a slow client before xmpp-cm stops reading its upstream (backpressure).
     pub max_queued_bytes: usize,
+    /// Bytes per second one session may send towards the upstream (0: unlimited). A client over
+    /// it is not cut off: xmpp-cm stops reading from it until its token bucket (burst: one
+    /// second's worth, at least `upstream.max_stanza_bytes`) has refilled (WS-25).
+    pub client_bytes_per_sec: u32,
     /// Deepest XML nesting accepted from clients (the BOSH body counts as one level).
     pub max_xml_depth: usize,
     /// Most attributes on one element.
@@ -99,6 +103,7 @@ impl Default for Limits {
             max_sessions_per_ip: 100,
             new_sessions_per_ip_per_sec: 20,
             max_queued_bytes: 1 << 20,
+            client_bytes_per_sec: 1 << 20,
             max_xml_depth: 64,
             max_xml_attrs: 64,
             max_xml_name_len: 256,

@@ -1,11 +1,12 @@
 //! Admission limits for new sessions, shared by every transport: sessions in total, sessions per
 //! client IP, and new sessions per client IP per second (a token bucket). A [`Permit`] is held
-//! by the session task for its whole life; dropping it gives the slot back.
+//! by the session task for its whole life; dropping it gives the slot back. And [`Throttle`], the
+//! per-session byte rate of what a client sends (`limits.client_bytes_per_sec`).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
@@ -98,6 +99,48 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A session's token bucket for the bytes its client sends (`limits.client_bytes_per_sec`, WS-25).
+/// A client over the rate is slowed, not cut off: the session stops reading from it until
+/// [`Throttle::take`]'s instant, so the client's own socket (WebSocket) or its next HTTP
+/// requests (BOSH) wait, and nothing it sent is dropped. The burst is one second's worth, at
+/// least one largest stanza, so a single big stanza never waits on an idle session.
+#[derive(Debug)]
+pub struct Throttle {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+    /// Set by [`Throttle::take`] while the client is paused; the session clears it when the
+    /// pause ends (kept here so that it costs a session nothing unless it has a rate).
+    pub paused_until: Option<Instant>,
+}
+
+impl Throttle {
+    /// `None` when `rate` is 0 (unlimited).
+    pub fn new(rate: u32, largest: usize, now: Instant) -> Option<Box<Throttle>> {
+        if rate == 0 {
+            return None;
+        }
+        let burst = f64::from(rate).max(largest as f64);
+        Some(Box::new(Throttle { rate: f64::from(rate), burst, tokens: burst, last: now, paused_until: None }))
+    }
+
+    /// Spends `bytes`; returns (and stores in `paused_until`) when reading may resume if the
+    /// bucket is now in deficit (and counts the hit), else `None`.
+    pub fn take(&mut self, bytes: usize, now: Instant) -> Option<Instant> {
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst) - bytes as f64;
+        self.last = now;
+        self.paused_until = None;
+        if self.tokens >= 0.0 {
+            return None;
+        }
+        crate::metrics::metrics().limit_hit(crate::metrics::Limit::ClientRate);
+        self.paused_until = Some(now + Duration::from_secs_f64(-self.tokens / self.rate));
+        self.paused_until
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
         self.adm.total.fetch_sub(1, Ordering::AcqRel);
@@ -115,6 +158,31 @@ impl Drop for Permit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttle_pauses_for_the_deficit_and_refills_ws25() {
+        let t0 = Instant::now();
+        assert!(Throttle::new(0, 1000, t0).is_none(), "0 is unlimited");
+        let mut t = Throttle::new(1000, 100, t0).unwrap();
+        assert_eq!(t.take(1000, t0), None, "the burst is one second's worth");
+        let resume = t.take(500, t0).expect("over the rate");
+        assert_eq!(resume - t0, Duration::from_millis(500), "pause = deficit / rate");
+        // At the resume instant the deficit is paid; half a second later 500 bytes are free.
+        assert_eq!(t.take(0, resume), None);
+        assert_eq!(t.take(500, resume + Duration::from_millis(500)), None);
+        // A long quiet spell refills to the burst, no further.
+        let later = resume + Duration::from_secs(60);
+        assert_eq!(t.take(1000, later), None);
+        assert!(t.take(1, later).is_some());
+    }
+
+    #[test]
+    fn throttle_burst_fits_the_largest_stanza() {
+        let t0 = Instant::now();
+        let mut t = Throttle::new(10, 4096, t0).unwrap();
+        assert_eq!(t.take(4096, t0), None, "one largest stanza passes on a fresh session");
+        assert!(t.take(1, t0).is_some());
+    }
 
     fn lim(max: usize, per_ip: usize, rate: u32) -> Arc<Admission> {
         Admission::new(Limits { max_sessions: max, max_sessions_per_ip: per_ip, new_sessions_per_ip_per_sec: rate, ..Limits::default() })

@@ -104,6 +104,8 @@ pub enum Limit {
     BodyTimeout,
     /// `limits.max_queued_bytes` (upstream reads paused for a slow client).
     QueuedBytes,
+    /// `limits.client_bytes_per_sec` (client reads paused for a fast one).
+    ClientRate,
     /// Any other policy violation.
     Other,
 }
@@ -123,6 +125,7 @@ impl Limit {
             Limit::TlsHandshake => "tls_handshake",
             Limit::BodyTimeout => "body_timeout",
             Limit::QueuedBytes => "queued_bytes",
+            Limit::ClientRate => "client_rate",
             Limit::Other => "other",
         }
     }

@@ -3,7 +3,9 @@
 //! client IP for per-IP limits; a flood of session creations (429 after the burst), the global
 //! cap (503) and their metrics; billion laughs, 10 MB bodies and 10,000-deep nesting on BOSH and
 //! WebSocket; a slowloris of 500 connections; slow readers (WebSocket that never reads, BOSH that
-//! stops polling) with xmpp-cm's memory bounded. Every other session keeps working throughout.
+//! stops polling) with xmpp-cm's memory bounded; a client sending faster than
+//! `limits.client_bytes_per_sec` slowed, not cut off (WebSocket and BOSH). Every other session
+//! keeps working throughout.
 
 mod bosh_client;
 mod edge_common;
@@ -566,7 +568,8 @@ async fn idle_http2_connections_are_closed() {
 async fn websocket_slow_reader_keeps_memory_bounded() {
     let _g = HEAVY.lock().await;
     let p = prosody();
-    let cm = cm(&p, &[("websocket.ping_interval", "5"), ("websocket.ping_timeout", "5")]);
+    // Bob floods as fast as he can: his own rate limit (limits.client_bytes_per_sec) is off.
+    let cm = cm(&p, &[("websocket.ping_interval", "5"), ("websocket.ping_timeout", "5"), ("limits.client_bytes_per_sec", "0")]);
     let d = p.domain().to_string();
     let mut alice = ws_plain(&cm.ws_url()).await;
     let alice_jid = alice.login(&d, "alice", "alicepass").await;
@@ -633,7 +636,7 @@ async fn websocket_slow_reader_keeps_memory_bounded() {
 async fn bosh_client_that_stops_polling_gets_backpressure() {
     let _g = HEAVY.lock().await;
     let p = prosody();
-    let cm = cm(&p, &[("limits.max_queued_bytes", "262144"), ("bosh.max_inactivity", "120")]);
+    let cm = cm(&p, &[("limits.max_queued_bytes", "262144"), ("bosh.max_inactivity", "120"), ("limits.client_bytes_per_sec", "0")]);
     let d = p.domain().to_string();
     let (mut alice, alice_jid) = Bosh::login(&cm.bosh_url(), &d, "alice", "alicepass", 5).await;
     let (mut carol, carol_jid) = Bosh::login(&cm.bosh_url(), &d, "carol", "carolpass", 5).await;
@@ -724,4 +727,97 @@ async fn oversized_stanza_from_upstream_is_refused() {
     assert_eq!(limit_hits(&small, "stanza_size").await - before, 1.0);
     carol.ping(d, "ping-carol-after-big").await;
     bob.ping(d, "ping-bob-after-big").await;
+}
+
+/// Ten 8 KiB chat bodies, tagged `{tag}{i:02}-`.
+fn rate_payloads(tag: &str, to: &str, n: usize) -> Vec<String> {
+    let filler = "r".repeat(8 * 1024);
+    (0..n).map(|i| chat(to, &format!("{tag}{i:02}-{filler}"))).collect()
+}
+
+/// WS-25 (rate): `limits.client_bytes_per_sec` 20,000 (burst 20,000: max_stanza_bytes is lower).
+/// A WebSocket client that sends 10 × 8 KiB at once is slowed, not cut off: bob gets all ten,
+/// in order, no sooner than the bucket allows (≥ 2.5 s for the ~62 KB over the burst; only
+/// that lower bound is checked), the pauses are counted as `limit="client_rate"`, alice's
+/// session stays up, and carol's session is not slowed meanwhile (the bucket is per session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_websocket_client_is_slowed_not_cut_ws25() {
+    let _g = HEAVY.lock().await;
+    let p = prosody();
+    let cm = cm(&p, &[("limits.client_bytes_per_sec", "20000"), ("upstream.max_stanza_bytes", "16384")]);
+    let d = p.domain().to_string();
+    let mut alice = ws_plain(&cm.ws_url()).await;
+    alice.login(&d, "alice", "alicepass").await;
+    let mut bob = ws_plain(&cm.ws_url()).await;
+    let bob_jid = bob.login(&d, "bob", "bobpass").await;
+    let mut carol = ws_plain(&cm.ws_url()).await;
+    carol.login(&d, "carol", "carolpass").await;
+    let hits0 = limit_hits(&cm, "client_rate").await;
+
+    let t0 = Instant::now();
+    for m in rate_payloads("w", &bob_jid, 10) {
+        alice.send(&m).await;
+    }
+    // Carol, on her own bucket, is answered at once while alice is paused.
+    let tc = Instant::now();
+    carol.ping(&d, "carol-during-throttle").await;
+    let carol_rtt = tc.elapsed();
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let m = bob.recv_until("<body>w").await;
+        let i: usize = between(&m, "<body>w", "-").parse().expect("tag");
+        got.push(i);
+    }
+    let took = t0.elapsed();
+    let hits = limit_hits(&cm, "client_rate").await - hits0;
+    eprintln!("10 x 8 KiB at 20,000 B/s took {took:?}; carol's ping {carol_rtt:?}; client_rate hits {hits}");
+    assert_eq!(got, (0..10).collect::<Vec<_>>(), "lost or reordered");
+    assert!(took >= Duration::from_millis(2500), "not throttled: {took:?}");
+    assert!(hits >= 1.0, "pauses not counted");
+    assert!(carol_rtt < Duration::from_secs(2), "carol was slowed too: {carol_rtt:?}");
+    // Alice's session is still up and usable.
+    alice.ping(&d, "alice-after").await;
+}
+
+/// WS-25 (rate) on BOSH: two bodies of 5 × 8 KiB posted back to back (rid n, n+1) with
+/// `client_bytes_per_sec` 20,000: the second is taken only after the first's deficit has
+/// refilled (≥ 0.8 s), bob gets all ten in order, and the pause is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_bosh_client_is_slowed_not_cut_ws25() {
+    let _g = HEAVY.lock().await;
+    let p = prosody();
+    let cm = cm(&p, &[("limits.client_bytes_per_sec", "20000"), ("upstream.max_stanza_bytes", "16384")]);
+    let d = p.domain().to_string();
+    let (mut alice, _) = Bosh::login(&cm.bosh_url(), &d, "alice", "alicepass", 5).await;
+    let mut bob = ws_plain(&cm.ws_url()).await;
+    let bob_jid = bob.login(&d, "bob", "bobpass").await;
+    let hits0 = limit_hits(&cm, "client_rate").await;
+
+    let all = rate_payloads("b", &bob_jid, 10);
+    let body_a = alice.next_body("", &all[..5].concat());
+    let body_b = alice.next_body("", &all[5..].concat());
+    let url = alice.url.clone();
+    let t0 = Instant::now();
+    let url_a = url.clone();
+    let a = tokio::spawn(async move { bosh_client::post(&url_a, &body_a, Duration::from_secs(30)).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let b = tokio::spawn(async move { bosh_client::post(&url, &body_b, Duration::from_secs(30)).await });
+    let mut got = Vec::new();
+    let mut second_batch_at = None;
+    while got.len() < 10 {
+        let m = bob.recv_until("<body>b").await;
+        let i: usize = between(&m, "<body>b", "-").parse().expect("tag");
+        if i == 5 {
+            second_batch_at = Some(t0.elapsed());
+        }
+        got.push(i);
+    }
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    let hits = limit_hits(&cm, "client_rate").await - hits0;
+    eprintln!("second body relayed after {second_batch_at:?}; client_rate hits {hits}");
+    assert_eq!(got, (0..10).collect::<Vec<_>>(), "lost or reordered");
+    assert_eq!((a.status, b.status), (200, 200));
+    assert!(!a.is_terminate() && !b.is_terminate(), "{} / {}", a.raw, b.raw);
+    assert!(second_batch_at.expect("second batch") >= Duration::from_millis(800), "not throttled: {second_batch_at:?}");
+    assert!(hits >= 1.0, "pause not counted");
 }

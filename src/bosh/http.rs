@@ -54,7 +54,7 @@ pub async fn post(State(state): State<Arc<AppState>>, req: axum::extract::Reques
     };
     let legacy_creation = req.sid.is_none() && req.ver.is_none();
     let (tx, rx) = oneshot::channel();
-    let inc = Incoming { req, reply: tx };
+    let inc = Incoming { req, reply: tx, bytes: bytes.len() };
     let held_since = std::time::Instant::now();
     match inc.req.sid.clone() {
         None => {

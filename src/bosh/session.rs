@@ -38,6 +38,8 @@ use crate::xml::{ns, Element, Frame};
 pub struct Incoming {
     pub req: Request,
     pub reply: oneshot::Sender<Reply>,
+    /// Length of the HTTP body, for `limits.client_bytes_per_sec`.
+    pub bytes: usize,
 }
 
 /// An HTTP answer for one request.
@@ -183,6 +185,9 @@ pub struct Session {
     /// The deadline `timer` is armed for; `None` once it fired (so it is re-armed even for an
     /// equal deadline).
     timer_at: Option<Instant>,
+    /// `limits.client_bytes_per_sec`: while its `paused_until` is set, no further request is
+    /// taken from the channel (the client's HTTP requests wait; held ones are still answered).
+    throttle: Option<Box<crate::limits::Throttle>>,
 }
 
 impl Session {
@@ -231,6 +236,11 @@ impl Session {
             metrics: crate::metrics::metrics().session_started(crate::metrics::Transport::Bosh),
             timer: Box::pin(sleep_until(far_future())),
             timer_at: None,
+            throttle: crate::limits::Throttle::new(
+                state.config.limits.client_bytes_per_sec,
+                state.config.upstream.max_stanza_bytes,
+                std::time::Instant::now(),
+            ),
             state,
             p,
         };
@@ -258,6 +268,7 @@ impl Session {
             // so the server (not xmpp-cm) buffers or applies its own policy.
             let room = self.out.len() < self.state.config.limits.max_queued_bytes;
             let reading = OptionFuture::from(self.reader.as_mut().filter(|_| room).map(|r| r.next()));
+            let paused_until = self.throttle.as_ref().and_then(|t| t.paused_until);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -272,10 +283,20 @@ impl Session {
                         self.end(err, None).await;
                     }
                 }
-                inc = rx.recv() => match inc {
-                    Some(inc) => self.on_request(*inc).await,
+                inc = rx.recv(), if paused_until.is_none() => match inc {
+                    Some(inc) => {
+                        if let Some(th) = self.throttle.as_mut() {
+                            th.take(inc.bytes, std::time::Instant::now());
+                        }
+                        self.on_request(*inc).await
+                    }
                     None => self.done = true,
                 },
+                _ = sleep_until(paused_until.map_or_else(far_future, Instant::from_std)), if paused_until.is_some() => {
+                    if let Some(th) = self.throttle.as_mut() {
+                        th.paused_until = None;
+                    }
+                }
                 Some(res) = connecting => {
                     self.connecting = None;
                     self.on_connected(res).await;
@@ -514,7 +535,7 @@ impl Session {
 
     /// Process the next in-order request.
     async fn process(&mut self, inc: Incoming) {
-        let Incoming { req, reply } = inc;
+        let Incoming { req, reply, .. } = inc;
         let now = Instant::now();
         self.window.advance();
         self.prev_new = Some((now, req.is_empty()));
@@ -833,7 +854,7 @@ mod tests {
         let p = Params::negotiate("sid".into(), &req, &crate::config::Bosh::default(), "x".into());
         let (tx, _rx) = oneshot::channel();
         let (_stx, srx) = mpsc::channel(1);
-        let fut = Session::run(state, p, Incoming { req, reply: tx }, srx);
+        let fut = Session::run(state, p, Incoming { req, reply: tx, bytes: 0 }, srx);
         let size = std::mem::size_of_val(&fut);
         eprintln!("bosh session future: {size} bytes; Session {} Params {} Window {} reader {} writer {} framer {}", std::mem::size_of::<Session>(), std::mem::size_of::<Params>(), std::mem::size_of::<Window>(), std::mem::size_of::<UpstreamReader>(), std::mem::size_of::<UpstreamWriter>(), std::mem::size_of::<crate::xml::Framer>());
         assert!(size <= 4096, "bosh session future is {size} bytes");

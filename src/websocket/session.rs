@@ -155,6 +155,8 @@ pub(super) struct Session<S> {
     guard: SessionGuard,
     /// The client's address, for the upstream PROXY header (`upstream.proxy_protocol`).
     pub(super) client: Option<std::net::SocketAddr>,
+    /// `limits.client_bytes_per_sec`: while its `paused_until` is set, the client is not read.
+    throttle: Option<Box<crate::limits::Throttle>>,
 }
 
 enum Flow {
@@ -176,7 +178,21 @@ where
             DEFAULT_SEND_WAIT
         };
         let guard = metrics().session_started(transport);
-        Session { socket, state, framing: None, opened: false, asked_domain: None, up: None, limits, keepalive, send_wait, guard, client: None }
+        let throttle = crate::limits::Throttle::new(c.limits.client_bytes_per_sec, c.upstream.max_stanza_bytes, std::time::Instant::now());
+        Session {
+            socket,
+            state,
+            framing: None,
+            opened: false,
+            asked_domain: None,
+            up: None,
+            limits,
+            keepalive,
+            send_wait,
+            guard,
+            client: None,
+            throttle,
+        }
     }
 
     /// Run to the end, then say goodbye to both sides.
@@ -197,8 +213,10 @@ where
         loop {
             // Client stanzas are queued for the upstream while more client messages are ready,
             // then written in one go: the server handles one read per batch, not per stanza.
+            let paused = self.throttle.as_ref().is_some_and(|t| t.paused_until.is_some());
             if self.up.as_ref().is_some_and(|u| u.writer.has_queued()) {
-                if let Some(msg) = futures_util::FutureExt::now_or_never(self.socket.next()) {
+                let ready = if paused { None } else { futures_util::FutureExt::now_or_never(self.socket.next()) };
+                if let Some(msg) = ready {
                     self.keepalive.alive();
                     if let Flow::End(e) = self.on_client(msg).await {
                         return e;
@@ -213,14 +231,21 @@ where
             }
             let ping_enabled = self.keepalive.interval.is_some();
             let next_ping = self.keepalive.next_ping;
-            let deadline = self.keepalive.deadline;
+            // One timer for two deadlines (a timer in the future costs every idle session its
+            // size): the end of a throttle pause, else the pong deadline. A throttled client is
+            // alive (it is sending too fast), so its pong deadline does not run while we are
+            // not reading it.
+            let deadline = match self.throttle.as_ref().and_then(|t| t.paused_until) {
+                Some(p) => Some(Instant::from_std(p)),
+                None => self.keepalive.deadline,
+            };
             let waiting_open = self.up.is_none();
             let up_reader = self.up.as_mut().map(|u| &mut u.reader);
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     return Ending::with_code(self.state.drain_error(self.guard.transport()), code::GOING_AWAY);
                 }
-                msg = self.socket.next() => {
+                msg = self.socket.next(), if !paused => {
                     self.keepalive.alive();
                     if let Flow::End(e) = self.on_client(msg).await {
                         return e;
@@ -238,8 +263,13 @@ where
                     }
                 }
                 _ = sleep_until(deadline.unwrap_or(next_ping)), if deadline.is_some() => {
-                    metrics().ws_ping_missed();
-                    return Ending::new(Error::ClientGone);
+                    if let Some(t) = self.throttle.as_mut().filter(|t| t.paused_until.is_some()) {
+                        t.paused_until = None;
+                        self.keepalive.alive();
+                    } else {
+                        metrics().ws_ping_missed();
+                        return Ending::new(Error::ClientGone);
+                    }
                 }
                 _ = sleep_until(open_deadline), if waiting_open => {
                     return Ending::new(Error::ClientGone);
@@ -267,7 +297,12 @@ where
                     ReadFault::Lost => Ending::gone("read error"),
                 })
             }
-            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Text(t))) => {
+                if let Some(th) = self.throttle.as_mut() {
+                    th.take(t.len(), std::time::Instant::now());
+                }
+                t
+            }
             Some(Ok(Message::Binary(_))) => {
                 return Flow::End(Ending::with_code(
                     Error::ClientStream { condition: "unsupported-encoding", detail: "binary message".into() },
