@@ -510,6 +510,8 @@ fn one_line(s: &str) -> String {
 }
 
 #[cfg(test)]
+// figment::Jail's closures return figment::Error (large); that is its API.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

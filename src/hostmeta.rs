@@ -195,7 +195,8 @@ mod tests {
     fn links_by_host_scheme_and_public_url() {
         let uri: Uri = "/.well-known/host-meta".parse().unwrap();
         let derived = config("");
-        let cases: Vec<(&Config, Vec<(&'static str, &str)>, Result<Option<(&str, &str)>, StatusCode>)> = vec![
+        type Case<'a> = (&'a Config, Vec<(&'static str, &'a str)>, Result<Option<(&'a str, &'a str)>, StatusCode>);
+        let cases: Vec<Case> = vec![
             (&derived, vec![("host", "a.test"), ("x-forwarded-proto", "https")], Ok(Some(("https://a.test/http-bind", "wss://a.test/xmpp-websocket")))),
             (&derived, vec![("host", "B.test:8443"), ("x-forwarded-proto", "https")], Ok(Some(("https://b.test:8443/http-bind", "wss://b.test:8443/xmpp-websocket")))),
             // Plain HTTP: a document without links (DISCO-03).

@@ -109,7 +109,8 @@ mod tests {
         let t = Trusted::new(&["10.0.0.0/8".into(), "127.0.0.1".into()]);
         let proxy: SocketAddr = "10.1.2.3:5555".parse().unwrap();
         let stranger: SocketAddr = "203.0.113.9:5555".parse().unwrap();
-        let cases: Vec<(SocketAddr, Vec<(&str, &str)>, &str, bool)> = vec![
+        type Case<'a> = (SocketAddr, Vec<(&'a str, &'a str)>, &'a str, bool);
+        let cases: Vec<Case> = vec![
             // untrusted peer: headers ignored
             (stranger, vec![("x-forwarded-for", "1.1.1.1")], "203.0.113.9", false),
             // trusted peer, XFF: right-most untrusted
