@@ -25,22 +25,28 @@ struct Cli {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Keep idle memory where glibc had it: return freed pages to the OS at once
-/// (`purge_delay` 0) and commit arena memory only when used (`arena_eager_commit` 0). Without
-/// these an idle BOSH session measured ~87 KiB instead of ~66 KiB. The numbers are the
-/// `mi_option_e` values of the mimalloc v3 that libmimalloc-sys 0.1.49 vendors (the Rust
-/// bindings do not name them). An operator's `MIMALLOC_PURGE_DELAY` / `MIMALLOC_ARENA_EAGER_COMMIT`
-/// environment variable wins over these defaults.
+/// Keep idle memory where glibc had it: commit arena memory only when used
+/// (`arena_eager_commit` 0; without it an idle BOSH session measured ~87 KiB instead of ~66 KiB
+/// in the hyper days). Freed pages go back to the OS 10 ms after they empty (`purge_delay` 10,
+/// mimalloc's own default): with 0, a BOSH request's short-lived allocations emptied a page at
+/// the end of every request once idle sessions' long-lived objects shared its size classes, so
+/// each request faulted a fresh page back in (8,000 page faults per 8 s of pingpong with 6,000
+/// idle BOSH sessions, against 800 with 10; xmpp-cm's CPU per message +20–25 % with the idle
+/// sessions instead of +8–17 %), while idle RSS is the same either way (15.3 KiB per BOSH
+/// session at 6,000, 9.9 per WebSocket session at 9,000; bench/findings.md). The numbers are
+/// the `mi_option_e` values of the mimalloc v3 that libmimalloc-sys 0.1.49 vendors (the Rust
+/// bindings do not name them). An operator's `MIMALLOC_PURGE_DELAY` /
+/// `MIMALLOC_ARENA_EAGER_COMMIT` environment variable wins over these defaults.
 fn tune_allocator() {
     extern "C" {
         fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
     }
     const MI_OPTION_ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
     const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-    for (option, env) in [(MI_OPTION_ARENA_EAGER_COMMIT, "MIMALLOC_ARENA_EAGER_COMMIT"), (MI_OPTION_PURGE_DELAY, "MIMALLOC_PURGE_DELAY")] {
+    for (option, env, value) in [(MI_OPTION_ARENA_EAGER_COMMIT, "MIMALLOC_ARENA_EAGER_COMMIT", 0), (MI_OPTION_PURGE_DELAY, "MIMALLOC_PURGE_DELAY", 10)] {
         if std::env::var_os(env).is_none() {
             // SAFETY: mi_option_set only stores an option value; both indices exist in this mimalloc.
-            unsafe { mi_option_set(option, 0) };
+            unsafe { mi_option_set(option, value) };
         }
     }
 }
