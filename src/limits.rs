@@ -110,9 +110,6 @@ pub struct Throttle {
     burst: f64,
     tokens: f64,
     last: Instant,
-    /// Set by [`Throttle::take`] while the client is paused; the session clears it when the
-    /// pause ends (kept here so that it costs a session nothing unless it has a rate).
-    pub paused_until: Option<Instant>,
 }
 
 impl Throttle {
@@ -122,22 +119,34 @@ impl Throttle {
             return None;
         }
         let burst = f64::from(rate).max(largest as f64);
-        Some(Box::new(Throttle { rate: f64::from(rate), burst, tokens: burst, last: now, paused_until: None }))
+        Some(Box::new(Throttle { rate: f64::from(rate), burst, tokens: burst, last: now }))
     }
 
-    /// Spends `bytes`; returns (and stores in `paused_until`) when reading may resume if the
-    /// bucket is now in deficit (and counts the hit), else `None`.
-    pub fn take(&mut self, bytes: usize, now: Instant) -> Option<Instant> {
-        let refill = now.saturating_duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.burst) - bytes as f64;
-        self.last = now;
-        self.paused_until = None;
-        if self.tokens >= 0.0 {
-            return None;
+    /// Spends `bytes`; a bucket left in deficit pauses the client (counted as a limit hit).
+    pub fn take(&mut self, bytes: usize, now: Instant) {
+        self.refill(now);
+        self.tokens -= bytes as f64;
+        if self.tokens < 0.0 {
+            crate::metrics::metrics().limit_hit(crate::metrics::Limit::ClientRate);
         }
-        crate::metrics::metrics().limit_hit(crate::metrics::Limit::ClientRate);
-        self.paused_until = Some(now + Duration::from_secs_f64(-self.tokens / self.rate));
-        self.paused_until
+    }
+
+    /// When reading may resume, while the bucket is in deficit; else `None`.
+    pub fn paused_until(&self) -> Option<Instant> {
+        (self.tokens < 0.0).then(|| self.last + Duration::from_secs_f64(-self.tokens / self.rate))
+    }
+
+    /// The pause has run its course (`now` is at or past [`Throttle::paused_until`]): the
+    /// deficit is paid, whatever float rounding left over.
+    pub fn resume(&mut self, now: Instant) {
+        self.refill(now);
+        self.tokens = self.tokens.max(0.0);
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
     }
 }
 
@@ -164,24 +173,32 @@ mod tests {
         let t0 = Instant::now();
         assert!(Throttle::new(0, 1000, t0).is_none(), "0 is unlimited");
         let mut t = Throttle::new(1000, 100, t0).unwrap();
-        assert_eq!(t.take(1000, t0), None, "the burst is one second's worth");
-        let resume = t.take(500, t0).expect("over the rate");
+        t.take(1000, t0);
+        assert_eq!(t.paused_until(), None, "the burst is one second's worth");
+        t.take(500, t0);
+        let resume = t.paused_until().expect("over the rate");
         assert_eq!(resume - t0, Duration::from_millis(500), "pause = deficit / rate");
         // At the resume instant the deficit is paid; half a second later 500 bytes are free.
-        assert_eq!(t.take(0, resume), None);
-        assert_eq!(t.take(500, resume + Duration::from_millis(500)), None);
+        t.resume(resume);
+        assert_eq!(t.paused_until(), None);
+        t.take(500, resume + Duration::from_millis(500));
+        assert_eq!(t.paused_until(), None);
         // A long quiet spell refills to the burst, no further.
         let later = resume + Duration::from_secs(60);
-        assert_eq!(t.take(1000, later), None);
-        assert!(t.take(1, later).is_some());
+        t.take(1000, later);
+        assert_eq!(t.paused_until(), None);
+        t.take(1, later);
+        assert!(t.paused_until().is_some());
     }
 
     #[test]
     fn throttle_burst_fits_the_largest_stanza() {
         let t0 = Instant::now();
         let mut t = Throttle::new(10, 4096, t0).unwrap();
-        assert_eq!(t.take(4096, t0), None, "one largest stanza passes on a fresh session");
-        assert!(t.take(1, t0).is_some());
+        t.take(4096, t0);
+        assert_eq!(t.paused_until(), None, "one largest stanza passes on a fresh session");
+        t.take(1, t0);
+        assert!(t.paused_until().is_some());
     }
 
     fn lim(max: usize, per_ip: usize, rate: u32) -> Arc<Admission> {

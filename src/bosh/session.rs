@@ -185,8 +185,8 @@ pub struct Session {
     /// The deadline `timer` is armed for; `None` once it fired (so it is re-armed even for an
     /// equal deadline).
     timer_at: Option<Instant>,
-    /// `limits.client_bytes_per_sec`: while its `paused_until` is set, no further request is
-    /// taken from the channel (the client's HTTP requests wait; held ones are still answered).
+    /// `limits.client_bytes_per_sec`: while it is paused, no further request is taken from
+    /// the channel (the client's HTTP requests wait; held ones are still answered).
     throttle: Option<Box<crate::limits::Throttle>>,
 }
 
@@ -268,7 +268,7 @@ impl Session {
             // so the server (not xmpp-cm) buffers or applies its own policy.
             let room = self.out.len() < self.state.config.limits.max_queued_bytes;
             let reading = OptionFuture::from(self.reader.as_mut().filter(|_| room).map(|r| r.next()));
-            let paused_until = self.throttle.as_ref().and_then(|t| t.paused_until);
+            let paused_until = self.throttle.as_ref().and_then(|t| t.paused_until());
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -294,7 +294,7 @@ impl Session {
                 },
                 _ = sleep_until(paused_until.map_or_else(far_future, Instant::from_std)), if paused_until.is_some() => {
                     if let Some(th) = self.throttle.as_mut() {
-                        th.paused_until = None;
+                        th.resume(std::time::Instant::now());
                     }
                 }
                 Some(res) = connecting => {

@@ -155,7 +155,7 @@ pub(super) struct Session<S> {
     guard: SessionGuard,
     /// The client's address, for the upstream PROXY header (`upstream.proxy_protocol`).
     pub(super) client: Option<std::net::SocketAddr>,
-    /// `limits.client_bytes_per_sec`: while its `paused_until` is set, the client is not read.
+    /// `limits.client_bytes_per_sec`: while it is paused, the client is not read.
     throttle: Option<Box<crate::limits::Throttle>>,
 }
 
@@ -213,7 +213,8 @@ where
         loop {
             // Client stanzas are queued for the upstream while more client messages are ready,
             // then written in one go: the server handles one read per batch, not per stanza.
-            let paused = self.throttle.as_ref().is_some_and(|t| t.paused_until.is_some());
+            let paused_until = self.throttle.as_ref().and_then(|t| t.paused_until());
+            let paused = paused_until.is_some();
             if self.up.as_ref().is_some_and(|u| u.writer.has_queued()) {
                 let ready = if paused { None } else { futures_util::FutureExt::now_or_never(self.socket.next()) };
                 if let Some(msg) = ready {
@@ -235,10 +236,7 @@ where
             // size): the end of a throttle pause, else the pong deadline. A throttled client is
             // alive (it is sending too fast), so its pong deadline does not run while we are
             // not reading it.
-            let deadline = match self.throttle.as_ref().and_then(|t| t.paused_until) {
-                Some(p) => Some(Instant::from_std(p)),
-                None => self.keepalive.deadline,
-            };
+            let deadline = paused_until.map(Instant::from_std).or(self.keepalive.deadline);
             let waiting_open = self.up.is_none();
             let up_reader = self.up.as_mut().map(|u| &mut u.reader);
             tokio::select! {
@@ -263,8 +261,8 @@ where
                     }
                 }
                 _ = sleep_until(deadline.unwrap_or(next_ping)), if deadline.is_some() => {
-                    if let Some(t) = self.throttle.as_mut().filter(|t| t.paused_until.is_some()) {
-                        t.paused_until = None;
+                    if let Some(t) = self.throttle.as_mut().filter(|_| paused) {
+                        t.resume(std::time::Instant::now());
                         self.keepalive.alive();
                     } else {
                         metrics().ws_ping_missed();
