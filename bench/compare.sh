@@ -5,7 +5,7 @@
 # 100k idle WebSocket sessions. Writes every JSON record to $WORK/results.jsonl and the report
 # to BENCHMARKS.md (bench/report.py).
 #
-#   bench/compare.sh            full run (~30 min), medians of 3 repeats
+#   bench/compare.sh            full run (~40 min): main section 5 repeats, the rest 3 (growth pairs 5)
 #   bench/compare.sh --quick    smoke run (< 3 min): 1 repeat, short durations, small counts
 #   options: --out FILE (default BENCHMARKS.md at the repo root), --no-build, --keep (leave $WORK)
 #   env: BENCH_PORT_BASE (default 21000; every listener is BASE+0..99, all below 32768),
@@ -48,9 +48,9 @@ BENCH="$ROOT/target/release/xmpp-cm-bench"; CMBIN="$ROOT/target/release/xmpp-cm"
 log() { echo "[compare $(date +%T)] $*" >&2; }
 
 if (( QUICK )); then
-  REPS=1; DUR=2; WARM=0.5; PAUSE=0.3; SETUP_N=200; PP_N=100; FLOOD_N=200; MEM_SMALL=200; MEM_BIG=1000; BIG_IDLE=0; HOLD=2
+  REPS=1; MAIN_REPS=1; SETUP_PASSES=1; MAIN_DUR=2; DUR=2; WARM=0.5; PAUSE=0.3; SETUP_N=200; PP_N=100; FLOOD_N=200; MEM_SMALL=200; MEM_BIG=1000; BIG_IDLE=0; HOLD=2
 else
-  REPS=3; DUR=10; WARM=1; PAUSE=1; SETUP_N=500; PP_N=100; FLOOD_N=200; MEM_SMALL=1000; MEM_BIG=10000; BIG_IDLE=100000; HOLD=5
+  REPS=3; MAIN_REPS=5; SETUP_PASSES=2; MAIN_DUR=6; DUR=10; WARM=1; PAUSE=1; SETUP_N=500; PP_N=100; FLOOD_N=200; MEM_SMALL=1000; MEM_BIG=10000; BIG_IDLE=100000; HOLD=5
 fi
 # The open-file limit is per process. Descriptors per session, in the process that needs the
 # most: direct TCP 1 (generator and Prosody one each); xmpp-cm WebSocket 2 (client + upstream);
@@ -323,16 +323,31 @@ fresh() { # target
 # A short warm-up per target so first-run effects (Lua JIT-less warm caches, node JIT) hit no figure.
 for t in "${TARGETS[@]}"; do bench "$t" warmup --workload pingpong --sessions 20 --duration "$WARM" --warmup 0.2; done
 
-# Each target's block starts on a fresh Prosody: its heap grows with every flood (from ~17 MB to
-# ~40 MB over one quick pass) and its GC pauses with it, so a shared Prosody handed the later
-# targets a slower server than the first (pingpong p99 rose with the position in the order).
-want main && for rep in $(seq 1 "$REPS"); do
-  log "repeat $rep/$REPS: setup ($SETUP_N), pingpong ($PP_N × 5/s), flood ($FLOOD_N × window 8)"
-  for t in "${TARGETS[@]}"; do
+# Every run of the main section starts on a fresh Prosody: its heap grows with every flood (from
+# ~17 MB to ~40 MB over one quick pass) and its GC pauses with it, so a shared Prosody handed the
+# later targets a slower server than the first (pingpong p99 rose with the position in the order).
+#
+# The section is built for ratios on a noisy machine. The same CPU-bound loop takes 0.95–1.38 s
+# from one run to the next here, and stock Prosody's CPU per login varies twofold between
+# identical 500-login runs (its incremental GC; see bench/findings.md). So: each workload runs
+# for all targets back to back (a target's run is never more than a minute or two from direct
+# TCP's), the order is reversed every other repeat (a drift during a repeat does not always
+# favour the same targets), each repeat has SETUP_PASSES login runs per target, and report.py
+# takes each ratio against the direct TCP run nearest in time, then the median of those ratios.
+want main && for rep in $(seq 1 "$MAIN_REPS"); do
+  order=("${TARGETS[@]}")
+  (( rep % 2 == 0 )) && order=($(printf '%s\n' "${TARGETS[@]}" | tac))
+  log "repeat $rep/$MAIN_REPS (${order[*]}): setup ($SETUP_N × $SETUP_PASSES), pingpong ($PP_N × 5/s, ${MAIN_DUR} s), flood ($FLOOD_N × window 8, ${MAIN_DUR} s)"
+  for pass in $(seq 1 "$SETUP_PASSES"); do
+    for t in "${order[@]}"; do fresh_prosody; bench "$t" main --workload setup --sessions "$SETUP_N" --concurrency 50; done
+  done
+  for t in "${order[@]}"; do
     fresh_prosody
-    bench "$t" main --workload setup --sessions "$SETUP_N" --concurrency 50
-    bench "$t" main --workload pingpong --sessions "$PP_N" --rate 5 --duration "$DUR" --warmup "$WARM"
-    bench "$t" main --workload flood --sessions "$FLOOD_N" --window 8 --duration "$DUR" --warmup "$WARM"
+    bench "$t" main --workload pingpong --sessions "$PP_N" --rate 5 --duration "$MAIN_DUR" --warmup "$WARM"
+  done
+  for t in "${order[@]}"; do
+    fresh_prosody
+    bench "$t" main --workload flood --sessions "$FLOOD_N" --window 8 --duration "$MAIN_DUR" --warmup "$WARM"
   done
 done
 
@@ -465,6 +480,6 @@ fi
 MACHINE="$(nproc) cores, $(awk '/model name/{$1=$2=$3="";print;exit}' /proc/cpuinfo | sed 's/^ *//'), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
 VERSIONS="prosody $(dpkg-query -W -f '${Version}' prosody 2>/dev/null || echo '?'), node $(node --version), node-xmpp-bosh $(node -p "require('$ROOT/bench/node_modules/node-xmpp-bosh/package.json').version"), xmpp-cm $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
 CMDLINE="bench/compare.sh"; (( QUICK )) && CMDLINE+=" --quick"
-python3 "$ROOT/bench/report.py" "$RESULTS" "$OUT" --machine "$MACHINE" --versions "$VERSIONS" --command "$CMDLINE" --reps "$REPS" --skipped "$SKIPPED" --fd-limit "$FDMAX"
+python3 "$ROOT/bench/report.py" "$RESULTS" "$OUT" --machine "$MACHINE" --versions "$VERSIONS" --command "$CMDLINE" --reps "$REPS" --main-reps "$MAIN_REPS" --setup-passes "$SETUP_PASSES" --main-dur "$MAIN_DUR" --skipped "$SKIPPED" --fd-limit "$FDMAX"
 cp "$RESULTS" "$WORK/results-$(date +%Y%m%d-%H%M%S).jsonl"
 log "wrote $OUT (records in $RESULTS)"

@@ -13,6 +13,8 @@ ap = argparse.ArgumentParser()
 ap.add_argument("results"); ap.add_argument("out")
 ap.add_argument("--machine", default="?"); ap.add_argument("--versions", default="?")
 ap.add_argument("--command", default="bench/compare.sh"); ap.add_argument("--reps", type=int, default=3)
+ap.add_argument("--main-reps", type=int, default=0); ap.add_argument("--setup-passes", type=int, default=1)
+ap.add_argument("--main-dur", type=float, default=0)
 ap.add_argument("--skipped", default="")
 ap.add_argument("--fd-limit", type=int, default=0)
 a = ap.parse_args()
@@ -27,6 +29,35 @@ def med(scen, label, wl, f):
     rs = groups.get((scen, label, wl), [])
     vals = [v for v in (f(r) for r in rs) if v is not None]
     return statistics.median(vals) if vals else None
+
+def paired(scen, label, wl, f, op, ref="direct"):
+    """The median, over label's runs, of op(its figure, the figure of the ref run nearest in time).
+
+    The machine's speed drifts by tens of percent over minutes, so a ratio is taken against the
+    reference measured closest to it (compare.sh runs each workload for all targets back to
+    back) rather than between two medians of runs spread over the whole section."""
+    refs = [(r["unix_time"], f(r)) for r in groups.get((scen, ref, wl), [])]
+    refs = [(t, v) for t, v in refs if v is not None]
+    out = []
+    for r in groups.get((scen, label, wl), []):
+        v = f(r)
+        if v is None or not refs:
+            continue
+        _, b = min(refs, key=lambda x: abs(x[0] - r["unix_time"]))
+        if b:
+            out.append(op(v, b))
+    return statistics.median(out) if out else None
+
+def pratio(scen, label, wl, f, ref="direct"):
+    return paired(scen, label, wl, f, lambda v, b: v / b, ref)
+
+def pdiff(scen, label, wl, f, ref="direct"):
+    return paired(scen, label, wl, f, lambda v, b: v - b, ref)
+
+TP = lambda r: r["messages"]["per_s"]
+P50 = lambda r: r["messages"]["latency_ms"]["p50"]
+P99 = lambda r: r["messages"]["latency_ms"]["p99"]
+LOGINS = lambda r: r["logins"]["per_s"]
 
 def proc(r, name, key):
     for p in r["procs"]:
@@ -74,7 +105,13 @@ w(f"Written by `{a.command}` (bench/compare.sh → bench/report.py) on {time.str
   "against direct TCP (or the byte relay) measured in the same run.\n")
 w(f"- Machine: {a.machine}")
 w(f"- Software: {a.versions}")
-w(f"- Every figure is the median of {a.reps} repeat(s) of the same run; the generator is "
+main_reps = a.main_reps or a.reps
+w(f"- Side by side with Prosody: {main_reps} repeat(s); in each, every workload runs for all targets back to back on a fresh "
+  f"Prosody per run (order reversed every other repeat), logins {a.setup_passes} run(s) per target per repeat"
+  + (f", pingpong and flood {a.main_dur:g} s windows" if a.main_dur else "") + ". Figures are medians over the runs; "
+  "**ratios and differences are the median of per-run ratios, each against the direct TCP run nearest in time** "
+  "(this machine's speed drifts by tens of percent over minutes; see bench/findings.md).")
+w(f"- Other sections: medians of {a.reps} repeat(s) of the same run; the generator is "
   "`xmpp-cm-bench` (this crate), on the same machine, sharing its 2 cores with the targets — its own CPU is reported next to theirs.")
 w("- Prosody 0.12 runs with SASL PLAIN only (SCRAM off), TLS optional (STARTTLS offered, nobody takes it), "
   "no mod_limits, its own mod_bosh and mod_websocket on its HTTP port. Every hop is plaintext on loopback: "
@@ -86,11 +123,6 @@ w("- Workloads: `setup` logs in sessions (50 at a time) and counts logins/s; `pi
 
 # ---------------------------------------------------------------- main table
 LAG_MARK = " ⚠"  # the generator's own lag p99 is over half the p99: the p99 measures the machine
-d = lambda wl, f: med("main", "direct", wl, f)
-base_tp = d("flood", lambda r: r["messages"]["per_s"])
-base_p50 = d("pingpong", lambda r: r["messages"]["latency_ms"]["p50"])
-base_p99 = d("pingpong", lambda r: r["messages"]["latency_ms"]["p99"])
-base_login = d("setup", lambda r: r["logins"]["per_s"])
 w("## Side by side, Prosody behind every target\n")
 w("| target | flood msg/s | × direct | pingpong p50 ms | Δp50 vs direct | p95 | p99 | p99 × direct | max | p99 from the write | generator lag p99 | logins/s | × direct | proxy CPU-ms / 1k msgs | proxy CPU-ms / login | Prosody CPU s (flood) | generator CPU s (flood) | errors |")
 w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -106,9 +138,9 @@ for t in TARGETS:
     p50 = lat("p50")
     p99w = med("main", t, "pingpong", lambda r: (r["messages"].get("latency_from_write_ms") or {}).get("p99"))
     lag99 = med("main", t, "pingpong", lambda r: (r["messages"].get("send_lag_ms") or {}).get("p99"))
-    w(f"| {NAMES[t]} | {fmt(tp, '{:,.0f}')} | {fmt(ratio(tp, base_tp), '{:.2f}×')} | {fmt(p50, '{:.3f}')} | "
-      f"{fmt(None if p50 is None or base_p50 is None else p50 - base_p50, '{:+.3f}')} | {fmt(lat('p95'), '{:.3f}')} | {fmt(lat('p99'), '{:.3f}')} | "
-      f"{fmt(ratio(lat('p99'), base_p99), '{:.2f}×')} | {fmt(lat('max'), '{:.2f}')} | {fmt(p99w, '{:.3f}')} | {fmt(lag99, '{:.3f}')}{LAG_MARK if lag99 and lat('p99') and lag99 > 0.5 * lat('p99') else ''} | {fmt(lg, '{:,.0f}')} | {fmt(ratio(lg, base_login), '{:.2f}×')} | "
+    w(f"| {NAMES[t]} | {fmt(tp, '{:,.0f}')} | {fmt(pratio('main', t, 'flood', TP), '{:.2f}×')} | {fmt(p50, '{:.3f}')} | "
+      f"{fmt(pdiff('main', t, 'pingpong', P50), '{:+.3f}')} | {fmt(lat('p95'), '{:.3f}')} | {fmt(lat('p99'), '{:.3f}')} | "
+      f"{fmt(pratio('main', t, 'pingpong', P99), '{:.2f}×')} | {fmt(lat('max'), '{:.2f}')} | {fmt(p99w, '{:.3f}')} | {fmt(lag99, '{:.3f}')}{LAG_MARK if lag99 and lat('p99') and lag99 > 0.5 * lat('p99') else ''} | {fmt(lg, '{:,.0f}')} | {fmt(pratio('main', t, 'setup', LOGINS), '{:.2f}×')} | "
       f"{fmt(cpum, '{:.0f}')} | {fmt(cpul, '{:.2f}')} | {fmt(pcpu, '{:.2f}')} | {fmt(gcpu, '{:.2f}')} | {n}{' ' + str(kinds) if kinds else ''} |")
 w("\nProxy CPU is the CPU time of the proxy process alone (relay, node-xmpp-bosh or xmpp-cm) during the measured window, "
   "per 1,000 round trips; for Prosody's own modules it is inside Prosody's CPU.\n")
@@ -163,17 +195,14 @@ for t, (rt, rp, rl) in REF.items():
         row(f"{NAMES[t]}: throughput, p50, logins", f"{rt}, p50 {rp} ms, {rl}", f"{fmt(tp, '{:,.0f}')} msg/s, p50 {fmt(p50, '{:.2f}')} ms, {fmt(lg, '{:,.0f}')} logins/s")
     else:
         row(f"{NAMES[t]}: throughput, p50, logins", f"{rt}, p50 {rp} ms, {rl}",
-            f"{fmt(ratio(tp, base_tp), '{:.2f}×')}, p50 {fmt(p50, '{:.2f}')} ms, {fmt(ratio(lg, base_login), '{:.2f}×')}")
+            f"{fmt(pratio('main', t, 'flood', TP), '{:.2f}×')}, p50 {fmt(p50, '{:.2f}')} ms, {fmt(pratio('main', t, 'setup', LOGINS), '{:.2f}×')}")
 nxb_cpu = med("main", "nxb", "flood", lambda r: r["cpu_ms_per_1000_msgs"].get("proxy"))
 row("node-xmpp-bosh CPU per 1,000 messages", "~200 CPU-ms", f"{fmt(nxb_cpu, '{:.0f}')} CPU-ms")
 for t, lim in (("cm-ws", 0.9), ("cm-bosh", 0.85)):
-    tp = med("main", t, "flood", lambda r: r["messages"]["per_s"])
-    rr = ratio(tp, base_tp)
+    rr = pratio("main", t, "flood", TP)
     row(f"{NAMES[t]} throughput", f"≥ {lim}× direct", fmt(rr, '{:.2f}×'), None if rr is None else rr >= lim)
-up_relay = med("upstream", "up-relay", "flood", lambda r: r["messages"]["per_s"])
 for t in ("up-cm-ws", "up-cm-bosh"):
-    tp = med("upstream", t, "flood", lambda r: r["messages"]["per_s"])
-    rr = ratio(tp, up_relay)
+    rr = pratio("upstream", t, "flood", TP, ref="up-relay")
     row(f"{NAMES[t]} flood vs byte relay (bench upstream)", "≥ 0.5× relay", fmt(rr, '{:.2f}×'), None if rr is None else rr >= 0.5)
 for t, lim in (("cm-ws", 50), ("cm-bosh", 100)):
     c = med("main", t, "flood", lambda r: r["cpu_ms_per_1000_msgs"].get("proxy"))
@@ -181,14 +210,13 @@ for t, lim in (("cm-ws", 50), ("cm-bosh", 100)):
 for t in ("cm-ws", "cm-bosh"):
     c = med("main", t, "setup", lambda r: r["cpu_ms_per_login"].get("proxy"))
     row(f"{NAMES[t]} CPU per login", "≤ 1 CPU-ms", fmt(c, '{:.2f} CPU-ms'), None if c is None else c <= 1)
-    lg = med("main", t, "setup", lambda r: r["logins"]["per_s"])
-    rr = ratio(lg, base_login)
+    rr = pratio("main", t, "setup", LOGINS)
     row(f"{NAMES[t]} login rate", "≥ 0.9× direct", fmt(rr, '{:.2f}×'), None if rr is None else rr >= 0.9)
     p50 = med("main", t, "pingpong", lambda r: r["messages"]["latency_ms"]["p50"])
     p99 = med("main", t, "pingpong", lambda r: r["messages"]["latency_ms"]["p99"])
-    dp = None if p50 is None or base_p50 is None else p50 - base_p50
+    dp = pdiff("main", t, "pingpong", P50)
     row(f"{NAMES[t]} pingpong p50 (100 sessions)", "≤ direct + 0.3 ms", fmt(dp, '{:+.3f} ms'), None if dp is None else dp <= 0.3)
-    rr = ratio(p99, base_p99)
+    rr = pratio("main", t, "pingpong", P99)
     row(f"{NAMES[t]} pingpong p99", "≤ 1.2× direct", fmt(rr, '{:.2f}×'), None if rr is None else rr <= 1.2)
 for t, lim in (("cm-ws", 16), ("cm-bosh", 24)):
     runs = growth_runs(t)
@@ -290,7 +318,7 @@ w("|---|---|---|---|---|---|---|---|---|")
 for t in ("up-direct", "up-relay", "up-cm-bosh", "up-cm-ws"):
     tp = med("upstream", t, "flood", lambda r: r["messages"]["per_s"])
     n, kinds = errs("upstream", t)
-    w(f"| {NAMES[t]} | {fmt(tp, '{:,.0f}')} | {fmt(ratio(tp, up_relay), '{:.2f}×')} | "
+    w(f"| {NAMES[t]} | {fmt(tp, '{:,.0f}')} | {fmt(pratio('upstream', t, 'flood', TP, ref='up-relay'), '{:.2f}×')} | "
       f"{fmt(med('upstream', t, 'flood', lambda r: r['messages']['latency_ms']['p50']), '{:.3f}')} | "
       f"{fmt(med('upstream', t, 'flood', lambda r: r['messages']['latency_ms']['p99']), '{:.3f}')} | "
       f"{fmt(med('upstream', t, 'flood', lambda r: r['cpu_ms_per_1000_msgs'].get('proxy')), '{:.0f}')} | "
