@@ -48,9 +48,9 @@ BENCH="$ROOT/target/release/xmpp-cm-bench"; CMBIN="$ROOT/target/release/xmpp-cm"
 log() { echo "[compare $(date +%T)] $*" >&2; }
 
 if (( QUICK )); then
-  REPS=1; MAIN_REPS=1; SETUP_PASSES=1; MAIN_DUR=2; DUR=2; WARM=0.5; PAUSE=0.3; SETUP_N=200; PP_N=100; FLOOD_N=200; MEM_SMALL=200; MEM_BIG=1000; BIG_IDLE=0; HOLD=2
+  REPS=1; MAIN_REPS=1; FOCUS_REPS=1; SETUP_PASSES=1; MAIN_DUR=2; DUR=2; WARM=0.5; PAUSE=0.3; SETUP_N=200; PP_N=100; FLOOD_N=200; MEM_SMALL=200; MEM_BIG=1000; BIG_IDLE=0; HOLD=2
 else
-  REPS=3; MAIN_REPS=5; SETUP_PASSES=2; MAIN_DUR=6; DUR=10; WARM=1; PAUSE=1; SETUP_N=500; PP_N=100; FLOOD_N=200; MEM_SMALL=1000; MEM_BIG=10000; BIG_IDLE=100000; HOLD=5
+  REPS=3; MAIN_REPS=5; FOCUS_REPS=6; SETUP_PASSES=2; MAIN_DUR=6; DUR=10; WARM=1; PAUSE=1; SETUP_N=500; PP_N=100; FLOOD_N=200; MEM_SMALL=1000; MEM_BIG=10000; BIG_IDLE=100000; HOLD=5
 fi
 # The open-file limit is per process. Descriptors per session, in the process that needs the
 # most: direct TCP 1 (generator and Prosody one each); xmpp-cm WebSocket 2 (client + upstream);
@@ -351,6 +351,24 @@ want main && for rep in $(seq 1 "$MAIN_REPS"); do
   done
 done
 
+# The targets of issue #4 are ratios of xmpp-cm to direct TCP, and one pair of runs moves by ±50 %
+# here (direct TCP alone: 3,723–10,176 msg/s over five floods of one run). So direct TCP and
+# xmpp-cm get FOCUS_REPS more interleaved repeats (ABC, CBA, …), pooled with the section above.
+want main && for rep in $(seq 1 "$FOCUS_REPS"); do
+  order=(direct cm-bosh cm-ws)
+  (( rep % 2 == 0 )) && order=(cm-ws cm-bosh direct)
+  log "direct TCP and xmpp-cm, extra repeat $rep/$FOCUS_REPS (${order[*]})"
+  for t in "${order[@]}"; do fresh_prosody; bench "$t" main --workload setup --sessions "$SETUP_N" --concurrency 50; done
+  for t in "${order[@]}"; do
+    fresh_prosody
+    bench "$t" main --workload pingpong --sessions "$PP_N" --rate 5 --duration "$MAIN_DUR" --warmup "$WARM"
+  done
+  for t in "${order[@]}"; do
+    fresh_prosody
+    bench "$t" main --workload flood --sessions "$FLOOD_N" --window 8 --duration "$MAIN_DUR" --warmup "$WARM"
+  done
+done
+
 # Growth: on a fresh Prosody and proxy, pingpong with only the active sessions (growth-base),
 # then the same pingpong with the idle sessions held (growth), so that both figures come from
 # the same state. Direct TCP is measured at every idle count another target uses: Prosody's own
@@ -480,6 +498,6 @@ fi
 MACHINE="$(nproc) cores, $(awk '/model name/{$1=$2=$3="";print;exit}' /proc/cpuinfo | sed 's/^ *//'), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
 VERSIONS="prosody $(dpkg-query -W -f '${Version}' prosody 2>/dev/null || echo '?'), node $(node --version), node-xmpp-bosh $(node -p "require('$ROOT/bench/node_modules/node-xmpp-bosh/package.json').version"), xmpp-cm $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
 CMDLINE="bench/compare.sh"; (( QUICK )) && CMDLINE+=" --quick"
-python3 "$ROOT/bench/report.py" "$RESULTS" "$OUT" --machine "$MACHINE" --versions "$VERSIONS" --command "$CMDLINE" --reps "$REPS" --main-reps "$MAIN_REPS" --setup-passes "$SETUP_PASSES" --main-dur "$MAIN_DUR" --skipped "$SKIPPED" --fd-limit "$FDMAX"
+python3 "$ROOT/bench/report.py" "$RESULTS" "$OUT" --machine "$MACHINE" --versions "$VERSIONS" --command "$CMDLINE" --reps "$REPS" --main-reps "$MAIN_REPS" --focus-reps "$FOCUS_REPS" --setup-passes "$SETUP_PASSES" --main-dur "$MAIN_DUR" --skipped "$SKIPPED" --fd-limit "$FDMAX"
 cp "$RESULTS" "$WORK/results-$(date +%Y%m%d-%H%M%S).jsonl"
 log "wrote $OUT (records in $RESULTS)"

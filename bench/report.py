@@ -13,7 +13,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("results"); ap.add_argument("out")
 ap.add_argument("--machine", default="?"); ap.add_argument("--versions", default="?")
 ap.add_argument("--command", default="bench/compare.sh"); ap.add_argument("--reps", type=int, default=3)
-ap.add_argument("--main-reps", type=int, default=0); ap.add_argument("--setup-passes", type=int, default=1)
+ap.add_argument("--main-reps", type=int, default=0); ap.add_argument("--focus-reps", type=int, default=0); ap.add_argument("--setup-passes", type=int, default=1)
 ap.add_argument("--main-dur", type=float, default=0)
 ap.add_argument("--skipped", default="")
 ap.add_argument("--fd-limit", type=int, default=0)
@@ -108,7 +108,9 @@ w(f"- Software: {a.versions}")
 main_reps = a.main_reps or a.reps
 w(f"- Side by side with Prosody: {main_reps} repeat(s); in each, every workload runs for all targets back to back on a fresh "
   f"Prosody per run (order reversed every other repeat), logins {a.setup_passes} run(s) per target per repeat"
-  + (f", pingpong and flood {a.main_dur:g} s windows" if a.main_dur else "") + ". Figures are medians over the runs; "
+  + (f", pingpong and flood {a.main_dur:g} s windows" if a.main_dur else "")
+  + (f"; direct TCP and xmpp-cm get {a.focus_reps} more interleaved repeats (their ratios are the targets)" if a.focus_reps else "")
+  + ". Figures are medians over the runs; "
   "**ratios and differences are the median of per-run ratios, each against the direct TCP run nearest in time** "
   "(this machine's speed drifts by tens of percent over minutes; see bench/findings.md).")
 w(f"- Other sections: medians of {a.reps} repeat(s) of the same run; the generator is "
