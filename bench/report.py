@@ -375,7 +375,7 @@ for (s, l, wl), rs in sorted(groups.items()):
 if not any_err:
     w("None in any run.")
 w("\n## How to reproduce\n")
-w("```\nbench/compare.sh            # full (~30 min): 3 repeats, 10 s windows, 1k idle, growth at up to 10k idle (by open files; 5 pairs against the bench upstream), 100k idle (bench/scale.sh when one process cannot hold them)\n"
+w("```\nbench/compare.sh            # full (~40 min): with Prosody 5 repeats (+6 of direct TCP and xmpp-cm), 6 s windows; elsewhere 3 repeats, 10 s windows, 1k idle, growth at up to 10k idle (by open files; 5 pairs against the bench upstream), 100k idle (bench/scale.sh when one process cannot hold them)\n"
   "bench/compare.sh --quick    # smoke (< 3 min): 1 repeat, 2 s windows, small counts\n```\n")
 w("Each run is one `xmpp-cm-bench run …` command; the exact commands of this report:\n")
 w("```")
