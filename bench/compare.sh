@@ -46,6 +46,8 @@ RESULTS="$WORK/results.jsonl"; : >"$RESULTS"
 PIDS="$WORK/pids"; : >"$PIDS"
 BENCH="$ROOT/target/release/xmpp-cm-bench"; CMBIN="$ROOT/target/release/xmpp-cm"
 log() { echo "[compare $(date +%T)] $*" >&2; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 if (( QUICK )); then
   REPS=1; MAIN_REPS=1; FOCUS_REPS=1; SETUP_PASSES=1; MAIN_DUR=2; DUR=2; WARM=0.5; PAUSE=0.3; SETUP_N=200; PP_N=100; FLOOD_N=200; MEM_SMALL=200; MEM_BIG=1000; BIG_IDLE=0; HOLD=2
@@ -226,28 +228,8 @@ EOF
 start nxb "$WORK/nxb.log" node "$ROOT/bench/node_modules/node-xmpp-bosh/run-server.js" "--config=$WORK/nxb.conf.js"
 wait_port node-xmpp-bosh "$NXB" "$PID_nxb"
 
-cat >"$WORK/xmpp-cm.toml" <<EOF
-# written by bench/compare.sh: plaintext to Prosody on loopback (tls = "none", like the direct TCP
-# baseline; Prosody offers STARTTLS but does not require it).
-[http]
-listen = ["127.0.0.1:$CM"]
-[admin]
-listen = "127.0.0.1:$CMADMIN"
-[upstream]
-domains = ["localhost"]
-tls = "none"
-[upstream.routes]
-"localhost" = "127.0.0.1:$C2S"
-[limits]
-# The bench opens thousands of sessions from a handful of loopback addresses: lift the per-IP
-# admission limits (defaults: 100 sessions and 20 new sessions/s per IP) so they measure the
-# proxy, not its abuse protection.
-max_sessions = 1000000
-max_sessions_per_ip = 1000000
-new_sessions_per_ip_per_sec = 1000000
-[log]
-level = "warn"
-EOF
+cm_config 'written by bench/compare.sh: plaintext to Prosody on loopback, like the direct TCP baseline (Prosody offers STARTTLS, does not require it)' \
+  "$CM" "$CMADMIN" '["localhost"]' "\"localhost\" = \"127.0.0.1:$C2S\"" >"$WORK/xmpp-cm.toml"
 start xmpp-cm "$WORK/xmpp-cm.log" "$CMBIN" --config "$WORK/xmpp-cm.toml"
 wait_port xmpp-cm "$CM" "$PID_xmpp_cm"
 log "relay $PID_relay, node-xmpp-bosh $PID_nxb, xmpp-cm $PID_xmpp_cm"
@@ -334,21 +316,25 @@ for t in "${TARGETS[@]}"; do bench "$t" warmup --workload pingpong --sessions 20
 # TCP's), the order is reversed every other repeat (a drift during a repeat does not always
 # favour the same targets), each repeat has SETUP_PASSES login runs per target, and report.py
 # takes each ratio against the direct TCP run nearest in time, then the median of those ratios.
+main_block() { # setup-passes target... : the three workloads, in this order of targets, a fresh Prosody per run
+  local passes=$1 pass t; shift
+  for pass in $(seq 1 "$passes"); do
+    for t in "$@"; do fresh_prosody; bench "$t" main --workload setup --sessions "$SETUP_N" --concurrency 50; done
+  done
+  for t in "$@"; do
+    fresh_prosody
+    bench "$t" main --workload pingpong --sessions "$PP_N" --rate 5 --duration "$MAIN_DUR" --warmup "$WARM"
+  done
+  for t in "$@"; do
+    fresh_prosody
+    bench "$t" main --workload flood --sessions "$FLOOD_N" --window 8 --duration "$MAIN_DUR" --warmup "$WARM"
+  done
+}
 want main && for rep in $(seq 1 "$MAIN_REPS"); do
   order=("${TARGETS[@]}")
   (( rep % 2 == 0 )) && order=($(printf '%s\n' "${TARGETS[@]}" | tac))
   log "repeat $rep/$MAIN_REPS (${order[*]}): setup ($SETUP_N × $SETUP_PASSES), pingpong ($PP_N × 5/s, ${MAIN_DUR} s), flood ($FLOOD_N × window 8, ${MAIN_DUR} s)"
-  for pass in $(seq 1 "$SETUP_PASSES"); do
-    for t in "${order[@]}"; do fresh_prosody; bench "$t" main --workload setup --sessions "$SETUP_N" --concurrency 50; done
-  done
-  for t in "${order[@]}"; do
-    fresh_prosody
-    bench "$t" main --workload pingpong --sessions "$PP_N" --rate 5 --duration "$MAIN_DUR" --warmup "$WARM"
-  done
-  for t in "${order[@]}"; do
-    fresh_prosody
-    bench "$t" main --workload flood --sessions "$FLOOD_N" --window 8 --duration "$MAIN_DUR" --warmup "$WARM"
-  done
+  main_block "$SETUP_PASSES" "${order[@]}"
 done
 
 # The targets of issue #4 are ratios of xmpp-cm to direct TCP, and one pair of runs moves by ±50 %
@@ -358,15 +344,7 @@ want main && for rep in $(seq 1 "$FOCUS_REPS"); do
   order=(direct cm-bosh cm-ws)
   (( rep % 2 == 0 )) && order=(cm-ws cm-bosh direct)
   log "direct TCP and xmpp-cm, extra repeat $rep/$FOCUS_REPS (${order[*]})"
-  for t in "${order[@]}"; do fresh_prosody; bench "$t" main --workload setup --sessions "$SETUP_N" --concurrency 50; done
-  for t in "${order[@]}"; do
-    fresh_prosody
-    bench "$t" main --workload pingpong --sessions "$PP_N" --rate 5 --duration "$MAIN_DUR" --warmup "$WARM"
-  done
-  for t in "${order[@]}"; do
-    fresh_prosody
-    bench "$t" main --workload flood --sessions "$FLOOD_N" --window 8 --duration "$MAIN_DUR" --warmup "$WARM"
-  done
+  main_block 1 "${order[@]}"
 done
 
 # Growth: on a fresh Prosody and proxy, pingpong with only the active sessions (growth-base),
@@ -409,27 +387,8 @@ start upstream "$WORK/upstream.log" "$BENCH" upstream "${UP_LISTEN[@]}"
 wait_port upstream "$UP" "$PID_upstream"
 start relay_up "$WORK/relay-up.log" "$BENCH" --threads 2 relay --listen "127.0.0.1:$RELAY_UP" --to "127.0.0.1:$UP"
 wait_port relay-up "$RELAY_UP" "$PID_relay_up"
-cat >"$WORK/xmpp-cm-up.toml" <<EOF
-# written by bench/compare.sh: in front of xmpp-cm-bench upstream (plaintext, loopback)
-[http]
-listen = ["127.0.0.1:$CMUP"]
-[admin]
-listen = "127.0.0.1:$CMUPADMIN"
-[upstream]
-domains = $CM_DOMAINS
-tls = "none"
-[upstream.routes]
-$CM_ROUTES
-[limits]
-# The bench opens thousands of sessions from a handful of loopback addresses: lift the per-IP
-# admission limits (defaults: 100 sessions and 20 new sessions/s per IP) so they measure the
-# proxy, not its abuse protection.
-max_sessions = 1000000
-max_sessions_per_ip = 1000000
-new_sessions_per_ip_per_sec = 1000000
-[log]
-level = "warn"
-EOF
+cm_config 'written by bench/compare.sh: in front of xmpp-cm-bench upstream (plaintext, loopback)' \
+  "$CMUP" "$CMUPADMIN" "$CM_DOMAINS" "$CM_ROUTES" >"$WORK/xmpp-cm-up.toml"
 stop xmpp-cm
 start xmpp_cm_up "$WORK/xmpp-cm-up.log" "$CMBIN" --config "$WORK/xmpp-cm-up.toml"
 wait_port xmpp-cm-up "$CMUP" "$PID_xmpp_cm_up"

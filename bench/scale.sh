@@ -40,6 +40,8 @@ done
 WORK=$(mktemp -d /tmp/xmpp-cm-scale.XXXXXX)
 OUT=${OUT:-$WORK/results.jsonl}
 log() { echo "[scale $(date +%T)] $*" >&2; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 ulimit -Hn 1048576 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -86,25 +88,8 @@ for ((i = 0; i < K; i++)); do
   COUNT[i]=$(( N / K + (i < N % K ? 1 : 0) ))
   start "upstream$i" "$WORK/upstream$i.log" "$BIN/xmpp-cm-bench" upstream --listen "127.0.0.1:$up"
   UPP[i]=$STARTED
-  cat >"$WORK/xmpp-cm$i.toml" <<EOF
-# written by bench/scale.sh: chain $i of $K, plaintext to its own bench upstream on loopback
-[http]
-listen = ["127.0.0.1:$cm"]
-[admin]
-listen = "127.0.0.1:$adm"
-[upstream]
-domains = ["bench.test"]
-tls = "none"
-[upstream.routes]
-"bench.test" = "127.0.0.1:$up"
-[limits]
-# Thousands of sessions from one loopback address: lift the per-IP admission limits.
-max_sessions = 1000000
-max_sessions_per_ip = 1000000
-new_sessions_per_ip_per_sec = 1000000
-[log]
-level = "warn"
-EOF
+  cm_config "written by bench/scale.sh: chain $i of $K, plaintext to its own bench upstream on loopback" \
+    "$cm" "$adm" '["bench.test"]' "\"bench.test\" = \"127.0.0.1:$up\"" >"$WORK/xmpp-cm$i.toml"
   start "xmpp-cm$i" "$WORK/xmpp-cm$i.log" "$BIN/xmpp-cm" --config "$WORK/xmpp-cm$i.toml"
   CMP[i]=$STARTED; ADMIN[i]=$adm
   wait_port "$up" "${UPP[i]}"; wait_port "$cm" "${CMP[i]}"; wait_port "$adm" "${CMP[i]}"
