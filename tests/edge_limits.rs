@@ -729,10 +729,22 @@ async fn oversized_stanza_from_upstream_is_refused() {
     bob.ping(d, "ping-bob-after-big").await;
 }
 
-/// Ten 8 KiB chat bodies, tagged `{tag}{i:02}-`.
+/// `n` 8 KiB chat bodies, tagged `{tag}{i:02}-`.
 fn rate_payloads(tag: &str, to: &str, n: usize) -> Vec<String> {
     let filler = "r".repeat(8 * 1024);
     (0..n).map(|i| chat(to, &format!("{tag}{i:02}-{filler}"))).collect()
+}
+
+/// The next `n` bodies of [`rate_payloads`] with `tag` that `ws` receives: each one's `i` and
+/// when it arrived, in arrival order.
+async fn recv_tagged<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(ws: &mut WsXmpp<S>, tag: &str, n: usize) -> Vec<(usize, Instant)> {
+    let start = format!("<body>{tag}");
+    let mut got = Vec::new();
+    while got.len() < n {
+        let m = ws.recv_until(&start).await;
+        got.push((between(&m, &start, "-").parse().expect("tag"), Instant::now()));
+    }
+    got
 }
 
 /// WS-25 (rate): `limits.client_bytes_per_sec` 20,000 (burst 20,000: max_stanza_bytes is lower).
@@ -762,12 +774,7 @@ async fn fast_websocket_client_is_slowed_not_cut_ws25() {
     let tc = Instant::now();
     carol.ping(&d, "carol-during-throttle").await;
     let carol_rtt = tc.elapsed();
-    let mut got = Vec::new();
-    while got.len() < 10 {
-        let m = bob.recv_until("<body>w").await;
-        let i: usize = between(&m, "<body>w", "-").parse().expect("tag");
-        got.push(i);
-    }
+    let got: Vec<usize> = recv_tagged(&mut bob, "w", 10).await.into_iter().map(|(i, _)| i).collect();
     let took = t0.elapsed();
     let hits = limit_hits(&cm, "client_rate").await - hits0;
     eprintln!("10 x 8 KiB at 20,000 B/s took {took:?}; carol's ping {carol_rtt:?}; client_rate hits {hits}");
@@ -802,16 +809,9 @@ async fn fast_bosh_client_is_slowed_not_cut_ws25() {
     let a = tokio::spawn(async move { bosh_client::post(&url_a, &body_a, Duration::from_secs(30)).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let b = tokio::spawn(async move { bosh_client::post(&url, &body_b, Duration::from_secs(30)).await });
-    let mut got = Vec::new();
-    let mut second_batch_at = None;
-    while got.len() < 10 {
-        let m = bob.recv_until("<body>b").await;
-        let i: usize = between(&m, "<body>b", "-").parse().expect("tag");
-        if i == 5 {
-            second_batch_at = Some(t0.elapsed());
-        }
-        got.push(i);
-    }
+    let arrived = recv_tagged(&mut bob, "b", 10).await;
+    let second_batch_at = arrived.iter().find(|(i, _)| *i == 5).map(|(_, at)| *at - t0);
+    let got: Vec<usize> = arrived.into_iter().map(|(i, _)| i).collect();
     let (a, b) = (a.await.unwrap(), b.await.unwrap());
     let hits = limit_hits(&cm, "client_rate").await - hits0;
     eprintln!("second body relayed after {second_batch_at:?}; client_rate hits {hits}");
