@@ -20,7 +20,7 @@ COPY config/example.toml /etc/xmpp-cm/xmpp-cm.toml
 # Probes and scrapes reach the admin port from outside the container.
 ENV XMPP_CM_ADMIN__LISTEN=0.0.0.0:9280
 USER 10001:10001
-EXPOSE 5280 9280
+EXPOSE 5280 5281 9280
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/xmpp-cm"]
 CMD ["--config", "/etc/xmpp-cm/xmpp-cm.toml"]

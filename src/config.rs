@@ -21,6 +21,7 @@ pub struct Config {
     pub log: Log,
     pub drain: Drain,
     pub limits: Limits,
+    pub cluster: Cluster,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -314,6 +315,98 @@ impl Drain {
     }
 }
 
+/// `[cluster]`: several replicas sharing BOSH sessions (ARCHITECTURE.md §5, `crate::cluster`).
+/// Off while `secret_file` is empty: one replica behaves as if this section did not exist.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// The key every replica shares (a Kubernetes Secret): the file's content, surrounding
+    /// whitespace trimmed, at least 32 bytes. Set: clustering on.
+    pub secret_file: String,
+    /// The internal listener forwarded requests arrive on (bound only when clustering is on).
+    pub listen: String,
+    /// This replica's internal address (`ip:port`), written (encrypted) into its sids.
+    pub advertise: String,
+    /// The only addresses ever dialled for a forward; `advertise` must be inside.
+    pub peer_cidrs: Vec<String>,
+    /// Dial plus HTTP/2 handshake to an owner, in milliseconds; an owner that is gone gives the
+    /// client `item-not-found` within this.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster { secret_file: String::new(), listen: "0.0.0.0:5281".into(), advertise: String::new(), peer_cidrs: Vec::new(), connect_timeout_ms: 300 }
+    }
+}
+
+impl Cluster {
+    pub fn enabled(&self) -> bool {
+        !self.secret_file.is_empty()
+    }
+
+    /// Read the shared key (trimmed); the reason names the key when it is unusable.
+    pub fn read_secret(&self) -> Result<Vec<u8>, ConfigError> {
+        let raw = std::fs::read(&self.secret_file)
+            .map_err(|e| ConfigError(format!("cluster.secret_file: '{}' cannot be read: {e}", self.secret_file)))?;
+        let key = raw.trim_ascii().to_vec();
+        if key.len() < 32 {
+            return Err(ConfigError(format!(
+                "cluster.secret_file: the key in '{}' is {} bytes; at least 32 are needed (openssl rand -base64 48)",
+                self.secret_file,
+                key.len()
+            )));
+        }
+        Ok(key)
+    }
+
+    /// The cross-field rules of `[cluster]` (only when it is on).
+    fn validate(&self, http: &Http, admin: &Admin) -> Result<(), ConfigError> {
+        let err = |s: String| Err(ConfigError(s));
+        if !self.enabled() {
+            return Ok(());
+        }
+        self.read_secret()?;
+        let Ok(listen) = self.listen.parse::<SocketAddr>() else {
+            return err(format!("cluster.listen: '{}' is not an address:port", self.listen));
+        };
+        let clash = |other: &str| {
+            other.parse::<SocketAddr>().is_ok_and(|o| {
+                o.port() == listen.port() && (o.ip() == listen.ip() || o.ip().is_unspecified() || listen.ip().is_unspecified())
+            })
+        };
+        if let Some(l) = http.listen.iter().find(|l| clash(l)) {
+            return err(format!("cluster.listen: '{}' is the same as the public listener '{l}'", self.listen));
+        }
+        if clash(&admin.listen) {
+            return err(format!("cluster.listen: '{}' is the same as the admin listener '{}'", self.listen, admin.listen));
+        }
+        if self.peer_cidrs.is_empty() {
+            return err("cluster.peer_cidrs is empty: list the network the replicas' internal addresses are in".into());
+        }
+        let mut cidrs = Vec::new();
+        for c in &self.peer_cidrs {
+            match parse_cidr(c) {
+                Some(n) => cidrs.push(n),
+                None => return err(format!("cluster.peer_cidrs: '{c}' is not an address or CIDR")),
+            }
+        }
+        let Ok(adv) = self.advertise.parse::<SocketAddr>() else {
+            return err(format!("cluster.advertise: '{}' must be this replica's internal ip:port (e.g. $(POD_IP):5281)", self.advertise));
+        };
+        if adv.ip().is_unspecified() || adv.port() == 0 {
+            return err(format!("cluster.advertise: '{adv}' is not an address peers can dial"));
+        }
+        if !cidrs.iter().any(|n| cidr_contains(*n, adv.ip())) {
+            return err(format!("cluster.advertise: '{adv}' is outside cluster.peer_cidrs {:?}", self.peer_cidrs));
+        }
+        if self.connect_timeout_ms == 0 || self.connect_timeout_ms > 10_000 {
+            return err("cluster.connect_timeout_ms must be between 1 and 10000".into());
+        }
+        Ok(())
+    }
+}
+
 /// A configuration problem, with a one-line reason.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -435,6 +528,7 @@ impl Config {
                 return err(format!("drain.redirect_url: '{ru}' is less secure than http.public_url '{pu}'"));
             }
         }
+        self.cluster.validate(&self.http, &self.admin)?;
         if !matches!(self.log.format.as_str(), "human" | "json") {
             return err(format!("log.format: '{}' must be human or json", self.log.format));
         }

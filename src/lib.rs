@@ -8,6 +8,8 @@
 //! - [`server`]: binds the public and admin listeners, builds the routers, drains on shutdown.
 //! - [`bosh`]: the BOSH transport (body parser, rid window, session task, registry, HTTP handler).
 //! - [`websocket`]: the RFC 7395 transport (and legacy `<stream:stream>` framing).
+//! - [`cluster`]: several replicas sharing BOSH sessions: sids that name their owner, the
+//!   authenticated internal hop a non-owner forwards a request over.
 //! - [`relay`]: every rewrite of what crosses the proxy, shared by all transports.
 //! - [`upstream`]: resolving, connecting, STARTTLS/direct TLS, the upstream XML stream.
 //! - [`xml`]: the element tree, the streaming framer, stream headers. No IO.
@@ -17,6 +19,7 @@
 
 pub mod admin;
 pub mod bosh;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod front;

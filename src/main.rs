@@ -69,6 +69,9 @@ fn main() {
             eprintln!("xmpp-cm: bad configuration: {e}");
             std::process::exit(EX_CONFIG);
         }
+        if config.cluster.enabled() {
+            println!("clustering on: advertise {}, internal listener {}", config.cluster.advertise, config.cluster.listen);
+        }
         println!("configuration ok");
         return;
     }
@@ -95,9 +98,9 @@ async fn run(config: xmpp_cm::Config) -> anyhow::Result<()> {
             std::process::exit(EX_CONFIG);
         }
     };
-    let (public, admin) = xmpp_cm::server::bind(&config).await?;
+    let listeners = xmpp_cm::server::bind(&config).await?;
     xmpp_cm::shutdown::on_signals(state.shutdown.clone());
-    xmpp_cm::server::serve(public, admin, state, Duration::from_secs(config.drain.grace)).await?;
+    xmpp_cm::server::serve(listeners, state, Duration::from_secs(config.drain.grace)).await?;
     tracing::info!("stopped");
     Ok(())
 }

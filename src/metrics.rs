@@ -23,6 +23,13 @@
 //! - `xmpp_cm_limit_hits_total{limit}`.
 //! - `xmpp_cm_websocket_pings_missed_total`.
 //! - `xmpp_cm_draining` — 1 once SIGTERM arrived.
+//! - Clustering ([`crate::cluster`]): `xmpp_cm_cluster_enabled` (1 when `cluster.secret_file`
+//!   is set), `xmpp_cm_cluster_forwards_total{result}` (`ok`, `connect_failed`, `lost`,
+//!   `refused`), `xmpp_cm_cluster_forward_duration_seconds` (a forwarded request until the
+//!   owner's answer, hold time included), `xmpp_cm_cluster_served_total` (requests answered
+//!   for a peer), `xmpp_cm_cluster_refused_total{reason}` (`bad_sid`, `stale_epoch`,
+//!   `outside_peer_cidrs`, `forwarded_twice`, `hop_auth`: refused without any network
+//!   attempt), `xmpp_cm_cluster_peers_seen` (distinct peers forwarded to or heard from).
 //! - `xmpp_cm_process_cpu_seconds_total`, `xmpp_cm_process_resident_memory_bytes`,
 //!   `xmpp_cm_process_open_fds` — read from `/proc/self` at scrape time (Linux only).
 
@@ -230,6 +237,16 @@ struct LimitL {
     limit: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultL {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonL {
+    reason: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Sessions last from seconds to days: 1 s … ~36 h.
@@ -261,6 +278,12 @@ pub struct Metrics {
     limit_hits: Family<LimitL, Counter>,
     ws_pings_missed: Counter,
     draining: Gauge,
+    cluster_enabled: Gauge,
+    cluster_forwards: Family<ResultL, Counter>,
+    cluster_forward_duration: Histogram,
+    cluster_served: Counter,
+    cluster_refused: Family<ReasonL, Counter>,
+    cluster_peers_seen: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -300,6 +323,12 @@ impl Metrics {
             limit_hits: Family::default(),
             ws_pings_missed: Counter::default(),
             draining: Gauge::default(),
+            cluster_enabled: Gauge::default(),
+            cluster_forwards: Family::default(),
+            cluster_forward_duration: latency_buckets(),
+            cluster_served: Counter::default(),
+            cluster_refused: Family::default(),
+            cluster_peers_seen: Gauge::default(),
             registry: Registry::default(),
         };
         r.register("sessions_active", "Live client sessions", m.sessions_active.clone());
@@ -348,6 +377,21 @@ impl Metrics {
             m.ws_pings_missed.clone(),
         );
         r.register("draining", "1 while the process drains after SIGTERM", m.draining.clone());
+        r.register("cluster_enabled", "1 when clustering is on (cluster.secret_file set)", m.cluster_enabled.clone());
+        r.register("cluster_forwards", "BOSH requests forwarded to their owner replica, by result", m.cluster_forwards.clone());
+        r.register_with_unit(
+            "cluster_forward_duration",
+            "A forwarded BOSH request until the owner's answer (includes the hold time)",
+            Unit::Seconds,
+            m.cluster_forward_duration.clone(),
+        );
+        r.register("cluster_served", "BOSH requests answered for a peer replica (arrived over the internal hop)", m.cluster_served.clone());
+        r.register(
+            "cluster_refused",
+            "Requests refused by the cluster rules without any network attempt, by reason",
+            m.cluster_refused.clone(),
+        );
+        r.register("cluster_peers_seen", "Distinct peer replicas forwarded to or heard from", m.cluster_peers_seen.clone());
         r.register_collector(Box::new(ProcessCollector));
         Metrics { registry: r, ..m }
     }
@@ -374,6 +418,37 @@ impl Metrics {
         self.session_duration.get_or_create(&t).observe(lasted.as_secs_f64());
         let l = EndedL { transport: transport.as_str(), side: side_str(side), condition };
         self.sessions_ended.get_or_create(&l).inc();
+    }
+
+    /// Clustering is on: the refusal reasons and forward results show as 0 from the start.
+    pub fn cluster_on(&self) {
+        self.cluster_enabled.set(1);
+        for r in ["ok", "connect_failed", "lost", "refused"] {
+            let _ = self.cluster_forwards.get_or_create(&ResultL { result: r });
+        }
+        for r in crate::cluster::Refusal::ALL {
+            let _ = self.cluster_refused.get_or_create(&ReasonL { reason: r.as_str() });
+        }
+    }
+
+    /// A forward finished with `result` (a [`crate::cluster::hop::HopError::result`] or `ok`).
+    pub fn cluster_forward(&self, result: &'static str, took: Duration) {
+        self.cluster_forwards.get_or_create(&ResultL { result }).inc();
+        if result == "ok" {
+            self.cluster_forward_duration.observe(took.as_secs_f64());
+        }
+    }
+
+    pub fn cluster_refused(&self, why: crate::cluster::Refusal) {
+        self.cluster_refused.get_or_create(&ReasonL { reason: why.as_str() }).inc();
+    }
+
+    pub fn cluster_served(&self) {
+        self.cluster_served.inc();
+    }
+
+    pub fn cluster_peers_seen(&self, n: usize) {
+        self.cluster_peers_seen.set(n as i64);
     }
 
     /// A creation request (or an answer before any session existed) failed with `err`:

@@ -28,12 +28,23 @@ pub struct AppState {
     pub admission: Arc<crate::limits::Admission>,
     /// The public listeners' certificate, when `[http.tls]` is set.
     pub certs: Option<Arc<crate::front::tls::CertStore>>,
+    /// This replica's place in a cluster, when `[cluster] secret_file` is set.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// When the drain began (set by the first session that sees it; cluster mode spreads
+    /// session ends from here).
+    drain_started: std::sync::OnceLock<tokio::time::Instant>,
 }
 
 impl AppState {
     pub fn new(config: Arc<Config>) -> Result<Arc<AppState>, crate::config::ConfigError> {
         let upstream = Arc::new(Upstream::new(config.clone())?);
+        let cluster = crate::cluster::Cluster::from_config(&config.cluster, config.bosh.max_wait)?.map(Arc::new);
+        if cluster.is_some() {
+            crate::metrics::metrics().cluster_on();
+        }
         Ok(Arc::new(AppState {
+            cluster,
+            drain_started: std::sync::OnceLock::new(),
             upstream,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -46,6 +57,18 @@ impl AppState {
             },
             config,
         }))
+    }
+
+    /// In cluster mode, when a draining session with this `jitter` (any random `u32`, fixed
+    /// per session) is to end: its own point spread uniformly over the first 80 % of
+    /// `[drain] grace`, so thousands of clients do not reconnect in the same second and a
+    /// session keeps being served (forwarded requests too) until then. `None` outside cluster
+    /// mode: sessions end as soon as the drain begins.
+    pub fn drain_at(&self, jitter: u32) -> Option<tokio::time::Instant> {
+        self.cluster.as_ref()?;
+        let start = *self.drain_started.get_or_init(tokio::time::Instant::now);
+        let spread = Duration::from_secs(self.config.drain.grace).mul_f64(0.8);
+        Some(start + spread.mul_f64(f64::from(jitter) / f64::from(u32::MAX)))
     }
 
     /// How a draining process ends a session of `transport` (or refuses a new one):
@@ -73,6 +96,60 @@ pub fn public_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The cluster's internal router: forwarded BOSH requests and the hop's liveness check
+/// ([`crate::cluster::hop`]). Anything else is 404.
+pub fn cluster_router(state: Arc<AppState>) -> Router {
+    use crate::cluster::hop;
+    Router::new()
+        .route(hop::PATH, axum::routing::post(crate::bosh::http::from_peer))
+        .route(hop::PING_PATH, axum::routing::post(crate::bosh::http::peer_ping))
+        .with_state(state)
+}
+
+/// Serve the internal listener until `stop`: HTTP/2 prior knowledge (and HTTP/1.1), no stream
+/// limit to speak of (every forwarded held request is one stream of one connection per peer).
+async fn serve_cluster(listener: TcpListener, router: Router, stop: CancellationToken) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let router = router.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| router.clone().oneshot(req));
+            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            b.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+            b.http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(100_000)
+                .adaptive_window(true)
+                .keep_alive_interval(Some(Duration::from_secs(30)));
+            let conn = b.serve_connection(TokioIo::new(tcp), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "cluster hop connection ended with an error");
+                },
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+                }
+            }
+        });
+    }
+}
+
 /// The admin router: /metrics, /healthz, /readyz (see [`crate::admin`]).
 pub fn admin_router(state: Arc<AppState>) -> Router {
     crate::admin::router(state)
@@ -80,7 +157,8 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
 
 /// Serve until `state.shutdown` is cancelled, then drain: sessions are told (BOSH
 /// `system-shutdown`, WebSocket stream error) and given `grace` to finish.
-pub async fn serve(listeners: Vec<TcpListener>, admin: Option<TcpListener>, state: Arc<AppState>, grace: Duration) -> std::io::Result<()> {
+pub async fn serve(bound: Listeners, state: Arc<AppState>, grace: Duration) -> std::io::Result<()> {
+    let Listeners { public: listeners, admin, cluster } = bound;
     // The listeners outlive `state.shutdown`: during the drain the public ones still answer
     // (new sessions get an explicit refusal, clients fetch their terminal bodies) and the
     // admin one reports /readyz 503. They stop when the drain is over.
@@ -118,6 +196,18 @@ pub async fn serve(listeners: Vec<TcpListener>, admin: Option<TcpListener>, stat
             axum::serve(l, app).with_graceful_shutdown(async move { token.cancelled().await }).await
         }));
     }
+    if let Some(l) = cluster {
+        // Up until the drain is over: a draining owner still answers its peers' forwards.
+        info!(addr = %l.local_addr()?, advertise = ?state.cluster.as_ref().map(|c| c.advertise), "cluster listener");
+        servers.push(tokio::spawn({
+            let router = cluster_router(state.clone());
+            let token = stopped.clone();
+            async move {
+                serve_cluster(l, router, token).await;
+                Ok(())
+            }
+        }));
+    }
     state.shutdown.cancelled().await;
     crate::metrics::metrics().set_draining();
     info!(grace_secs = grace.as_secs(), "draining");
@@ -133,8 +223,16 @@ pub async fn serve(listeners: Vec<TcpListener>, admin: Option<TcpListener>, stat
     Ok(())
 }
 
+/// The bound listeners [`serve`] runs.
+pub struct Listeners {
+    pub public: Vec<TcpListener>,
+    pub admin: Option<TcpListener>,
+    /// `[cluster] listen`, when clustering is on.
+    pub cluster: Option<TcpListener>,
+}
+
 /// Bind every configured listener (fails with the address in the message).
-pub async fn bind(config: &Config) -> std::io::Result<(Vec<TcpListener>, Option<TcpListener>)> {
+pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
     let mut public = Vec::new();
     for addr in &config.http.listen {
         let l = TcpListener::bind(addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
@@ -146,5 +244,11 @@ pub async fn bind(config: &Config) -> std::io::Result<(Vec<TcpListener>, Option<
         let a = &config.admin.listen;
         Some(TcpListener::bind(a).await.map_err(|e| std::io::Error::new(e.kind(), format!("bind {a}: {e}")))?)
     };
-    Ok((public, admin))
+    let cluster = if config.cluster.enabled() {
+        let a = &config.cluster.listen;
+        Some(TcpListener::bind(a).await.map_err(|e| std::io::Error::new(e.kind(), format!("bind {a}: {e}")))?)
+    } else {
+        None
+    };
+    Ok(Listeners { public, admin, cluster })
 }

@@ -1,9 +1,13 @@
 //! The deployment files: Kubernetes manifests (deploy/) parse and keep the promises the issue
 //! makes (probes on the admin port, non-root, read-only root, dropped capabilities, grace
 //! longer than drain + preStop, ingress timeouts above max_wait and the ping interval), the
-//! TOML they ship is a valid xmpp-cm config, and the Dockerfile builds and runs the binary the
-//! documented way. YAML is read with Python's PyYAML (present on the project's machines); no
-//! Kubernetes schema validator runs here.
+//! cluster promises of the base (at least two replicas; the pod's IP from the downward API as
+//! the advertise address; the shared key from a Secret volume readable by the container's user
+//! only, and never committed; the internal port 5281 declared, in a Service, reachable only from
+//! the Deployment's own pods), the TOML they ship is a valid xmpp-cm config that loads without
+//! the key file, and the Dockerfile builds and runs the binary the documented way. YAML is read
+//! with Python's PyYAML (present on the project's machines), the TOML with Python's tomllib as
+//! well as with `Config::load`; schema validation is the last test's job.
 
 mod support;
 
@@ -41,7 +45,7 @@ for r in kust["resources"]:
 spec = dep["spec"]["template"]["spec"]
 c = spec["containers"][0]
 ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-assert ports == {"http": 5280, "admin": 9280}, ports
+assert ports == {"http": 5280, "admin": 9280, "cluster": 5281}, ports
 assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
 assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
 assert spec["securityContext"]["runAsNonRoot"] is True
@@ -62,6 +66,55 @@ sm = docs["ServiceMonitor"][0][1]["spec"]["endpoints"][0]
 assert sm["port"] == "admin" and sm["path"] == "/metrics"
 side = [d for f, d in docs["Deployment"] if "sidecar" in f]
 assert side and len(side[0]["spec"]["template"]["spec"]["containers"]) == 2
+
+# Cluster mode. Several replicas, also at the autoscaler's floor.
+assert dep["spec"]["replicas"] >= 2, dep["spec"]["replicas"]
+hpa = docs["HorizontalPodAutoscaler"][0][1]["spec"]
+assert hpa["minReplicas"] >= 2 and hpa["scaleTargetRef"]["name"] == dep["metadata"]["name"], hpa
+# The TOML keeps the key file out (it comes from the env below), so it loads without the file.
+import ipaddress, tomllib
+cluster = tomllib.load(open(root + "/deploy/base/xmpp-cm.toml", "rb"))["cluster"]
+assert "secret_file" not in cluster and "advertise" not in cluster, cluster
+assert cluster["listen"] == "0.0.0.0:5281", cluster
+# peer_cidrs bounds where a sid can send a forward: never everywhere.
+assert cluster["peer_cidrs"] and all(ipaddress.ip_network(n).prefixlen > 0 for n in cluster["peer_cidrs"]), cluster
+# POD_IP from the downward API, defined before the advertise address that expands it.
+env = [e["name"] for e in c["env"]]
+envd = {e["name"]: e for e in c["env"]}
+assert envd["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}, envd["POD_IP"]
+assert envd["XMPP_CM_CLUSTER__ADVERTISE"]["value"] == "$(POD_IP):5281", envd["XMPP_CM_CLUSTER__ADVERTISE"]
+assert env.index("POD_IP") < env.index("XMPP_CM_CLUSTER__ADVERTISE"), env
+# The key file is an item of a Secret volume, mounted read-only; group-readable for fsGroup
+# (files in Secret volumes belong to root), not world-readable.
+key = envd["XMPP_CM_CLUSTER__SECRET_FILE"]["value"]
+mounts = [m for m in c["volumeMounts"] if key.startswith(m["mountPath"].rstrip("/") + "/")]
+assert len(mounts) == 1 and mounts[0].get("readOnly") is True, (key, c["volumeMounts"])
+vol, = [v for v in spec["volumes"] if v["name"] == mounts[0]["name"]]
+sec = vol["secret"]
+assert sec["secretName"] == "xmpp-cm-cluster", sec
+assert [i["path"] for i in sec["items"]] == [key[len(mounts[0]["mountPath"].rstrip("/")) + 1:]], (sec, key)
+assert [i["key"] for i in sec["items"]] == ["cluster.key"], sec
+mode = sec["defaultMode"]
+assert mode & 0o007 == 0 and mode & 0o040 and spec["securityContext"].get("fsGroup"), (oct(mode), spec["securityContext"])
+assert "Secret" not in docs, "a Secret is committed under deploy/: " + str([f for f, d in docs.get("Secret", [])])
+# A Service in the base exposes the internal port.
+svc = [d for f, d in docs["Service"] if "/base/" in f]
+assert any(p["port"] == 5281 and p["targetPort"] in ("cluster", 5281) for d in svc for p in d["spec"]["ports"]), svc
+# NetworkPolicy: 5281 in and out only with the Deployment's own pods (exactly their labels, this
+# namespace); the public and admin ports keep their rules.
+pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+(f, np), = [x for x in docs["NetworkPolicy"] if x[0].endswith("base/networkpolicy.yaml")]
+np = np["spec"]
+assert np["podSelector"] == {"matchLabels": pod_labels}, np["podSelector"]
+def rules(kind, peer):
+    return [(r.get(peer), {p["port"] for p in r.get("ports", [])}) for r in np[kind]]
+own = [{"podSelector": {"matchLabels": pod_labels}}]
+for kind, peer in [("ingress", "from"), ("egress", "to")]:
+    with_cluster = [who for who, ports in rules(kind, peer) if 5281 in ports or not ports]
+    assert with_cluster == [own], (kind, with_cluster)
+ingress = rules("ingress", "from")
+assert (None, {5280}) in ingress, ingress
+assert any(ports == {9280} and who and all("namespaceSelector" in w for w in who) for who, ports in ingress), ingress
 "#;
     python(script, &[repo_root().to_str().unwrap(), &grace.to_string(), &max_wait.to_string(), &ping.to_string()]);
 }

@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use super::body::{self, ResponseBody};
 use super::session::{Incoming, Reply};
 use super::DEFAULT_CONTENT_TYPE;
+use crate::cluster::{Cluster, Owner};
 use crate::error::Error;
 use crate::server::AppState;
 use crate::xml::Limits;
@@ -52,18 +53,29 @@ pub async fn post(State(state): State<Arc<AppState>>, req: axum::extract::Reques
         Ok(r) => r,
         Err(e) => return pre_session(200, &e, cors),
     };
+    let client = crate::upstream::proxy::client_addr(&ext);
+    drop((headers, ext));
+    answer(&state, bytes, req, client, false, cors).await
+}
+
+/// A parsed BOSH request, from a client or (`forwarded`) over the cluster hop: create a
+/// session, hand the request to its session here, or forward it to the replica that owns it.
+async fn answer(state: &Arc<AppState>, bytes: bytes::Bytes, req: body::Request, client: Option<std::net::SocketAddr>, forwarded: bool, cors: Option<HeaderValue>) -> Response {
     let legacy_creation = req.sid.is_none() && req.ver.is_none();
     let (tx, rx) = oneshot::channel();
     let inc = Incoming { req, reply: tx, bytes: bytes.len() };
     let held_since = std::time::Instant::now();
     match inc.req.sid.clone() {
+        None if forwarded => {
+            // A replica creates the sessions it is asked for itself; this is not one of ours.
+            return pre_session(200, &Error::BadRequest("session creation over the cluster hop".into()), cors);
+        }
         None => {
             // The session task's span (transport, short sid) nests under this one.
             // The client IP after the trusted-proxy rules (front::client_ip), else the peer.
-            let client = crate::upstream::proxy::client_addr(&ext);
             let ip = client.map(|c| c.ip());
             let span = tracing::info_span!("client", ip = ip.map(tracing::field::display));
-            if let Err(e) = span.in_scope(|| state.bosh.create(&state, inc, client)) {
+            if let Err(e) = span.in_scope(|| state.bosh.create(state, inc, client)) {
                 let status = match &e {
                     // Admission limits: 429 for this client, 503 for the whole process.
                     Error::TooMany { status, .. } => *status,
@@ -74,6 +86,18 @@ pub async fn post(State(state): State<Arc<AppState>>, req: axum::extract::Reques
             }
         }
         Some(sid) => {
+            if let Some(c) = &state.cluster {
+                // The sid is checked before anything else: a refusal dials nothing.
+                match c.owner(&sid, forwarded) {
+                    Owner::Local => {}
+                    Owner::Refused(why) => {
+                        crate::metrics::metrics().cluster_refused(why);
+                        tracing::debug!(reason = why.as_str(), forwarded, "BOSH sid refused by the cluster rules");
+                        return pre_session(200, &Error::ItemNotFound("unknown sid"), cors);
+                    }
+                    Owner::Peer(owner) => return forward(c, owner, bytes, client, cors).await,
+                }
+            }
             let Some(session) = state.bosh.get(&sid) else {
                 // no session to ask whether the caller is legacy: 200 + item-not-found.
                 return pre_session(200, &Error::ItemNotFound("unknown sid"), cors);
@@ -86,16 +110,78 @@ pub async fn post(State(state): State<Arc<AppState>>, req: axum::extract::Reques
         }
     }
     // A held request can wait up to `wait` seconds: free what it no longer needs first.
-    drop((headers, ext, bytes));
+    drop(bytes);
     match rx.await {
         Ok(reply) => {
             crate::metrics::metrics().bosh_held(held_since.elapsed());
+            if forwarded {
+                crate::metrics::metrics().cluster_served();
+            }
             respond(reply, cors)
         }
         // A session answers every request it accepted; a dropped reply means its task died
         // (a bug): BOSH-T-09. Other sessions are unaffected.
         Err(_) => pre_session(200, &Error::Internal("session task ended without answering".into()), cors),
     }
+}
+
+/// Send a request to the replica that owns its session and relay the answer. An owner that
+/// cannot be reached (gone, refusing, silent) is `item-not-found` for the client: its sessions
+/// died with it.
+async fn forward(c: &Cluster, owner: std::net::SocketAddr, bytes: bytes::Bytes, client: Option<std::net::SocketAddr>, cors: Option<HeaderValue>) -> Response {
+    let t0 = std::time::Instant::now();
+    c.saw_peer(owner);
+    match c.hop.forward(owner, bytes, client).await {
+        Ok(a) => {
+            crate::metrics::metrics().cluster_forward("ok", t0.elapsed());
+            let content_type = a.content_type.unwrap_or_else(|| HeaderValue::from_static(DEFAULT_CONTENT_TYPE));
+            respond(Reply { status: a.status, body: a.body, content_type }, cors)
+        }
+        Err(e) => {
+            crate::metrics::metrics().cluster_forward(e.result(), t0.elapsed());
+            tracing::info!(%owner, error = %e, "BOSH request for another replica's session: its owner did not answer");
+            pre_session(200, &Error::ItemNotFound("session owner unreachable"), cors)
+        }
+    }
+}
+
+/// The cluster's internal listener: a BOSH request forwarded by a peer. Unauthenticated
+/// requests get 403 and nothing else (no session touched, nothing dialled).
+pub async fn from_peer(State(state): State<Arc<AppState>>, req: axum::extract::Request) -> Response {
+    let Some((bytes, from)) = verified_hop(&state, req).await else {
+        return StatusCode::FORBIDDEN.into_response();
+    };
+    let l = &state.config.limits;
+    let limits = Limits { max_stanza_bytes: state.config.bosh.max_body_bytes, max_depth: l.max_xml_depth, max_attrs: l.max_xml_attrs, max_name_len: l.max_xml_name_len };
+    match body::parse(&bytes, &limits) {
+        Ok(r) => answer(&state, bytes, r, from.client, true, None).await,
+        Err(e) => pre_session(200, &e, None),
+    }
+}
+
+/// The liveness check a peer makes on a new hop connection (authenticated like a request).
+pub async fn peer_ping(State(state): State<Arc<AppState>>, req: axum::extract::Request) -> StatusCode {
+    match verified_hop(&state, req).await {
+        Some(_) => StatusCode::NO_CONTENT,
+        None => StatusCode::FORBIDDEN,
+    }
+}
+
+async fn verified_hop(state: &AppState, req: axum::extract::Request) -> Option<(bytes::Bytes, crate::cluster::hop::Verified)> {
+    let c = state.cluster.as_ref()?;
+    let (parts, body) = req.into_parts();
+    let wait = std::time::Duration::from_secs(state.config.http.body_read_timeout);
+    let bytes = tokio::time::timeout(wait, axum::body::to_bytes(body, state.config.bosh.max_body_bytes)).await.ok()?.ok();
+    let verified = bytes.as_ref().and_then(|b| c.hop.verify(&parts.headers, b, crate::cluster::hop::unix_now()));
+    let Some(from) = verified else {
+        crate::metrics::metrics().cluster_refused(crate::cluster::Refusal::HopAuth);
+        tracing::warn!("cluster hop request without valid authentication refused (another cluster key, or not a replica)");
+        return None;
+    };
+    if let Some(p) = from.peer {
+        c.saw_peer(p);
+    }
+    Some((bytes?, from))
 }
 
 /// CORS preflight (HTTP-11/12).

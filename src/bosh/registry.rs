@@ -78,7 +78,8 @@ impl Registry {
         let permit = state.admission.admit(ip)?;
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
         let sid = loop {
-            let sid = new_sid();
+            // In a cluster the sid names this replica (crate::cluster::sid).
+            let sid = state.cluster.as_ref().map_or_else(new_sid, |c| c.mint());
             if let dashmap::Entry::Vacant(v) = self.sessions.entry(sid.clone()) {
                 v.insert(tx);
                 break sid;

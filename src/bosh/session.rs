@@ -173,6 +173,12 @@ pub struct Session {
     last_empty_poll: Option<Instant>,
     /// The upstream said `<success/>`: a restart is now expected (XBOSH-13).
     sasl_success: bool,
+    /// The server enabled resumable XEP-0198 stream management (`<enabled resume/>` or
+    /// `<resumed/>`): a session that ends without the client's terminate drops the upstream
+    /// without `</stream:stream>` and bounces nothing, so the client can resume elsewhere.
+    resumable: bool,
+    /// Cluster mode, draining: when this session is ended ([`AppState::drain_at`]).
+    drain_at: Option<Instant>,
     /// Set when the session is over but the client has not fetched the final body yet.
     terminal: Option<String>,
     done: bool,
@@ -231,6 +237,8 @@ impl Session {
             prev_new: None,
             last_empty_poll: None,
             sasl_success: false,
+            resumable: false,
+            drain_at: None,
             terminal: None,
             done: false,
             metrics: crate::metrics::metrics().session_started(crate::metrics::Transport::Bosh),
@@ -255,8 +263,9 @@ impl Session {
         while !self.done {
             let wait_deadline = self.held.front().map(|h| h.deadline);
             let idle_deadline = (self.held.is_empty() && self.parked.is_empty()).then(|| self.idle_since + self.inactivity);
-            // At most one applies: the wait deadline while a request is held, else inactivity.
-            let deadline = wait_deadline.or(idle_deadline);
+            // At most one applies: the wait deadline while a request is held, else inactivity;
+            // while draining in a cluster, this session's end may come first.
+            let deadline = earliest(wait_deadline.or(idle_deadline), self.drain_at);
             if let Some(d) = deadline {
                 if self.timer_at != Some(d) {
                     self.timer.as_mut().reset(d);
@@ -271,16 +280,13 @@ impl Session {
             let paused_until = self.throttle.as_ref().and_then(|t| t.paused_until());
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => {
-                    // Drain: requests the client already handed over are processed first, so
-                    // their stanzas reach the upstream; then every held request is answered.
-                    while !self.done {
-                        let Ok(inc) = rx.try_recv() else { break };
-                        self.on_request(*inc).await;
-                    }
-                    if !self.done {
-                        let err = self.state.drain_error(crate::metrics::Transport::Bosh);
-                        self.end(err, None).await;
+                _ = shutdown.cancelled(), if self.drain_at.is_none() => {
+                    let mut jitter = [0u8; 4];
+                    let _ = getrandom::getrandom(&mut jitter);
+                    match self.state.drain_at(u32::from_ne_bytes(jitter)) {
+                        // Cluster mode: served as usual (forwarded requests too) until then.
+                        Some(at) => self.drain_at = Some(at),
+                        None => self.drain_end(&mut rx).await,
                     }
                 }
                 inc = rx.recv(), if paused_until.is_none() => match inc {
@@ -304,7 +310,9 @@ impl Session {
                 Some(frame) = reading => self.on_frame(frame).await,
                 _ = self.timer.as_mut(), if deadline.is_some() => {
                     self.timer_at = None;
-                    if wait_deadline.is_some() {
+                    if self.drain_at.is_some_and(|d| d <= Instant::now()) {
+                        self.drain_end(&mut rx).await;
+                    } else if wait_deadline.is_some() {
                         self.answer_oldest();
                     } else {
                         debug!(sid = %short(&self.p.sid), "inactivity timeout");
@@ -322,6 +330,23 @@ impl Session {
             let status = if self.p.legacy { 404 } else { 200 };
             self.reply(inc.reply, status, body);
         }
+    }
+
+    /// Drain: requests the client already handed over are processed first, so their stanzas
+    /// reach the upstream; then every held request is answered (`system-shutdown`, or
+    /// `see-other-uri`). Boxed: a rare path must not size the future every idle session keeps.
+    async fn drain_end(&mut self, rx: &mut mpsc::Receiver<Box<Incoming>>) {
+        Box::pin(async move {
+            while !self.done {
+                let Ok(inc) = rx.try_recv() else { break };
+                self.on_request(*inc).await;
+            }
+            if !self.done {
+                let err = self.state.drain_error(crate::metrics::Transport::Bosh);
+                self.end(err, None).await;
+            }
+        })
+        .await
     }
 
     // ------------------------------------------------------------------ upstream events
@@ -396,6 +421,10 @@ impl Session {
     fn queue(&mut self, el: Element) {
         if el.is("success", ns::SASL) {
             self.sasl_success = true;
+        } else if el.is("enabled", ns::SM3) {
+            self.resumable = matches!(el.attr("resume"), Some("true" | "1"));
+        } else if el.is("resumed", ns::SM3) {
+            self.resumable = true;
         }
         crate::metrics::metrics().stanza(crate::metrics::Direction::ToClient);
         // Serialized now (self-contained), so its size counts against `max_queued_bytes`.
@@ -793,6 +822,12 @@ impl Session {
             let _ = writer.close().await;
             return;
         }
+        if self.resumable && matches!(why, Error::ClientGone | Error::Shutdown | Error::Redirect(_)) {
+            // XEP-0198: the server keeps the session (and what the client has not acked) for
+            // a resumption, through this replica or another, only if the stream is not closed.
+            writer.abort().await;
+            return;
+        }
         let bounces: Vec<Element> = undelivered(&std::mem::take(&mut self.out)).iter().filter_map(relay::bounce).collect();
         self.state.tracker.spawn(async move {
             for b in &bounces {
@@ -823,6 +858,13 @@ fn undelivered(out: &str) -> Vec<Element> {
     match crate::xml::parse_document(wrapped.as_bytes(), &limits, &[]) {
         Ok(q) => q.elements().cloned().collect(),
         Err(_) => Vec::new(),
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -157,6 +157,8 @@ pub(super) struct Session<S> {
     pub(super) client: Option<std::net::SocketAddr>,
     /// `limits.client_bytes_per_sec`: while it is paused, the client is not read.
     throttle: Option<Box<crate::limits::Throttle>>,
+    /// Cluster mode, draining: when this session is closed ([`AppState::drain_at`]).
+    drain_at: Option<Instant>,
 }
 
 enum Flow {
@@ -192,6 +194,7 @@ where
             guard,
             client: None,
             throttle,
+            drain_at: None,
         }
     }
 
@@ -236,12 +239,22 @@ where
             // size): the end of a throttle pause, else the pong deadline. A throttled client is
             // alive (it is sending too fast), so its pong deadline does not run while we are
             // not reading it.
+            // A draining replica in a cluster closes this session at its own point.
             let deadline = paused_until.map(Instant::from_std).or(self.keepalive.deadline);
+            let deadline = match (deadline, self.drain_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let waiting_open = self.up.is_none();
             let up_reader = self.up.as_mut().map(|u| &mut u.reader);
             tokio::select! {
-                _ = shutdown.cancelled() => {
-                    return Ending::with_code(self.state.drain_error(self.guard.transport()), code::GOING_AWAY);
+                _ = shutdown.cancelled(), if self.drain_at.is_none() => {
+                    let mut jitter = [0u8; 4];
+                    let _ = getrandom::getrandom(&mut jitter);
+                    match self.state.drain_at(u32::from_ne_bytes(jitter)) {
+                        Some(at) => self.drain_at = Some(at),
+                        None => return Ending::with_code(self.state.drain_error(self.guard.transport()), code::GOING_AWAY),
+                    }
                 }
                 msg = self.socket.next(), if !paused => {
                     self.keepalive.alive();
@@ -261,7 +274,9 @@ where
                     }
                 }
                 _ = sleep_until(deadline.unwrap_or(next_ping)), if deadline.is_some() => {
-                    if let Some(t) = self.throttle.as_mut().filter(|_| paused) {
+                    if self.drain_at.is_some_and(|d| d <= Instant::now()) {
+                        return Ending::with_code(self.state.drain_error(self.guard.transport()), code::GOING_AWAY);
+                    } else if let Some(t) = self.throttle.as_mut().filter(|_| paused) {
                         t.resume(std::time::Instant::now());
                         self.keepalive.alive();
                     } else {

@@ -278,8 +278,9 @@ fn session_future_is_small() {
     let fut = super::session::Session::new(NullSocket, state, crate::metrics::Transport::WebSocket).run();
     let size = std::mem::size_of_val(&fut);
     eprintln!("session future: {size} bytes");
-    // 2,016 bytes before the client rate limit (limits.client_bytes_per_sec), 2,096 with it.
-    assert!(size <= 2112, "session future is {size} bytes");
+    // 2,016 bytes before the client rate limit (limits.client_bytes_per_sec), 2,096 with it,
+    // 2,128 with the cluster drain point (`drain_at`).
+    assert!(size <= 2128, "session future is {size} bytes");
 }
 
 #[test]
