@@ -647,4 +647,49 @@ mod tests {
             });
         }
     }
+
+    /// Issue 14: `[cluster]` mistakes are one-line reasons (exit 64 from main); without a key
+    /// nothing of it is checked.
+    #[test]
+    fn cluster_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.key");
+        std::fs::write(&good, "0123456789abcdef0123456789abcdef0123\n").unwrap();
+        let short = dir.path().join("short.key");
+        std::fs::write(&short, "only-31-bytes-long-after-trim!!\n\n").unwrap();
+        let cluster = |secret: &std::path::Path, listen: &str, advertise: &str, cidrs: &[&str]| {
+            let mut c = Config::default();
+            c.cluster = Cluster {
+                secret_file: secret.to_str().unwrap().into(),
+                listen: listen.into(),
+                advertise: advertise.into(),
+                peer_cidrs: cidrs.iter().map(|s| s.to_string()).collect(),
+                ..Cluster::default()
+            };
+            c.validate().err().map(|e| e.0)
+        };
+        assert_eq!(cluster(&good, "0.0.0.0:5281", "10.1.2.3:5281", &["10.0.0.0/8"]), None);
+        assert_eq!(cluster(&good, "127.0.0.1:5281", "[fd00::1]:5281", &["10.0.0.0/8", "fd00::/8"]), None);
+        for (secret, listen, advertise, cidrs, want) in [
+            (&short, "0.0.0.0:5281", "10.1.2.3:5281", &["10.0.0.0/8"][..], "at least 32"),
+            (&dir.path().join("missing"), "0.0.0.0:5281", "10.1.2.3:5281", &["10.0.0.0/8"][..], "cannot be read"),
+            (&good, "0.0.0.0:5281", "192.168.1.2:5281", &["10.0.0.0/8"][..], "outside cluster.peer_cidrs"),
+            (&good, "0.0.0.0:5281", "", &["10.0.0.0/8"][..], "cluster.advertise"),
+            (&good, "0.0.0.0:5281", "0.0.0.0:5281", &["0.0.0.0/0"][..], "cluster.advertise"),
+            (&good, "0.0.0.0:5281", "10.1.2.3:5281", &[][..], "peer_cidrs is empty"),
+            (&good, "0.0.0.0:5281", "10.1.2.3:5281", &["10.0.0.0/33"][..], "cluster.peer_cidrs"),
+            // The default public listener is 0.0.0.0:5280; the admin one 127.0.0.1:9280.
+            (&good, "10.1.2.3:5280", "10.1.2.3:5281", &["10.0.0.0/8"][..], "public listener"),
+            (&good, "0.0.0.0:9280", "10.1.2.3:5281", &["10.0.0.0/8"][..], "admin listener"),
+            (&good, "nowhere", "10.1.2.3:5281", &["10.0.0.0/8"][..], "cluster.listen"),
+        ] {
+            let e = cluster(secret, listen, advertise, cidrs).unwrap_or_else(|| panic!("{listen} {advertise} {cidrs:?} validated"));
+            assert!(e.contains(want), "{e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+        // Off: nothing is checked, whatever the other keys say.
+        let mut off = Config::default();
+        off.cluster.advertise = "nonsense".into();
+        off.validate().unwrap();
+    }
 }

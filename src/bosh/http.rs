@@ -175,7 +175,13 @@ async fn verified_hop(state: &AppState, req: axum::extract::Request) -> Option<(
     let verified = bytes.as_ref().and_then(|b| c.hop.verify(&parts.headers, b, crate::cluster::hop::unix_now()));
     let Some(from) = verified else {
         crate::metrics::metrics().cluster_refused(crate::cluster::Refusal::HopAuth);
-        tracing::warn!("cluster hop request without valid authentication refused (another cluster key, or not a replica)");
+        // At most one line per 10 s: whoever can reach the internal port must not fill the log.
+        static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let now = crate::cluster::hop::unix_now();
+        if now >= LAST.load(std::sync::atomic::Ordering::Relaxed) + 10 {
+            LAST.store(now, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!("cluster hop request without valid authentication refused (another cluster key or clock skew over 120 s, or not a replica); counted in xmpp_cm_cluster_refused_total{{reason=\"hop_auth\"}}");
+        }
         return None;
     };
     if let Some(p) = from.peer {

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -93,7 +93,17 @@ pub struct Hop {
     me: SocketAddr,
     connect_timeout: Duration,
     answer_within: Duration,
-    pool: Mutex<HashMap<SocketAddr, SendRequest<Full<Bytes>>>>,
+    pool: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Slot>>>>,
+}
+
+/// One owner's connection. Dialling holds the slot's lock, so the requests that arrive
+/// meanwhile wait for that one dial instead of each opening their own; after a failed dial
+/// they fail at once for a connect timeout (an owner that is gone costs each client request
+/// nothing more than the first one's wait).
+#[derive(Default)]
+struct Slot {
+    sender: Option<SendRequest<Full<Bytes>>>,
+    failed: Option<(tokio::time::Instant, String)>,
 }
 
 impl Hop {
@@ -171,42 +181,64 @@ impl Hop {
 
     /// A live connection to `owner` (pooled, or dialled now: `true`).
     async fn sender(&self, owner: SocketAddr) -> Result<(SendRequest<Full<Bytes>>, bool), HopError> {
-        if let Some(s) = self.pool.lock().ok().and_then(|p| p.get(&owner).filter(|s| !s.is_closed()).cloned()) {
-            return Ok((s, false));
-        }
-        let dial = async {
-            let tcp = TcpStream::connect(owner).await.map_err(|e| HopError::Connect(e.to_string()))?;
-            let _ = tcp.set_nodelay(true);
-            let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .keep_alive_interval(PING_EVERY)
-                .keep_alive_timeout(PING_TIMEOUT)
-                .keep_alive_while_idle(false)
-                .adaptive_window(true)
-                .handshake(TokioIo::new(tcp))
-                .await
-                .map_err(|e| HopError::Connect(e.to_string()))?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%owner, error = %e, "cluster hop connection ended");
-                }
-            });
-            // Up only once the owner answered: a listener that accepts and never speaks
-            // (a wedged process, a black hole) is caught here, within the connect timeout.
-            match self.exchange(&mut sender, owner, PING_PATH, Bytes::new(), None).await {
-                Ok(a) if a.status == 204 => Ok(sender),
-                Ok(a) => Err(HopError::Refused(a.status)),
-                Err(HopError::Lost(e)) => Err(HopError::Connect(e)),
-                Err(e) => Err(e),
-            }
+        let slot = match self.pool.lock() {
+            Ok(mut p) => p.entry(owner).or_default().clone(),
+            Err(_) => return Err(HopError::Connect("connection pool poisoned".into())),
         };
-        let sender = tokio::time::timeout(self.connect_timeout, dial)
-            .await
-            .map_err(|_| HopError::Connect(format!("no connection within {:?}", self.connect_timeout)))??;
-        if let Ok(mut p) = self.pool.lock() {
-            p.insert(owner, sender.clone());
+        let mut slot = slot.lock().await;
+        if let Some(s) = slot.sender.as_ref().filter(|s| !s.is_closed()) {
+            return Ok((s.clone(), false));
         }
-        Ok((sender, true))
+        slot.sender = None;
+        if let Some((at, why)) = &slot.failed {
+            if at.elapsed() < self.connect_timeout {
+                return Err(HopError::Connect(format!("{why} (dialled {:?} ago)", at.elapsed())));
+            }
+        }
+        match tokio::time::timeout(self.connect_timeout, self.dial(owner)).await {
+            Ok(Ok(sender)) => {
+                slot.failed = None;
+                slot.sender = Some(sender.clone());
+                Ok((sender, true))
+            }
+            Ok(Err(e)) => {
+                slot.failed = Some((tokio::time::Instant::now(), e.to_string()));
+                Err(e)
+            }
+            Err(_) => {
+                let why = format!("no connection within {:?}", self.connect_timeout);
+                slot.failed = Some((tokio::time::Instant::now(), why.clone()));
+                Err(HopError::Connect(why))
+            }
+        }
+    }
+
+    /// TCP, the HTTP/2 handshake, and an authenticated ping the owner must answer.
+    async fn dial(&self, owner: SocketAddr) -> Result<SendRequest<Full<Bytes>>, HopError> {
+        let tcp = TcpStream::connect(owner).await.map_err(|e| HopError::Connect(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(PING_EVERY)
+            .keep_alive_timeout(PING_TIMEOUT)
+            .keep_alive_while_idle(false)
+            .adaptive_window(true)
+            .handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| HopError::Connect(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%owner, error = %e, "cluster hop connection ended");
+            }
+        });
+        // Up only once the owner answered: a listener that accepts and never speaks (a wedged
+        // process, a black hole) is caught here, within the connect timeout.
+        match self.exchange(&mut sender, owner, PING_PATH, Bytes::new(), None).await {
+            Ok(a) if a.status == 204 => Ok(sender),
+            Ok(a) => Err(HopError::Refused(a.status)),
+            Err(HopError::Lost(e)) => Err(HopError::Connect(e)),
+            Err(e) => Err(e),
+        }
     }
 
     fn forget(&self, owner: SocketAddr) {
