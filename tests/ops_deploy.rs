@@ -128,7 +128,7 @@ fn dockerfile_builds_and_runs_the_binary_the_documented_way() {
     assert!(d.contains("RUN cargo build --release --locked --bin xmpp-cm"), "build command changed");
     assert!(d.contains("COPY --from=builder /src/target/release/xmpp-cm /usr/local/bin/xmpp-cm"));
     assert!(d.lines().any(|l| l.starts_with("USER ") && !l.contains("root") && !l.contains(" 0")), "runs as root");
-    assert!(d.contains("EXPOSE 5280 9280"));
+    assert!(d.contains("EXPOSE 5280 5281 9280"));
     assert!(d.contains("\"--config\", \"/etc/xmpp-cm/xmpp-cm.toml\""));
     // The config the image ships loads, with the admin port opened by the image's ENV.
     assert!(d.contains("ENV XMPP_CM_ADMIN__LISTEN=0.0.0.0:9280"));
