@@ -6,7 +6,7 @@
 #
 # Installs what the integration tests need when it is missing (a fresh CI machine has only the
 # Rust toolchain, Node 20 and npm):
-#   - Debian/Ubuntu packages prosody, lua-event, openssl, ejabberd (apt-get, as root or via sudo);
+#   - Debian/Ubuntu packages prosody, lua-event, openssl, ejabberd, haproxy (apt-get, as root or via sudo);
 #     their system services are kept from starting during the install: tests start their own
 #     instances on free loopback ports, each in its own temp dir.
 #   - the pinned npm clients in tests/js (npm ci from package-lock.json).
@@ -23,6 +23,8 @@ die() { echo "[test.sh] ERROR: $*" >&2; exit 1; }
 missing=()
 command -v prosody >/dev/null 2>&1 || missing+=(prosody lua-event)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# HAProxy: the round-robin load balancer of tests/cluster.rs (Debian puts it in /usr/sbin).
+command -v haproxy >/dev/null 2>&1 || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
 if ! command -v erl >/dev/null 2>&1 || ! { command -v ejabberdctl >/dev/null 2>&1 || [[ -x /usr/sbin/ejabberdctl ]]; }; then
   missing+=(ejabberd)
 fi
@@ -51,8 +53,9 @@ if ((${#missing[@]} > 0)); then
   trap - EXIT
   command -v prosody >/dev/null 2>&1 || die "prosody still missing after apt-get install"
   command -v erl >/dev/null 2>&1 || die "erl (ejabberd) still missing after apt-get install"
+  [[ -x /usr/sbin/haproxy ]] || command -v haproxy >/dev/null 2>&1 || die "haproxy still missing after apt-get install"
 fi
-log "prosody $(dpkg-query -W -f '${Version}' prosody 2>/dev/null || echo '?'); ejabberd $(dpkg-query -W -f '${Version}' ejabberd 2>/dev/null || echo '?')"
+log "prosody $(dpkg-query -W -f '${Version}' prosody 2>/dev/null || echo '?'); ejabberd $(dpkg-query -W -f '${Version}' ejabberd 2>/dev/null || echo '?'); haproxy $(dpkg-query -W -f '${Version}' haproxy 2>/dev/null || echo '?')"
 command -v setpriv >/dev/null 2>&1 || log "note: no setpriv (util-linux); servers of a killed test process may outlive it"
 
 # ---------------------------------------------------------------- Python tools

@@ -8,129 +8,17 @@
 mod bosh_client;
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use bosh_client::Bosh;
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
+use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 
+use support::c2s::{collect_until, direct_recipient};
+use support::ws::{ws_login, ws_to_close};
 use support::{http_request, Prosody, ProsodyOpts, XmppCm};
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 const T: Duration = Duration::from_secs(20);
-
-// ---------------------------------------------------------------- a direct c2s client
-
-/// A recipient logged in directly to Prosody over plain TCP (it must outlive xmpp-cm). A
-/// thread reads everything it receives until `deadline` or until every needle was seen.
-fn direct_recipient(port: u16, domain: &str, user: &str, pass: &str) -> TcpStream {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect c2s");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let open = format!(
-        "<?xml version='1.0'?><stream:stream to='{domain}' version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
-    );
-    let read_until = |s: &mut TcpStream, needle: &str| {
-        let mut got = String::new();
-        let mut buf = [0u8; 4096];
-        while !got.contains(needle) {
-            let n = s.read(&mut buf).unwrap_or_else(|e| panic!("reading for {needle}: {e}; got {got}"));
-            assert!(n > 0, "EOF waiting for {needle}: {got}");
-            got.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-        got
-    };
-    s.write_all(open.as_bytes()).unwrap();
-    read_until(&mut s, "</stream:features>");
-    let creds = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"));
-    write!(s, "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>").unwrap();
-    read_until(&mut s, "success");
-    s.write_all(open.as_bytes()).unwrap();
-    read_until(&mut s, "</stream:features>");
-    s.write_all(b"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>direct</resource></bind></iq>").unwrap();
-    read_until(&mut s, "</iq>");
-    s.write_all(b"<presence/>").unwrap();
-    s
-}
-
-fn collect_until(mut s: TcpStream, needles: Vec<String>, within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    let mut got = String::new();
-    let mut buf = [0u8; 8192];
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    while Instant::now() < deadline && !needles.iter().all(|n| got.contains(n.as_str())) {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
-            Err(_) => {}
-        }
-    }
-    got
-}
-
-// ---------------------------------------------------------------- WebSocket helpers
-
-async fn ws_connect(url: &str) -> Ws {
-    let mut req = url.into_client_request().expect("request");
-    req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static("xmpp"));
-    tokio_tungstenite::connect_async(req).await.expect("websocket handshake").0
-}
-
-async fn ws_recv(ws: &mut Ws) -> String {
-    loop {
-        match tokio::time::timeout(T, ws.next()).await.expect("timed out waiting for a WS message") {
-            Some(Ok(Message::Text(t))) => return t.to_string(),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            other => panic!("expected text, got {other:?}"),
-        }
-    }
-}
-
-async fn ws_recv_until(ws: &mut Ws, needle: &str) -> String {
-    loop {
-        let t = ws_recv(ws).await;
-        if t.contains(needle) {
-            return t;
-        }
-    }
-}
-
-async fn ws_login(url: &str, domain: &str, user: &str, pass: &str) -> Ws {
-    let mut ws = ws_connect(url).await;
-    let open = format!("<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='{domain}' version='1.0'/>");
-    ws.send(Message::Text(open.clone().into())).await.unwrap();
-    ws_recv_until(&mut ws, "mechanisms").await;
-    let creds = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"));
-    ws.send(Message::Text(format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>").into()))
-        .await
-        .unwrap();
-    ws_recv_until(&mut ws, "success").await;
-    ws.send(Message::Text(open.into())).await.unwrap();
-    ws_recv_until(&mut ws, "xmpp-bind").await;
-    ws.send(Message::Text("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>".into())).await.unwrap();
-    ws_recv_until(&mut ws, "<jid>").await;
-    ws.send(Message::Text("<presence/>".into())).await.unwrap();
-    ws
-}
-
-/// Everything until the close frame: (texts, close code).
-async fn ws_to_close(mut ws: Ws) -> (Vec<String>, Option<u16>) {
-    let mut texts = Vec::new();
-    loop {
-        match tokio::time::timeout(T, ws.next()).await {
-            Err(_) => return (texts, None),
-            Ok(Some(Ok(Message::Text(t)))) => texts.push(t.to_string()),
-            Ok(Some(Ok(Message::Close(f)))) => return (texts, f.map(|f| u16::from(f.code))),
-            Ok(Some(Ok(_))) => {}
-            Ok(None | Some(Err(_))) => return (texts, None),
-        }
-    }
-}
 
 // ---------------------------------------------------------------- the tests
 

@@ -153,8 +153,14 @@ pub async fn from_peer(State(state): State<Arc<AppState>>, req: axum::extract::R
     };
     let l = &state.config.limits;
     let limits = Limits { max_stanza_bytes: state.config.bosh.max_body_bytes, max_depth: l.max_xml_depth, max_attrs: l.max_xml_attrs, max_name_len: l.max_xml_name_len };
+    // The owner's log lines for this request name the client and the replica it came through.
+    let span = tracing::info_span!(
+        "client",
+        ip = from.client.map(|c| tracing::field::display(c.ip())),
+        via = from.peer.map(tracing::field::display)
+    );
     match body::parse(&bytes, &limits) {
-        Ok(r) => answer(&state, bytes, r, from.client, true, None).await,
+        Ok(r) => tracing::Instrument::instrument(answer(&state, bytes, r, from.client, true, None), span).await,
         Err(e) => pre_session(200, &e, None),
     }
 }

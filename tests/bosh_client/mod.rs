@@ -56,22 +56,44 @@ pub struct Bosh {
     /// Stanzas received so far (serialized), in order.
     pub received: Vec<String>,
     pub creation: Answer,
+    /// When not empty, request n of the session (the creation is request 0) goes to
+    /// `rotate[n % len]` (each request of one session to another replica, no balancer).
+    pub rotate: Vec<String>,
+    /// Requests sent so far, the creation included.
+    pub sent: usize,
 }
 
 impl Bosh {
     /// Create a session; `extra` are additional attributes for the creation body.
     pub async fn create(url: &str, domain: &str, wait: u64, extra: &str) -> Bosh {
+        Self::try_create(url, domain, wait, extra).await.unwrap_or_else(|a| panic!("no session created: {} {}", a.status, a.raw))
+    }
+
+    /// [`Self::create`], but a refusal (no sid in the answer) is `Err(answer)`.
+    pub async fn try_create(url: &str, domain: &str, wait: u64, extra: &str) -> Result<Bosh, Answer> {
         let rid = 1_000_000 + u64::from(rand_u16()) * 1000;
         let lang = if extra.contains("xml:lang") { "" } else { "xml:lang='en'" };
         let body = format!(
             "<body {NS} {XBOSH} rid='{rid}' to='{domain}' {lang} wait='{wait}' hold='1' ver='1.6' xmpp:version='1.0' {extra}/>"
         );
         let a = post(url, &body, Duration::from_secs(wait + 10)).await;
-        assert_eq!(a.status, 200, "{}", a.raw);
-        let sid = a.attr("sid").unwrap_or_else(|| panic!("no sid in creation response: {}", a.raw));
-        let mut b = Bosh { url: url.into(), sid, rid, wait, domain: domain.into(), received: vec![], creation: a.clone() };
+        let sid = match (a.status, a.raw.starts_with("<body")) {
+            (200, true) => a.attr("sid").ok_or_else(|| a.clone())?,
+            _ => return Err(a),
+        };
+        let mut b = Bosh {
+            url: url.into(),
+            sid,
+            rid,
+            wait,
+            domain: domain.into(),
+            received: vec![],
+            creation: a.clone(),
+            rotate: vec![],
+            sent: 1,
+        };
         b.absorb(&a);
-        b
+        Ok(b)
     }
 
     /// The next request body (takes the next rid).
@@ -95,6 +117,10 @@ impl Bosh {
     }
 
     pub async fn send_raw(&mut self, body: &str) -> Answer {
+        if !self.rotate.is_empty() {
+            self.url = self.rotate[self.sent % self.rotate.len()].clone();
+        }
+        self.sent += 1;
         let a = post(&self.url, body, Duration::from_secs(self.wait + 10)).await;
         self.absorb(&a);
         a
@@ -123,19 +149,39 @@ impl Bosh {
 
     /// Full login: create, SASL PLAIN, restart, bind, initial presence. Returns the full JID.
     pub async fn login(url: &str, domain: &str, user: &str, pass: &str, wait: u64) -> (Bosh, String) {
-        let mut b = Bosh::create(url, domain, wait, "").await;
-        b.poll_until("mechanisms", Duration::from_secs(15)).await;
+        Self::login_rotating(&[url.to_string()], domain, user, pass, wait).await
+    }
+
+    /// [`Self::login`] with request n sent to `urls[n % len]` (see [`Self::rotate`]); the
+    /// session keeps rotating afterwards.
+    pub async fn login_rotating(urls: &[String], domain: &str, user: &str, pass: &str, wait: u64) -> (Bosh, String) {
+        let mut b = Bosh::create(&urls[0], domain, wait, "").await;
+        if urls.len() > 1 {
+            b.rotate = urls.to_vec();
+        }
+        b.authenticate(user, pass).await;
+        b.bind().await
+    }
+
+    /// On a new session: SASL PLAIN and the stream restart, up to the features offering bind
+    /// (and XEP-0198 resumption, when the server has it).
+    pub async fn authenticate(&mut self, user: &str, pass: &str) {
+        let domain = self.domain.clone();
+        self.poll_until("mechanisms", Duration::from_secs(15)).await;
         let creds = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"));
-        let a = b.send("", &format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>")).await;
-        let _ = a;
-        b.poll_until("<success", Duration::from_secs(15)).await;
-        b.send(&format!("to='{domain}' xml:lang='en' xmpp:restart='true'"), "").await;
-        b.poll_until("urn:ietf:params:xml:ns:xmpp-bind", Duration::from_secs(15)).await;
-        b.send("", "<iq xmlns='jabber:client' type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>test</resource></bind></iq>").await;
-        let bound = b.poll_until("<jid>", Duration::from_secs(15)).await;
+        self.send("", &format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>")).await;
+        self.poll_until("<success", Duration::from_secs(15)).await;
+        self.send(&format!("to='{domain}' xml:lang='en' xmpp:restart='true'"), "").await;
+        self.poll_until("urn:ietf:params:xml:ns:xmpp-bind", Duration::from_secs(15)).await;
+    }
+
+    /// After [`Self::authenticate`]: bind resource `test`, send initial presence; the full JID.
+    pub async fn bind(mut self) -> (Bosh, String) {
+        self.send("", "<iq xmlns='jabber:client' type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>test</resource></bind></iq>").await;
+        let bound = self.poll_until("<jid>", Duration::from_secs(15)).await;
         let jid = bound.split("<jid>").nth(1).and_then(|s| s.split("</jid>").next()).unwrap_or_default().to_string();
-        b.send("", "<presence xmlns='jabber:client'/>").await;
-        (b, jid)
+        self.send("", "<presence xmlns='jabber:client'/>").await;
+        (self, jid)
     }
 
     /// Count received stanzas containing `needle`.

@@ -1,7 +1,8 @@
 //! Test harness shared by the integration tests (`mod support;`): real upstream servers
 //! (Prosody, ejabberd) on free loopback ports with their own throw-away CA, the xmpp-cm binary
-//! in front of them, real npm clients (strophe.js, xmpp.js) and a raw HTTP client for exact
-//! BOSH bytes.
+//! in front of them (several replicas behind a real HAProxy if asked), real npm clients
+//! (strophe.js, xmpp.js), raw XMPP clients (c2s TCP, WebSocket) and a raw HTTP client for
+//! exact BOSH bytes.
 //!
 //! Every process started here is killed by its own PID when its handle drops (SIGTERM, then
 //! SIGKILL after 3 s), and is also tied to the test process (SIGKILL via `setpriv --pdeathsig`
@@ -11,16 +12,19 @@
 //! The start functions block (≤15 s) until the process accepts connections; call them from the
 //! test itself, before the interesting part, also inside `#[tokio::test]`.
 //!
-//! Missing prerequisites (Prosody, ejabberd, `tests/js/node_modules`) make the test panic with a
-//! message pointing at `scripts/test.sh`, which installs them.
+//! Missing prerequisites (Prosody, ejabberd, HAProxy, `tests/js/node_modules`) make the test
+//! panic with a message pointing at `scripts/test.sh`, which installs them.
 #![allow(dead_code)]
 
+pub mod c2s;
 pub mod certs;
 pub mod ejabberd;
+pub mod haproxy;
 pub mod http;
 pub mod node;
 pub mod process;
 pub mod prosody;
+pub mod ws;
 pub mod xmpp_cm;
 
 use std::collections::HashSet;

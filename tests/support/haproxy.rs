@@ -1,0 +1,203 @@
+//! A real HAProxy (Debian package, `/usr/sbin/haproxy`) as the plain load balancer in front of
+//! several xmpp-cm replicas: `mode http`, `balance roundrobin` decided per request, no affinity
+//! of any kind (no stick tables, no cookies, no `prefer-last-server`), health checks
+//! `GET /readyz` on each replica's admin port every 100 ms (one failure takes a replica out, so a
+//! draining replica gets no new requests; two successes bring it back). Timeouts fit BOSH holds
+//! (120 s) and WebSocket tunnels (1 h). Its own temp dir, free loopback ports, killed by PID on
+//! drop. A stats page (`/stats;csv`) on a second port tells which servers are up and how many
+//! requests each got.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::process::{wait_ports, Owned, Spawn};
+use super::{free_port, tail};
+
+/// Where the Debian package installs it (it is not on a normal user's PATH).
+pub const BIN: &str = "/usr/sbin/haproxy";
+
+/// One backend server: where HTTP requests go, and the port of its health check (`/readyz`).
+#[derive(Debug, Clone, Copy)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub check_port: u16,
+}
+
+/// One row of the stats CSV for a server of the backend.
+#[derive(Debug, Clone)]
+pub struct ServerStats {
+    /// `r0`, `r1`, … in the order the backends were given.
+    pub name: String,
+    /// `UP`, `DOWN`, `UP 1/2`, `MAINT`, …
+    pub status: String,
+    /// Total sessions (connections) HAProxy sent to it.
+    pub sessions_total: u64,
+    /// HTTP responses with a 2xx status it returned through HAProxy.
+    pub responses_2xx: u64,
+    /// Every other response: 1xx, 3xx, 4xx, 5xx and unparsable ones.
+    pub responses_other: u64,
+}
+
+/// A running HAProxy; killed (by PID) on drop, temp dir removed after.
+pub struct HaProxy {
+    // Field order: the process stops before its directory goes.
+    proc: Owned,
+    dir: TempDir,
+    port: u16,
+    stats_port: u16,
+    log: PathBuf,
+    config: PathBuf,
+}
+
+impl HaProxy {
+    /// Write the config for `backends` and start `haproxy -f cfg -db`; wait (≤10 s) for its
+    /// ports and (≤10 s) until every backend passes its health check.
+    /// Panics with HAProxy's output if it does not come up.
+    pub fn start(backends: &[Backend]) -> HaProxy {
+        if !Path::new(BIN).is_file() {
+            panic!("HAProxy is not installed (no {BIN}): run scripts/test.sh, which installs it");
+        }
+        let dir = tempfile::Builder::new().prefix("xmpp-cm-haproxy-").tempdir().expect("temp dir");
+        let port = free_port();
+        let stats_port = free_port();
+        let config = dir.path().join("haproxy.cfg");
+        let log = dir.path().join("haproxy.log");
+        std::fs::write(&config, config_text(port, stats_port, backends)).expect("write haproxy config");
+        let spawn = Spawn::new(BIN, &log).arg("-f").arg(&config).arg("-db");
+        let mut proc = Owned::spawn("haproxy", spawn).unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
+        if let Err(why) = wait_ports(&mut proc, &[port, stats_port], Duration::from_secs(10)) {
+            panic!(
+                "HAProxy did not come up ({why}).\n--- config ---\n{}\n--- log ---\n{}",
+                std::fs::read_to_string(&config).unwrap_or_default(),
+                tail(&log, 40)
+            );
+        }
+        let h = HaProxy { proc, dir, port, stats_port, log, config };
+        let names: Vec<String> = (0..backends.len()).map(|i| format!("r{i}")).collect();
+        h.wait_status(&names, "UP", Duration::from_secs(10));
+        h
+    }
+
+    /// `http://127.0.0.1:P` of the balanced frontend.
+    pub fn http_base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+    /// The frontend's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    /// Its log (one `option httplog` line per request: which server answered what).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// The backend's servers as the stats page reports them now.
+    pub fn servers(&self) -> Vec<ServerStats> {
+        let csv = http_get_blocking(self.stats_port, "/stats;csv", Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("HAProxy stats: {e}\n--- log ---\n{}", tail(&self.log, 30)));
+        let mut lines = csv.lines();
+        let header = lines.next().unwrap_or_default().trim_start_matches("# ");
+        let cols: Vec<&str> = header.split(',').collect();
+        let col = |name: &str| cols.iter().position(|c| *c == name).unwrap_or_else(|| panic!("no {name} in {header}"));
+        let (px, sv, st, stot, h2) = (col("pxname"), col("svname"), col("status"), col("stot"), col("hrsp_2xx"));
+        let others: Vec<usize> = ["hrsp_1xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "hrsp_other"].iter().map(|c| col(c)).collect();
+        let num = |f: &[&str], i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        lines
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .filter(|f| f.len() > h2 && f[px] == "replicas" && f[sv] != "BACKEND")
+            .map(|f| ServerStats {
+                name: f[sv].to_string(),
+                status: f[st].to_string(),
+                sessions_total: num(&f, stot),
+                responses_2xx: num(&f, h2),
+                responses_other: others.iter().map(|&i| num(&f, i)).sum(),
+            })
+            .collect()
+    }
+
+    /// Wait until every server in `names` has exactly `status` ("UP", "DOWN"); panics after
+    /// `timeout` with the stats rows.
+    pub fn wait_status(&self, names: &[String], status: &str, timeout: Duration) {
+        let t0 = Instant::now();
+        loop {
+            let rows = self.servers();
+            let ok = names.iter().all(|n| rows.iter().any(|r| &r.name == n && r.status == status));
+            if ok {
+                return;
+            }
+            assert!(t0.elapsed() < timeout, "HAProxy servers {names:?} not {status} after {timeout:?}: {rows:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn config_text(port: u16, stats_port: u16, backends: &[Backend]) -> String {
+    let mut servers = String::new();
+    for (i, b) in backends.iter().enumerate() {
+        servers.push_str(&format!(
+            "    server r{i} {} check port {} inter 100ms fastinter 100ms downinter 100ms fall 1 rise 2\n",
+            b.addr, b.check_port
+        ));
+    }
+    format!(
+        r#"# written by tests/support/haproxy.rs
+global
+    maxconn 4096
+    log stdout format raw local0 info
+
+defaults
+    mode http
+    log global
+    option httplog
+    timeout connect 2s
+    timeout client 120s
+    timeout server 120s
+    timeout http-request 10s
+    timeout http-keep-alive 120s
+    timeout tunnel 1h
+    # A replica that goes down mid-request is not retried elsewhere: a BOSH request must reach
+    # exactly one replica (the client retransmits by itself).
+    retries 0
+
+frontend public
+    bind 127.0.0.1:{port}
+    default_backend replicas
+
+backend replicas
+    # Per request, no affinity: keep-alive to the backends may be reused by any client
+    # connection (http-reuse always), and each request picks the next server in turn
+    # (no prefer-last-server, no stick tables, no cookies).
+    balance roundrobin
+    http-reuse always
+    option httpchk GET /readyz
+    http-check expect status 200
+{servers}
+frontend stats
+    bind 127.0.0.1:{stats_port}
+    stats enable
+    stats uri /stats
+    stats refresh 0
+"#
+    )
+}
+
+/// A tiny blocking GET (HTTP/1.0, read to EOF) for the stats page, usable outside tokio.
+fn http_get_blocking(port: u16, path: &str, timeout: Duration) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), timeout).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| format!("read: {e}"))?;
+    let r = super::http::parse_response(&buf, false)?;
+    if r.status != 200 {
+        return Err(format!("status {}: {}", r.status, r.body));
+    }
+    Ok(r.body)
+}
