@@ -1008,3 +1008,154 @@ async fn rolling_restart_loses_no_message() {
     assert!(status.is_some_and(|s| s.success()), "the stopped replica exited with {status:?}\n{logs}");
     let _ = old.cm.stop();
 }
+
+// ---------------------------------------------------------------- g. drain in cluster mode
+
+const SPREAD_GRACE: u64 = 6;
+
+/// CL-08: a draining replica in a cluster refuses new sessions at once but keeps serving its
+/// sessions: a message a BOSH session sends after SIGTERM reaches its recipient, and each BOSH
+/// and WebSocket session is ended (`system-shutdown`) at its own moment within the first 80 %
+/// of the grace, not all in the same second; the process exits 0 within the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_replica_serves_its_sessions_and_spreads_their_ends() {
+    const EACH: usize = 10;
+    let grace = SPREAD_GRACE.to_string();
+    let mut c = Replicas::start(1, 2 * EACH, &[("drain.grace", &grace), ("bosh.max_wait", "60")]);
+    let url = c.r[0].bosh_url();
+    let ws_url = c.r[0].cm.ws_url();
+    let carol = direct_recipient(c.p.c2s_port(), D, "carol", "carolpass");
+    let carol_jid = format!("carol@{D}/direct");
+
+    let term: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let mut bosh = Vec::new();
+    for i in 1..=EACH {
+        // wait=1: the loop below comes back every second, so it sends its message soon after SIGTERM.
+        let (mut b, _) = Bosh::login(&url, D, &format!("user{i}"), &format!("pass{i}"), 1).await;
+        let (term, to) = (term.clone(), carol_jid.clone());
+        bosh.push(tokio::spawn(async move {
+            let mut sent: Option<String> = None;
+            loop {
+                let t = *term.lock().unwrap();
+                let payload = match (t, &sent) {
+                    (Some(_), None) => {
+                        let body = format!("after-term-{i}");
+                        sent = Some(body.clone());
+                        chat(&to, &body)
+                    }
+                    _ => String::new(),
+                };
+                let a = b.send("", &payload).await;
+                if a.is_terminate() {
+                    let t = t.or(*term.lock().unwrap()).expect("a session ended before SIGTERM");
+                    // (when it ended after SIGTERM, its condition, the message it handed over)
+                    return (t.elapsed(), a.condition(), sent.filter(|_| a.condition().as_deref() != Some("item-not-found")));
+                }
+            }
+        }));
+    }
+    let mut ws = Vec::new();
+    for i in EACH + 1..=2 * EACH {
+        let w = support::ws::ws_login(&ws_url, D, &format!("user{i}"), &format!("pass{i}")).await;
+        let term = term.clone();
+        ws.push(tokio::spawn(async move {
+            let (texts, code) = support::ws::ws_to_close(w).await;
+            (term.lock().unwrap().expect("a WebSocket closed before SIGTERM").elapsed(), texts, code)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    *term.lock().unwrap() = Some(Instant::now());
+    c.r[0].cm.signal("TERM");
+    let t_term = Instant::now();
+
+    // Not ready, and no new session, from the start of the drain.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ready = http_request("GET", &format!("{}/readyz", c.r[0].cm.admin_url()), &[], b"", T).await.unwrap();
+    assert_eq!(ready.status, 503);
+    let refused = bosh_client::post(&url, &format!("<body {NS} rid='1' to='{D}' wait='5' hold='1' ver='1.6'/>"), T).await;
+    assert_eq!(refused.condition().as_deref(), Some("system-shutdown"), "{}", refused.raw);
+
+    let spread = Duration::from_secs(SPREAD_GRACE).mul_f64(0.8);
+    let mut ends = Vec::new();
+    let mut handed_over = Vec::new();
+    for j in bosh {
+        let (at, condition, sent) = j.await.expect("BOSH task");
+        assert_eq!(condition.as_deref(), Some("system-shutdown"), "BOSH session ended {at:?} after SIGTERM");
+        ends.push(at);
+        handed_over.extend(sent);
+    }
+    for j in ws {
+        let (at, texts, code) = j.await.expect("WebSocket task");
+        assert!(texts.iter().any(|t| t.contains("system-shutdown")), "{texts:?}");
+        assert_eq!(code, Some(1001), "{texts:?}");
+        ends.push(at);
+    }
+    ends.sort();
+    eprintln!("session ends after SIGTERM: {ends:?}");
+    let (first, last) = (ends[0], *ends.last().unwrap());
+    // A second for the BOSH loop's own wait and the test's scheduling.
+    assert!(last <= spread + Duration::from_secs(1), "a session ended {last:?} after SIGTERM, beyond 80% of the grace");
+    assert!(last - first >= spread / 3, "ends not spread: {ends:?} (20 uniform points over {spread:?})");
+    assert!(ends.iter().filter(|e| **e >= spread / 2).count() >= 2, "almost every session ended early: {ends:?}");
+
+    // What BOSH sessions handed over after SIGTERM (and was not refused) reached carol.
+    assert!(handed_over.len() >= EACH / 2, "only {} of {EACH} BOSH sessions were still served after SIGTERM", handed_over.len());
+    let got = tokio::task::spawn_blocking({
+        let needles = handed_over.clone();
+        move || collect_until(carol, needles, Duration::from_secs(10))
+    })
+    .await
+    .unwrap();
+    for m in &handed_over {
+        assert!(got.contains(m.as_str()), "{m} was handed over during the drain but never arrived; carol got: {got}");
+    }
+
+    let r = c.r.remove(0);
+    let mut cm = r.cm;
+    let (mut cm, status) = tokio::task::spawn_blocking(move || {
+        let s = cm.wait_exit(Duration::from_secs(SPREAD_GRACE + 5));
+        (cm, s)
+    })
+    .await
+    .unwrap();
+    assert!(status.is_some_and(|s| s.code() == Some(0)), "exit {status:?} after {:?}\n{}", t_term.elapsed(), tail(cm.log_path(), 40));
+    assert!(t_term.elapsed() < Duration::from_secs(SPREAD_GRACE + 2), "drain took {:?}", t_term.elapsed());
+    let _ = cm.stop();
+}
+
+// ---------------------------------------------------------------- h. the client's address, no key
+
+/// CL-06: a forwarded request carries the original client's address to the owner, whose log
+/// line for it names the client (after the trusted-proxy rules at the replica it reached) and
+/// the replica it came through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_sees_the_original_client_address() {
+    let c = Replicas::start(2, 0, &[("http.trusted_proxies", "[\"127.0.0.1/32\"]")]);
+    let (mut b, _) = Bosh::login(&c.r[0].bosh_url(), D, "alice", "alicepass", 5).await;
+    assert_eq!(c.owner_of(&b.sid), 0);
+    let body = b.next_body("", "");
+    let url = c.r[1].bosh_url();
+    let a = http_request("POST", &url, &[("Content-Type", "text/xml; charset=utf-8"), ("X-Forwarded-For", "203.0.113.9")], body.as_bytes(), T)
+        .await
+        .unwrap();
+    assert_eq!(a.status, 200);
+    assert!(!a.body.contains("terminate"), "{}", a.body);
+    let log = std::fs::read_to_string(c.r[0].cm.log_path()).unwrap_or_default();
+    let line = log.lines().find(|l| l.contains("forwarded by a peer")).unwrap_or_else(|| panic!("no forwarded request logged\n{log}"));
+    assert!(line.contains("203.0.113.9"), "{line}");
+    assert!(line.contains(&c.r[1].internal.to_string()), "{line}");
+}
+
+/// CL-10: without a cluster key nothing of this exists: no internal listener, single-replica
+/// sids (22 characters, 128 random bits), the cluster gauge at 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_key_one_replica_is_as_before() {
+    let p = Prosody::start(ProsodyOpts { plain_only: true, ..Default::default() });
+    let internal = free_port();
+    let cm = XmppCm::start(&XmppCm::config_with(&p, &[("cluster.listen", &toml_str(&format!("127.0.0.1:{internal}")))]));
+    let (b, _) = Bosh::login(&cm.bosh_url(), D, "alice", "alicepass", 5).await;
+    assert_eq!(b.sid.len(), 22, "{}", b.sid);
+    assert!(!port_open(internal), "an internal listener is up without a cluster key");
+    let m = Metrics(http_request("GET", &format!("{}/metrics", cm.admin_url()), &[], b"", T).await.unwrap().body);
+    assert_eq!(m.sum("xmpp_cm_cluster_enabled", &[]), 0.0);
+}

@@ -159,6 +159,7 @@ pub async fn from_peer(State(state): State<Arc<AppState>>, req: axum::extract::R
         ip = from.client.map(|c| tracing::field::display(c.ip())),
         via = from.peer.map(tracing::field::display)
     );
+    span.in_scope(|| tracing::debug!("BOSH request forwarded by a peer"));
     match body::parse(&bytes, &limits) {
         Ok(r) => tracing::Instrument::instrument(answer(&state, bytes, r, from.client, true, None), span).await,
         Err(e) => pre_session(200, &e, None),
