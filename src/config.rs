@@ -47,6 +47,9 @@ pub struct Http {
     pub header_read_timeout: u64,
     /// Seconds a client may take to send a request body.
     pub body_read_timeout: u64,
+    /// Serve the front page on `/` (what this endpoint is, its URLs, a browser test of the
+    /// network; `crate::front_page`). Off: `/` is 404.
+    pub front_page: bool,
     /// TLS on the public listeners (empty cert_file: plain HTTP).
     pub tls: HttpTls,
 }
@@ -123,6 +126,7 @@ impl Default for Http {
             trusted_proxies: vec![],
             header_read_timeout: 20,
             body_read_timeout: 20,
+            front_page: true,
             tls: HttpTls::default(),
         }
     }

@@ -89,6 +89,9 @@ pub enum Error {
     // ---- ours
     #[error("shutting down")]
     Shutdown,
+    /// A configuration reload stopped serving the session's domain (`host-gone`).
+    #[error("domain no longer served (configuration reloaded)")]
+    HostGone,
     /// Draining with `[drain] redirect_url` set: the client should go on at this URL (the
     /// transport's own: BOSH `see-other-uri` + `<uri/>`, WebSocket `<close see-other-uri/>`).
     #[error("shutting down, client sent to {0}")]
@@ -107,7 +110,7 @@ impl Error {
             Connect { .. } | UpstreamStreamError(_) | UpstreamClosed | UpstreamLost(_) => {
                 Side::Upstream
             }
-            Shutdown | Redirect(_) | Internal(_) => Side::Internal,
+            Shutdown | Redirect(_) | HostGone | Internal(_) => Side::Internal,
         }
     }
 
@@ -138,6 +141,7 @@ impl Error {
             UpstreamLost(_) => "upstream_lost",
             Shutdown => "shutdown",
             Redirect(_) => "shutdown_redirect",
+            HostGone => "host_gone",
             Internal(_) => "internal",
         }
     }
@@ -157,6 +161,7 @@ impl Error {
             UpstreamStreamError(_) => Some("remote-stream-error"),
             Shutdown => Some("system-shutdown"),
             Redirect(_) => Some("see-other-uri"),
+            HostGone => Some("host-gone"),
             Internal(_) => Some("internal-server-error"),
         }
     }
@@ -185,6 +190,7 @@ impl Error {
             Shutdown => Some("system-shutdown"),
             // RFC 7395 §3.6.1: a `<close see-other-uri/>`, no stream error.
             Redirect(_) => None,
+            HostGone => Some("host-gone"),
             Internal(_) => Some("internal-server-error"),
         }
     }

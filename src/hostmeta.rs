@@ -143,7 +143,7 @@ fn document(
     content_type: &'static str,
     render: fn(Option<&Links>) -> String,
 ) -> Response {
-    let mut r = match links_for(&state.config, headers, uri, secure) {
+    let mut r = match links_for(&state.config(), headers, uri, secure) {
         Ok(links) => {
             let mut r = render(links.as_ref()).into_response();
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

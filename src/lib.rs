@@ -15,6 +15,9 @@
 //! - [`xml`]: the element tree, the streaming framer, stream headers. No IO.
 //! - [`admin`]: the admin listener (/metrics, /healthz, /readyz); [`hostmeta`]: XEP-0156
 //!   discovery documents on the public listeners.
+//! - [`front_page`]: `GET /`, what this endpoint is and a browser test of the network.
+//! - [`reload`]: live configuration reload (SIGHUP, a changed file); [`live`]: the
+//!   configuration in force and what is built from it.
 //! - [`config`], [`error`], [`metrics`], [`shutdown`]: the ground floor.
 
 pub mod admin;
@@ -23,11 +26,14 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod front;
+pub mod front_page;
 pub mod hostmeta;
 pub mod limits;
+pub mod live;
 pub mod metrics;
 pub mod passthrough;
 pub mod relay;
+pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod upstream;

@@ -15,7 +15,10 @@ use crate::error::Error;
 
 #[derive(Debug)]
 pub struct Admission {
-    cfg: Limits,
+    /// The counts in force (a configuration reload replaces them; live sessions keep their slots).
+    cfg: std::sync::RwLock<AdmissionLimits>,
+    /// Whether the per-IP refusal from a loopback or private address was already explained.
+    explained: std::sync::atomic::AtomicBool,
     total: AtomicUsize,
     per_ip: DashMap<IpAddr, usize>,
     /// Token bucket per IP: (tokens, last refill).
@@ -30,8 +33,46 @@ pub struct Permit {
 }
 
 impl Admission {
-    pub fn new(cfg: Limits) -> Arc<Admission> {
-        Arc::new(Admission { cfg, total: AtomicUsize::new(0), per_ip: DashMap::new(), rate: DashMap::new() })
+    /// `no_trusted_proxies`: `http.trusted_proxies` is empty, so a proxy in front is the
+    /// "client" of all its users (see [`Admission::explain`]).
+    pub fn new(cfg: Limits, no_trusted_proxies: bool) -> Arc<Admission> {
+        Arc::new(Admission {
+            cfg: std::sync::RwLock::new(AdmissionLimits::of(&cfg, no_trusted_proxies)),
+            explained: std::sync::atomic::AtomicBool::new(false),
+            total: AtomicUsize::new(0),
+            per_ip: DashMap::new(),
+            rate: DashMap::new(),
+        })
+    }
+
+    /// New limits from a configuration reload; sessions already admitted keep their slots.
+    pub fn set_limits(&self, cfg: Limits, no_trusted_proxies: bool) {
+        *self.cfg.write().unwrap_or_else(|e| e.into_inner()) = AdmissionLimits::of(&cfg, no_trusted_proxies);
+    }
+
+    fn limits(&self) -> AdmissionLimits {
+        *self.cfg.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Issue 16 §4: a per-IP limit hit by a loopback or private address while no proxy is
+    /// trusted is most likely a reverse proxy nobody declared, whose users all share its
+    /// address: say so once, with the setting that fixes it.
+    fn explain(&self, ip: IpAddr, limit: &str, l: &AdmissionLimits) {
+        let local = match ip {
+            // 100.64.0.0/10 (carrier-grade NAT) is where some clusters put their pods.
+            IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local() || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64),
+            IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+        };
+        if !l.no_trusted_proxies || !local || self.explained.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        tracing::warn!(
+            client = %ip,
+            limit,
+            "per-IP session limit reached by {ip}, a local address, and http.trusted_proxies is empty: if a reverse proxy or load balancer runs in front of xmpp-cm, every client behind it shares its address and these limits (limits.max_sessions_per_ip = {}, limits.new_sessions_per_ip_per_sec = {}) cap the whole service; list the proxy in http.trusted_proxies (e.g. [\"{ip}/32\"]) so the limits count the real clients from X-Forwarded-For. This is logged once.",
+            l.max_sessions_per_ip,
+            l.new_sessions_per_ip_per_sec
+        );
     }
 
     pub fn active(&self) -> usize {
@@ -40,30 +81,32 @@ impl Admission {
 
     /// Admit one new session from `ip` (None: unknown, only the global cap applies).
     pub fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<Permit, Error> {
-        let max = self.cfg.max_sessions;
+        let l = self.limits();
+        let max = l.max_sessions;
         let prev = self.total.fetch_add(1, Ordering::AcqRel);
         if max > 0 && prev >= max {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Error::TooMany { what: "sessions", status: 503 });
         }
         let Some(ip) = ip.map(client_key) else { return Ok(Permit { adm: self.clone(), ip: None }) };
-        if let Err(e) = self.take_token(ip) {
+        if let Err(e) = self.take_token(ip, l.new_sessions_per_ip_per_sec) {
             self.total.fetch_sub(1, Ordering::AcqRel);
+            self.explain(ip, "limits.new_sessions_per_ip_per_sec", &l);
             return Err(e);
         }
-        let per_ip = self.cfg.max_sessions_per_ip;
+        let per_ip = l.max_sessions_per_ip;
         let mut n = self.per_ip.entry(ip).or_insert(0);
         if per_ip > 0 && *n >= per_ip {
             drop(n);
             self.total.fetch_sub(1, Ordering::AcqRel);
+            self.explain(ip, "limits.max_sessions_per_ip", &l);
             return Err(Error::TooMany { what: "sessions_per_ip", status: 429 });
         }
         *n += 1;
         Ok(Permit { adm: self.clone(), ip: Some(ip) })
     }
 
-    fn take_token(&self, ip: IpAddr) -> Result<(), Error> {
-        let rate = self.cfg.new_sessions_per_ip_per_sec;
+    fn take_token(&self, ip: IpAddr, rate: u32) -> Result<(), Error> {
         if rate == 0 {
             return Ok(());
         }
@@ -83,6 +126,26 @@ impl Admission {
             self.rate.retain(|_, (t, l)| (*t + now.duration_since(*l).as_secs_f64() * cap) < cap);
         }
         Ok(())
+    }
+}
+
+/// The admission part of `[limits]`, copied out so that a check takes no lock for long.
+#[derive(Debug, Clone, Copy)]
+struct AdmissionLimits {
+    max_sessions: usize,
+    max_sessions_per_ip: usize,
+    new_sessions_per_ip_per_sec: u32,
+    no_trusted_proxies: bool,
+}
+
+impl AdmissionLimits {
+    fn of(l: &Limits, no_trusted_proxies: bool) -> Self {
+        AdmissionLimits {
+            max_sessions: l.max_sessions,
+            max_sessions_per_ip: l.max_sessions_per_ip,
+            new_sessions_per_ip_per_sec: l.new_sessions_per_ip_per_sec,
+            no_trusted_proxies,
+        }
     }
 }
 
@@ -202,7 +265,7 @@ mod tests {
     }
 
     fn lim(max: usize, per_ip: usize, rate: u32) -> Arc<Admission> {
-        Admission::new(Limits { max_sessions: max, max_sessions_per_ip: per_ip, new_sessions_per_ip_per_sec: rate, ..Limits::default() })
+        Admission::new(Limits { max_sessions: max, max_sessions_per_ip: per_ip, new_sessions_per_ip_per_sec: rate, ..Limits::default() }, true)
     }
 
     fn status(r: Result<Permit, Error>) -> u16 {

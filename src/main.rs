@@ -83,13 +83,13 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = rt.block_on(run(config)) {
+    if let Err(e) = rt.block_on(run(config, cli.config.clone())) {
         eprintln!("xmpp-cm: {e:#}");
         std::process::exit(1);
     }
 }
 
-async fn run(config: xmpp_cm::Config) -> anyhow::Result<()> {
+async fn run(config: xmpp_cm::Config, file: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let state = match xmpp_cm::server::AppState::new(config.clone()) {
         Ok(s) => s,
@@ -100,6 +100,10 @@ async fn run(config: xmpp_cm::Config) -> anyhow::Result<()> {
     };
     let listeners = xmpp_cm::server::bind(&config).await?;
     xmpp_cm::shutdown::on_signals(state.shutdown.clone());
+    if let Some(path) = file {
+        // SIGHUP and changes of the file: the whole configuration, live (xmpp_cm::reload).
+        xmpp_cm::reload::watch(state.clone(), path);
+    }
     xmpp_cm::server::serve(listeners, state, Duration::from_secs(config.drain.grace)).await?;
     tracing::info!("stopped");
     Ok(())
@@ -107,11 +111,26 @@ async fn run(config: xmpp_cm::Config) -> anyhow::Result<()> {
 
 fn init_logging(log: &xmpp_cm::config::Log) {
     use tracing_subscriber::EnvFilter;
+    // RUST_LOG, when set, wins over `[log] level`, at startup and on every reload.
+    let from_env = std::env::var_os("RUST_LOG").is_some();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    macro_rules! install {
+        ($builder:expr) => {{
+            let b = $builder.with_filter_reloading();
+            let handle = b.reload_handle();
+            b.init();
+            if !from_env {
+                xmpp_cm::reload::set_log_level_hook(Box::new(move |level| {
+                    let f = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+                    handle.reload(f).map_err(|e| e.to_string())
+                }));
+            }
+        }};
+    }
     if log.format == "json" {
-        b.json().init();
+        install!(b.json());
     } else {
-        b.init();
+        install!(b);
     }
 }

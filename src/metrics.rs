@@ -23,6 +23,8 @@
 //! - `xmpp_cm_limit_hits_total{limit}`.
 //! - `xmpp_cm_websocket_pings_missed_total`.
 //! - `xmpp_cm_draining` — 1 once SIGTERM arrived.
+//! - `xmpp_cm_config_reloads_total{result}` — configuration reloads (SIGHUP or a changed file):
+//!   `ok`, or `invalid` (the new file was refused and the running configuration kept).
 //! - Clustering ([`crate::cluster`]): `xmpp_cm_cluster_enabled` (1 when `cluster.secret_file`
 //!   is set), `xmpp_cm_cluster_forwards_total{result}` (`ok`, `connect_failed`, `lost`,
 //!   `refused`), `xmpp_cm_cluster_forward_duration_seconds` (a forwarded request until the
@@ -170,6 +172,8 @@ pub enum Route {
     WebSocket,
     HostMeta,
     HostMetaJson,
+    /// `/` and its script, style and icon ([`crate::front_page`]).
+    FrontPage,
     Other,
 }
 
@@ -180,6 +184,7 @@ impl Route {
             Route::WebSocket => "websocket",
             Route::HostMeta => "host_meta",
             Route::HostMetaJson => "host_meta_json",
+            Route::FrontPage => "front_page",
             Route::Other => "other",
         }
     }
@@ -278,6 +283,7 @@ pub struct Metrics {
     limit_hits: Family<LimitL, Counter>,
     ws_pings_missed: Counter,
     draining: Gauge,
+    config_reloads: Family<ResultL, Counter>,
     cluster_enabled: Gauge,
     cluster_forwards: Family<ResultL, Counter>,
     cluster_forward_duration: Histogram,
@@ -323,6 +329,7 @@ impl Metrics {
             limit_hits: Family::default(),
             ws_pings_missed: Counter::default(),
             draining: Gauge::default(),
+            config_reloads: Family::default(),
             cluster_enabled: Gauge::default(),
             cluster_forwards: Family::default(),
             cluster_forward_duration: latency_buckets(),
@@ -377,6 +384,10 @@ impl Metrics {
             m.ws_pings_missed.clone(),
         );
         r.register("draining", "1 while the process drains after SIGTERM", m.draining.clone());
+        for result in ["ok", "invalid"] {
+            let _ = m.config_reloads.get_or_create(&ResultL { result });
+        }
+        r.register("config_reloads", "Configuration reloads (SIGHUP or a changed file), by result", m.config_reloads.clone());
         r.register("cluster_enabled", "1 when clustering is on (cluster.secret_file set)", m.cluster_enabled.clone());
         r.register("cluster_forwards", "BOSH requests forwarded to their owner replica, by result", m.cluster_forwards.clone());
         r.register_with_unit(
@@ -418,6 +429,11 @@ impl Metrics {
         self.session_duration.get_or_create(&t).observe(lasted.as_secs_f64());
         let l = EndedL { transport: transport.as_str(), side: side_str(side), condition };
         self.sessions_ended.get_or_create(&l).inc();
+    }
+
+    /// A configuration reload finished: `ok` or `invalid`.
+    pub fn config_reload(&self, result: &'static str) {
+        self.config_reloads.get_or_create(&ResultL { result }).inc();
     }
 
     /// Clustering is on: the refusal reasons and forward results show as 0 from the start.
@@ -568,6 +584,9 @@ impl HttpRoutes {
             Some(p) if p == self.websocket => Route::WebSocket,
             Some(crate::hostmeta::XRD_PATH) => Route::HostMeta,
             Some(crate::hostmeta::JRD_PATH) => Route::HostMetaJson,
+            Some(crate::front_page::PATH | crate::front_page::JS_PATH | crate::front_page::CSS_PATH | crate::front_page::ICON_PATH) => {
+                Route::FrontPage
+            }
             _ => Route::Other,
         }
     }

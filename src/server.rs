@@ -11,13 +11,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use crate::upstream::Upstream;
+use crate::live::Live;
 use crate::Config;
 
 /// Everything a request handler needs; shared by all transports.
 pub struct AppState {
-    pub config: Arc<Config>,
-    pub upstream: Arc<Upstream>,
+    /// The configuration in force and what is built from it; replaced whole on a reload.
+    live: std::sync::RwLock<Arc<Live>>,
+    /// One token per served domain, children of `shutdown`: cancelled when a reload stops
+    /// serving the domain, so its sessions end with `host-gone`.
+    domains: std::sync::Mutex<std::collections::HashMap<String, CancellationToken>>,
     /// Cancelled on SIGTERM: transports stop taking new sessions and end live ones.
     pub shutdown: CancellationToken,
     /// Every session task is spawned on this tracker so the drain can wait for them.
@@ -37,7 +40,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: Arc<Config>) -> Result<Arc<AppState>, crate::config::ConfigError> {
-        let upstream = Arc::new(Upstream::new(config.clone())?);
+        let live = Live::new(config.clone())?;
         let cluster = crate::cluster::Cluster::from_config(&config.cluster, config.bosh.max_wait)?.map(Arc::new);
         if cluster.is_some() {
             crate::metrics::metrics().cluster_on();
@@ -45,18 +48,67 @@ impl AppState {
         Ok(Arc::new(AppState {
             cluster,
             drain_started: std::sync::OnceLock::new(),
-            upstream,
+            live: std::sync::RwLock::new(Arc::new(live)),
+            domains: Default::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             bosh: crate::bosh::Registry::new(),
-            admission: crate::limits::Admission::new(config.limits.clone()),
+            admission: crate::limits::Admission::new(config.limits.clone(), config.http.trusted_proxies.is_empty()),
             certs: if config.http.tls.cert_file.is_empty() {
                 None
             } else {
                 Some(crate::front::tls::CertStore::load(&config.http.tls)?)
             },
-            config,
         }))
+    }
+
+    /// The configuration in force (read per request; a reload swaps it).
+    pub fn config(&self) -> Arc<Config> {
+        self.live().config.clone()
+    }
+
+    /// The upstream context of the configuration in force.
+    pub fn upstream(&self) -> Arc<crate::upstream::Upstream> {
+        self.live().upstream.clone()
+    }
+
+    /// The trusted proxies of the configuration in force.
+    pub fn trusted(&self) -> Arc<crate::front::Trusted> {
+        self.live().trusted.clone()
+    }
+
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// A token that is cancelled when the process drains or when a reload stops serving
+    /// `domain` (tell the two apart with `shutdown.is_cancelled()`).
+    pub fn domain_token(&self, domain: &str) -> CancellationToken {
+        let mut d = self.domains.lock().unwrap_or_else(|e| e.into_inner());
+        d.entry(domain.to_ascii_lowercase()).or_insert_with(|| self.shutdown.child_token()).clone()
+    }
+
+    /// Put `new` in force (live reload): settings that cannot change in a running process keep
+    /// their values (their names are returned), admission limits apply at once, and sessions
+    /// of domains no longer served end with `host-gone`. Nothing changes when `new` cannot be
+    /// built (its reason is the error).
+    pub fn replace_config(&self, mut new: Config) -> Result<Vec<&'static str>, crate::config::ConfigError> {
+        let old = self.config();
+        let fixed = crate::live::keep_fixed(&old, &mut new);
+        let new = Arc::new(new);
+        let live = Live::new(new.clone())?;
+        self.admission.set_limits(new.limits.clone(), new.http.trusted_proxies.is_empty());
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
+        let mut d = self.domains.lock().unwrap_or_else(|e| e.into_inner());
+        d.retain(|domain, token| {
+            let keep = new.serves(domain);
+            if !keep {
+                info!(domain = %domain, "domain no longer served: its sessions end with host-gone");
+                token.cancel();
+            }
+            keep
+        });
+        Ok(fixed)
     }
 
     /// In cluster mode, when a draining session with this `jitter` (any random `u32`, fixed
@@ -67,14 +119,15 @@ impl AppState {
     pub fn drain_at(&self, jitter: u32) -> Option<tokio::time::Instant> {
         self.cluster.as_ref()?;
         let start = *self.drain_started.get_or_init(tokio::time::Instant::now);
-        let spread = Duration::from_secs(self.config.drain.grace).mul_f64(0.8);
+        let spread = Duration::from_secs(self.config().drain.grace).mul_f64(0.8);
         Some(start + spread.mul_f64(f64::from(jitter) / f64::from(u32::MAX)))
     }
 
     /// How a draining process ends a session of `transport` (or refuses a new one):
     /// `Redirect` to the peer in `[drain] redirect_url`, else `Shutdown`.
     pub fn drain_error(&self, transport: crate::metrics::Transport) -> crate::Error {
-        match self.config.drain.redirects(&self.config.http) {
+        let config = self.config();
+        match config.drain.redirects(&config.http) {
             Some((bosh, _)) if transport == crate::metrics::Transport::Bosh => crate::Error::Redirect(bosh),
             Some((_, ws)) => crate::Error::Redirect(ws),
             None => crate::Error::Shutdown,
@@ -84,7 +137,8 @@ impl AppState {
 
 /// The public router: BOSH and WebSocket on their configured paths.
 pub fn public_router(state: Arc<AppState>) -> Router {
-    let c = &state.config.http;
+    let config = state.config();
+    let c = &config.http;
     let bosh = get(crate::bosh::http::get).post(crate::bosh::http::post).options(crate::bosh::http::options);
     let routes = Arc::new(crate::metrics::HttpRoutes { bosh: c.bosh_path.clone(), websocket: c.websocket_path.clone() });
     Router::new()
@@ -92,6 +146,7 @@ pub fn public_router(state: Arc<AppState>) -> Router {
         // `any`: WebSocket over HTTP/2 arrives as an extended CONNECT (RFC 8441), not a GET.
         .route(&c.websocket_path, axum::routing::any(crate::websocket::handler))
         .merge(crate::hostmeta::routes())
+        .merge(crate::front_page::routes(c))
         .layer(axum::middleware::from_fn_with_state(routes, crate::metrics::track_http))
         .with_state(state)
 }
@@ -166,8 +221,9 @@ pub async fn serve(bound: Listeners, state: Arc<AppState>, grace: Duration) -> s
     let mut servers = Vec::new();
     let tls = match &state.certs {
         Some(store) => {
-            store.clone().watch(Duration::from_secs(state.config.http.tls.reload_interval.max(1)), stopped.clone());
-            let cfg = crate::front::tls::server_config(store.clone(), state.config.http.tls.xmpp_passthrough)
+            let config = state.config();
+            store.clone().watch(Duration::from_secs(config.http.tls.reload_interval.max(1)), stopped.clone());
+            let cfg = crate::front::tls::server_config(store.clone(), config.http.tls.xmpp_passthrough)
                 .map_err(|e| std::io::Error::other(e.0))?;
             Some(tokio_rustls::TlsAcceptor::from(cfg))
         }
@@ -177,7 +233,6 @@ pub async fn serve(bound: Listeners, state: Arc<AppState>, grace: Duration) -> s
         router: public_router(state.clone()),
         state: state.clone(),
         tls,
-        trusted: Arc::new(crate::front::Trusted::new(&state.config.http.trusted_proxies)),
     };
     for l in listeners {
         info!(addr = %l.local_addr()?, tls = edge.tls.is_some(), "public listener");

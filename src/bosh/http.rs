@@ -23,7 +23,8 @@ pub async fn post(State(state): State<Arc<AppState>>, req: axum::extract::Reques
     let (parts, body) = req.into_parts();
     let axum::http::request::Parts { headers, extensions: ext, .. } = parts;
     let cors = cors_origin(&state, &headers);
-    let max = state.config.bosh.max_body_bytes;
+    let config = state.config();
+    let max = config.bosh.max_body_bytes;
     // Refuse early on the declared length; the limit below also stops chunked bodies (HTTP-15).
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
@@ -40,14 +41,14 @@ pub async fn post(State(state): State<Arc<AppState>>, req: axum::extract::Reques
             return pre_session(200, &Error::BadRequest("only UTF-8 is accepted".into()), cors);
         }
     }
-    let body_wait = std::time::Duration::from_secs(state.config.http.body_read_timeout);
+    let body_wait = std::time::Duration::from_secs(config.http.body_read_timeout);
     let bytes = match tokio::time::timeout(body_wait, axum::body::to_bytes(body, max)).await {
         Ok(Ok(b)) => b,
         Ok(Err(_)) => return pre_session(413, &Error::PolicyViolation("body too large"), cors),
         // Slowloris on the body: give up on this request; the session (if any) is untouched.
         Err(_) => return pre_session(408, &Error::PolicyViolation("request body too slow"), cors),
     };
-    let l = &state.config.limits;
+    let l = &config.limits;
     let limits = Limits { max_stanza_bytes: max, max_depth: l.max_xml_depth, max_attrs: l.max_xml_attrs, max_name_len: l.max_xml_name_len };
     let req = match body::parse(&bytes, &limits) {
         Ok(r) => r,
@@ -151,8 +152,9 @@ pub async fn from_peer(State(state): State<Arc<AppState>>, req: axum::extract::R
     let Some((bytes, from)) = verified_hop(&state, req).await else {
         return StatusCode::FORBIDDEN.into_response();
     };
-    let l = &state.config.limits;
-    let limits = Limits { max_stanza_bytes: state.config.bosh.max_body_bytes, max_depth: l.max_xml_depth, max_attrs: l.max_xml_attrs, max_name_len: l.max_xml_name_len };
+    let config = state.config();
+    let l = &config.limits;
+    let limits = Limits { max_stanza_bytes: config.bosh.max_body_bytes, max_depth: l.max_xml_depth, max_attrs: l.max_xml_attrs, max_name_len: l.max_xml_name_len };
     // The owner's log lines for this request name the client and the replica it came through.
     let span = tracing::info_span!(
         "client",
@@ -177,8 +179,9 @@ pub async fn peer_ping(State(state): State<Arc<AppState>>, req: axum::extract::R
 async fn verified_hop(state: &AppState, req: axum::extract::Request) -> Option<(bytes::Bytes, crate::cluster::hop::Verified)> {
     let c = state.cluster.as_ref()?;
     let (parts, body) = req.into_parts();
-    let wait = std::time::Duration::from_secs(state.config.http.body_read_timeout);
-    let bytes = tokio::time::timeout(wait, axum::body::to_bytes(body, state.config.bosh.max_body_bytes)).await.ok()?.ok();
+    let config = state.config();
+    let wait = std::time::Duration::from_secs(config.http.body_read_timeout);
+    let bytes = tokio::time::timeout(wait, axum::body::to_bytes(body, config.bosh.max_body_bytes)).await.ok()?.ok();
     let verified = bytes.as_ref().and_then(|b| c.hop.verify(&parts.headers, b, crate::cluster::hop::unix_now()));
     let Some(from) = verified else {
         crate::metrics::metrics().cluster_refused(crate::cluster::Refusal::HopAuth);
@@ -220,7 +223,7 @@ pub async fn get(State(state): State<Arc<AppState>>) -> Response {
     let page = format!(
         "<!DOCTYPE html><html><head><title>xmpp-cm BOSH</title></head><body><p>This is an XMPP \
          BOSH endpoint (XEP-0124/XEP-0206). Clients POST &lt;body/&gt; elements to {}.</p></body></html>\n",
-        state.config.http.bosh_path
+        state.config().http.bosh_path
     );
     let mut r = (StatusCode::OK, page).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
@@ -269,7 +272,8 @@ fn set_cors(h: &mut HeaderMap, origin: &HeaderValue) {
 /// exact origin when it is on the list, nothing otherwise (and a log line saying why, once per
 /// origin, so an operator can see a misconfigured origin without a browser console).
 fn cors_origin(state: &AppState, headers: &HeaderMap) -> Option<HeaderValue> {
-    let list = &state.config.http.cors_allowed_origins;
+    let config = state.config();
+    let list = &config.http.cors_allowed_origins;
     if list.iter().any(|x| x == "*") {
         return Some(HeaderValue::from_static("*"));
     }

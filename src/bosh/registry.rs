@@ -53,7 +53,7 @@ impl Registry {
         if state.shutdown.is_cancelled() {
             return Err(state.drain_error(crate::metrics::Transport::Bosh));
         }
-        let cfg = &state.config;
+        let cfg = state.config();
         let domain = match inc.req.to.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
             Some(d) => d.to_ascii_lowercase(),
             None if !cfg.bosh.default_domain.is_empty() => cfg.bosh.default_domain.to_ascii_lowercase(),

@@ -148,6 +148,8 @@ type ConnectFuture = Pin<Box<dyn Future<Output = Result<Connection, Error>> + Se
 pub struct Session {
     p: Params,
     state: Arc<AppState>,
+    /// The configuration the session started with (a reload applies to new sessions).
+    config: Arc<crate::Config>,
     window: Window,
     held: VecDeque<Held>,
     parked: BTreeMap<u64, Incoming>,
@@ -216,7 +218,8 @@ impl Session {
         if p.ack_mode {
             next_attrs.push(("ack", creation.req.rid.to_string()));
         }
-        let up_ctx = state.upstream.clone();
+        let live = state.live();
+        let (up_ctx, config) = (live.upstream.clone(), live.config.clone());
         let open = p.open.clone();
         let route = p.route.clone();
         let connecting: ConnectFuture = Box::pin(async move { upstream::connect_via(&up_ctx, &open, route).await });
@@ -245,11 +248,12 @@ impl Session {
             timer: Box::pin(sleep_until(far_future())),
             timer_at: None,
             throttle: crate::limits::Throttle::new(
-                state.config.limits.client_bytes_per_sec,
-                state.config.upstream.max_stanza_bytes,
+                config.limits.client_bytes_per_sec,
+                config.upstream.max_stanza_bytes,
                 std::time::Instant::now(),
             ),
             state,
+            config,
             p,
         };
         // The creation request waits for the upstream features, at most `wait` (BOSH-S-31).
@@ -259,7 +263,8 @@ impl Session {
     }
 
     async fn main_loop(&mut self, mut rx: mpsc::Receiver<Box<Incoming>>) {
-        let shutdown = self.state.shutdown.clone();
+        // Cancelled by the drain, or by a reload that stops serving this session's domain.
+        let shutdown = self.state.domain_token(&self.p.open.domain);
         while !self.done {
             let wait_deadline = self.held.front().map(|h| h.deadline);
             let idle_deadline = (self.held.is_empty() && self.parked.is_empty()).then(|| self.idle_since + self.inactivity);
@@ -275,18 +280,23 @@ impl Session {
             let connecting = OptionFuture::from(self.connecting.as_mut());
             // Backpressure: a client that does not fetch its stanzas stops us reading upstream,
             // so the server (not xmpp-cm) buffers or applies its own policy.
-            let room = self.out.len() < self.state.config.limits.max_queued_bytes;
+            let room = self.out.len() < self.config.limits.max_queued_bytes;
             let reading = OptionFuture::from(self.reader.as_mut().filter(|_| room).map(|r| r.next()));
             let paused_until = self.throttle.as_ref().and_then(|t| t.paused_until());
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if self.drain_at.is_none() => {
-                    let mut jitter = [0u8; 4];
-                    let _ = getrandom::getrandom(&mut jitter);
-                    match self.state.drain_at(u32::from_ne_bytes(jitter)) {
-                        // Cluster mode: served as usual (forwarded requests too) until then.
-                        Some(at) => self.drain_at = Some(at),
-                        None => self.drain_end(&mut rx).await,
+                    if !self.state.shutdown.is_cancelled() {
+                        // Not the drain: a reload stopped serving this session's domain.
+                        self.end(Error::HostGone, None).await;
+                    } else {
+                        let mut jitter = [0u8; 4];
+                        let _ = getrandom::getrandom(&mut jitter);
+                        match self.state.drain_at(u32::from_ne_bytes(jitter)) {
+                            // Cluster mode: served as usual (forwarded requests too) until then.
+                            Some(at) => self.drain_at = Some(at),
+                            None => self.drain_end(&mut rx).await,
+                        }
                     }
                 }
                 inc = rx.recv(), if paused_until.is_none() => match inc {
@@ -428,7 +438,7 @@ impl Session {
         }
         crate::metrics::metrics().stanza(crate::metrics::Direction::ToClient);
         // Serialized now (self-contained), so its size counts against `max_queued_bytes`.
-        let max = self.state.config.limits.max_queued_bytes;
+        let max = self.config.limits.max_queued_bytes;
         let before = self.out.len();
         // `out` starts empty after every response: one allocation of a typical batch's size
         // rather than a string doubling from 8 bytes.
@@ -530,7 +540,7 @@ impl Session {
         } else {
             self.repeats = (rid, 1);
         }
-        if self.repeats.1 > self.state.config.bosh.max_rid_repeats {
+        if self.repeats.1 > self.config.bosh.max_rid_repeats {
             self.end(Error::PolicyViolation("rid repeated too often"), None).await;
         }
     }
@@ -792,7 +802,7 @@ impl Session {
                 for (_, p) in std::mem::take(&mut self.parked) {
                     self.reply(p.reply, 200, others.clone());
                 }
-                if first && !matches!(err, Error::ClientGone | Error::Shutdown | Error::Redirect(_)) {
+                if first && !matches!(err, Error::ClientGone | Error::Shutdown | Error::Redirect(_) | Error::HostGone) {
                     // Nobody to tell right now: keep the verdict for the next request, under the
                     // inactivity clock.
                     self.terminal = Some(body);

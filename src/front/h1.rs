@@ -146,7 +146,7 @@ pub(super) async fn serve<S>(io: &mut S, mut buf: Vec<u8>, first_byte_at: Instan
 where
     S: AsyncRead + AsyncWrite + WaitReadable + Unpin + Send,
 {
-    let cfg = &edge.state.config;
+    let cfg = edge.state.config();
     let header_timeout = Duration::from_secs(cfg.http.header_read_timeout);
     let max_body = cfg.bosh.max_body_bytes;
     let mut head_started = first_byte_at;
@@ -214,7 +214,7 @@ where
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
-        super::tag_client(&edge.trusted, peer, secure, &mut req);
+        super::tag_client(&edge.state.trusted(), peer, secure, &mut req);
         let call = edge.router.clone().oneshot(req);
         let (response, body_complete) = match feeder {
             None => (call.await, true),

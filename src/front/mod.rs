@@ -37,7 +37,6 @@ pub struct Edge {
     pub router: Router,
     pub state: Arc<AppState>,
     pub tls: Option<TlsAcceptor>,
-    pub trusted: Arc<Trusted>,
 }
 
 /// Accept on `listener` until `stop`; then ask every open connection to finish (HTTP/1.1
@@ -73,7 +72,8 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, edge: Edge, stop: Cancella
 }
 
 async fn tls_connection(tcp: TcpStream, acceptor: TlsAcceptor, peer: SocketAddr, edge: &Edge, stop: CancellationToken) {
-    let cfg = &edge.state.config.http;
+    let config = edge.state.config();
+    let cfg = &config.http;
     let deadline = Duration::from_secs(cfg.tls.handshake_timeout);
     // Pinned here so that a timed-out handshake's socket is closed (dropped) only after the
     // limit hit is counted: whoever sees the close can already see the metric.
@@ -102,7 +102,7 @@ async fn serve_http<S>(mut io: S, peer: SocketAddr, secure: bool, edge: &Edge, s
 where
     S: AsyncRead + AsyncWrite + h1::WaitReadable + Unpin + Send + 'static,
 {
-    let header_timeout = Duration::from_secs(edge.state.config.http.header_read_timeout);
+    let header_timeout = Duration::from_secs(edge.state.config().http.header_read_timeout);
     let started = tokio::time::Instant::now();
     // hyper-util's auto builder first reads up to 24 bytes to tell h2c prior knowledge from
     // HTTP/1.x, with no timer: a client that connects and sends nothing (or a few bytes) would
@@ -134,13 +134,14 @@ async fn serve_hyper<S>(io: Rewind<S>, peer: SocketAddr, secure: bool, edge: &Ed
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let header_timeout = Duration::from_secs(edge.state.config.http.header_read_timeout);
+    let header_timeout = Duration::from_secs(edge.state.config().http.header_read_timeout);
     let router = edge.router.clone();
-    let trusted = edge.trusted.clone();
+    let state = edge.state.clone();
     let activity = Arc::new(Activity::new());
     let act = activity.clone();
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        tag_client(&trusted, peer, secure, &mut req);
+        // The trusted proxies in force now (a reload may change them under a live connection).
+        tag_client(&state.trusted(), peer, secure, &mut req);
         if req.method() == hyper::Method::CONNECT || req.headers().contains_key(hyper::header::UPGRADE) {
             // A WebSocket (RFC 8441 stream or HTTP/1.1 upgrade) lives past its response: the
             // session's own pings watch it, not the idle rule below.
@@ -320,7 +321,6 @@ mod tests {
         let state = AppState::new(Arc::new(crate::Config::default())).unwrap();
         let edge = Edge {
             router: crate::server::public_router(state.clone()),
-            trusted: Arc::new(Trusted::new(&[])),
             state,
             tls: None,
         };

@@ -36,7 +36,7 @@ pub async fn handler(State(state): State<Arc<AppState>>, ext: axum::http::Extens
         crate::metrics::metrics().pre_session(Transport::WebSocket, &crate::Error::Shutdown);
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
-    if let Err((status, reason)) = check_handshake(&headers, &state.config.websocket) {
+    if let Err((status, reason)) = check_handshake(&headers, &state.config().websocket) {
         return (status, reason).into_response();
     }
     let client = crate::upstream::proxy::client_addr(&ext);
@@ -52,7 +52,7 @@ pub async fn handler(State(state): State<Arc<AppState>>, ext: axum::http::Extens
             return (status, "too many sessions\n").into_response();
         }
     };
-    let max = state.config.websocket.max_message_bytes;
+    let max = state.config().websocket.max_message_bytes;
     let tracker = state.tracker.clone();
     ws.protocols([SUBPROTOCOL])
         .read_buffer_size(READ_BUFFER)

@@ -171,7 +171,7 @@ where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + Send,
 {
     pub(super) fn new(socket: S, state: Arc<AppState>, transport: Transport) -> Self {
-        let c = &state.config;
+        let c = state.config();
         let limits = Limits { max_stanza_bytes: c.upstream.max_stanza_bytes, ..Limits::default() };
         let keepalive = Keepalive::new(c.websocket.ping_interval, c.websocket.ping_timeout);
         let send_wait = if c.websocket.ping_interval > 0 {
@@ -211,9 +211,18 @@ where
     }
 
     async fn drive(&mut self) -> Ending {
-        let shutdown = self.state.shutdown.clone();
+        // The drain's token, then, once the stream is open, its domain's (also cancelled by a
+        // reload that stops serving the domain).
+        let mut shutdown = self.state.shutdown.clone();
+        let mut domain_watched = false;
         let open_deadline = Instant::now() + OPEN_WAIT;
         loop {
+            if !domain_watched {
+                if let Some(up) = &self.up {
+                    shutdown = self.state.domain_token(&up.domain);
+                    domain_watched = true;
+                }
+            }
             // Client stanzas are queued for the upstream while more client messages are ready,
             // then written in one go: the server handles one read per batch, not per stanza.
             let paused_until = self.throttle.as_ref().and_then(|t| t.paused_until());
@@ -249,6 +258,10 @@ where
             let up_reader = self.up.as_mut().map(|u| &mut u.reader);
             tokio::select! {
                 _ = shutdown.cancelled(), if self.drain_at.is_none() => {
+                    if !self.state.shutdown.is_cancelled() {
+                        // Not the drain: a reload stopped serving this session's domain.
+                        return Ending::new(Error::HostGone);
+                    }
                     let mut jitter = [0u8; 4];
                     let _ = getrandom::getrandom(&mut jitter);
                     match self.state.drain_at(u32::from_ne_bytes(jitter)) {
@@ -298,7 +311,7 @@ where
                 return Flow::End(match read_fault(&e) {
                     ReadFault::Utf8 => Ending::with_code(XmlError::InvalidUtf8.into(), code::INVALID_DATA),
                     ReadFault::TooBig => Ending::with_code(
-                        XmlError::TooLarge(self.state.config.websocket.max_message_bytes).into(),
+                        XmlError::TooLarge(self.state.config().websocket.max_message_bytes).into(),
                         code::TOO_BIG,
                     ),
                     ReadFault::Protocol => Ending {
@@ -329,7 +342,7 @@ where
         };
         // A Direct TLS client relayed by `crate::passthrough` speaks the legacy framing (its
         // native stream), whatever `[websocket] legacy_framing` says.
-        let legacy = self.state.config.websocket.legacy_framing || self.guard.transport() == Transport::DirectTls;
+        let legacy = self.state.config().websocket.legacy_framing || self.guard.transport() == Transport::DirectTls;
         let inbound = match message::classify(text.as_str(), self.framing, legacy, &self.limits) {
             Ok(i) => i,
             Err(e) => {
@@ -375,13 +388,14 @@ where
                 Err(e) => Flow::End(Ending::new(e)),
             };
         }
-        if !self.state.config.serves(&params.domain) {
+        if !self.state.config().serves(&params.domain) {
             return Flow::End(Ending::new(Error::HostUnknown));
         }
         let shutdown = self.state.shutdown.clone();
         // Connect time and failures are counted by upstream::connect itself (both transports).
+        let up_ctx = self.state.upstream();
         let conn = tokio::select! {
-            c = upstream::connect(&self.state.upstream, &params) => c,
+            c = upstream::connect(&up_ctx, &params) => c,
             _ = shutdown.cancelled() => {
                 return Flow::End(Ending::with_code(self.state.drain_error(self.guard.transport()), code::GOING_AWAY));
             }
@@ -598,7 +612,7 @@ where
     }
 
     fn default_domain(&self) -> String {
-        self.state.config.upstream.domains.first().cloned().unwrap_or_default()
+        self.state.config().upstream.domains.first().cloned().unwrap_or_default()
     }
 }
 

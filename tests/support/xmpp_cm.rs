@@ -154,6 +154,17 @@ impl XmppCm {
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         self.proc.wait_timeout(timeout)
     }
+    /// Rewrite its config file with keys replaced or added (as in [`Self::config_with`]),
+    /// for live-reload tests; returns the new text. Only files written by this harness.
+    pub fn rewrite_config(&self, overrides: &[(&str, &str)]) -> String {
+        let old = std::fs::read_to_string(&self.config).expect("read config");
+        let toml = with_overrides(&old, overrides);
+        // Replaced in one rename: a reload never reads half a file.
+        let tmp = self.config.with_extension("toml.new");
+        std::fs::write(&tmp, &toml).expect("write config");
+        std::fs::rename(&tmp, &self.config).expect("replace config");
+        toml
+    }
     /// SIGTERM, SIGKILL after 3 s.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         self.proc.stop(Duration::from_secs(3))
@@ -223,6 +234,24 @@ pub fn toml_str(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// A config written by [`XmppCm::config_with`] with more keys replaced or added.
+pub fn with_overrides(rendered: &str, overrides: &[(&str, &str)]) -> String {
+    let mut t = TomlTables::default();
+    let mut table = String::new();
+    for line in rendered.lines() {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            table = name.to_string();
+        } else if let Some((k, v)) = line.split_once(" = ") {
+            t.set(&table, k, v);
+        }
+    }
+    for (k, v) in overrides {
+        let (table, key) = split_key(k);
+        t.set(table, key, v);
+    }
+    t.render()
 }
 
 /// "a.b.key" → ("a.b", "key"); a quoted last segment may contain dots: `t."x.y"`.
