@@ -151,6 +151,14 @@ async fn trusted_proxies_decide_the_ip_for_per_ip_limits() {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 429),
         other => panic!("WebSocket over the per-IP limit: {other:?}"),
     }
+    // Issue 16 §4: a local address at the per-IP limit with no trusted proxy is most likely an
+    // undeclared reverse proxy: explained once, naming the setting that fixes it.
+    let explained = |cm: &XmppCm| strip_ansi(&cm.log()).lines().filter(|l| l.contains("http.trusted_proxies is empty")).map(str::to_owned).collect::<Vec<_>>();
+    let lines = explained(&untrusting);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("127.0.0.1") && lines[0].contains("limits.max_sessions_per_ip") && lines[0].contains("list the proxy in http.trusted_proxies"), "{}", lines[0]);
+    // With a proxy declared there is nothing to explain.
+    assert!(explained(&trusting).is_empty());
 }
 
 /// A WebSocket handshake offering `xmpp` (optionally with an X-Forwarded-For header).
