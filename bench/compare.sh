@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of xmpp-cm against direct TCP, a bare byte relay, Prosody's own
 # mod_bosh/mod_websocket and node-xmpp-bosh, all on loopback, all in front of one Prosody;
-# then xmpp-cm against the bench relay in front of `xmpp-cm-bench upstream`, and (full mode)
-# 100k idle WebSocket sessions. Writes every JSON record to $WORK/results.jsonl and the report
+# then BOSH through HAProxy to one xmpp-cm and to a cluster of three (issue 14: forwarded
+# requests); then xmpp-cm against the bench relay in front of `xmpp-cm-bench upstream`, and
+# (full mode) 100k idle WebSocket sessions. Writes every JSON record to $WORK/results.jsonl and the report
 # to BENCHMARKS.md (bench/report.py).
 #
-#   bench/compare.sh            full run (~40 min): main section 5 repeats, the rest 3 (growth pairs 5)
+#   bench/compare.sh            full run (~47 min): main section 5 repeats, cluster 6, the rest 3 (growth pairs 5)
 #   bench/compare.sh --quick    smoke run (< 3 min): 1 repeat, short durations, small counts
-#   options: --out FILE (default BENCHMARKS.md at the repo root), --no-build, --keep (leave $WORK)
+#   options: --out FILE (default BENCHMARKS.md at the repo root), --no-build, --keep (leave $WORK),
+#            --only main|cluster|mem|upstream (one section; the report then holds only its records)
 #   env: BENCH_PORT_BASE (default 21000; every listener is BASE+0..99, all below 32768),
 #        BENCH_DIR (work dir; default a new /tmp/xmpp-cm-bench.XXXXXX),
 #        BENCH_PINGPONG_NICE (e.g. -10; default none), BENCH_PROSODY_GC (e.g. generational; default Prosody's)
 #
-# Needs: prosody (Debian package; apt-get install prosody), node 20 + npm (node-xmpp-bosh is
+# Needs: prosody (Debian package; apt-get install prosody), haproxy (Debian package, for the
+# cluster section; apt-get install haproxy), node 20 + npm (node-xmpp-bosh is
 # installed into bench/node_modules by `npm ci`), python3, openssl. The open-file limit is per
 # process: with a hard limit of at least ~210k (root may raise it) one xmpp-cm holds the 100k idle
 # sessions; below that, bench/scale.sh splits them over several xmpp-cm processes held at once,
@@ -29,7 +32,7 @@ while [[ $# -gt 0 ]]; do
     --out) OUT=$2; shift ;;
     --no-build) BUILD=0 ;;
     --keep) KEEP=1 ;;
-    --only) ONLY=$2; shift ;;  # main | mem | upstream: run one section (for re-measuring)
+    --only) ONLY=$2; shift ;;  # main | cluster | mem | upstream: run one section (for re-measuring)
     *) echo "unknown option $1" >&2; exit 64 ;;
   esac
   shift
@@ -40,6 +43,10 @@ BASE=${BENCH_PORT_BASE:-21000}
 C2S=$((BASE + 22)); PHTTP=$((BASE + 80)); RELAY=$((BASE + 23)); NXB=$((BASE + 81))
 CM=$((BASE + 90)); CMADMIN=$((BASE + 91)); UP=$((BASE + 30)); RELAY_UP=$((BASE + 31))
 CMUP=$((BASE + 92)); CMUPADMIN=$((BASE + 93))
+# Cluster section: three HAProxy frontends, and four xmpp-cm replicas (0: alone behind
+# haproxy-1; 1–3: the cluster) with public, admin and internal (cluster hop) listeners each.
+CLHAP1=$((BASE + 1)); CLHAP3=$((BASE + 2)); CLHAPF=$((BASE + 3))
+CLHTTP=$((BASE + 10)); CLADMIN=$((BASE + 14)); CLPEER=$((BASE + 18))
 WORK=${BENCH_DIR:-$(mktemp -d /tmp/xmpp-cm-bench.XXXXXX)}
 mkdir -p "$WORK"
 RESULTS="$WORK/results.jsonl"; : >"$RESULTS"
@@ -121,7 +128,9 @@ stop() { # name
   sed -i "/^$1 $pid\$/d" "$PIDS"
 }
 
-for p in $C2S $PHTTP $RELAY $NXB $CM $CMADMIN $UP $RELAY_UP $CMUP $CMUPADMIN; do
+case "$ONLY" in all|main|cluster|mem|upstream) ;; *) echo "--only: main, cluster, mem or upstream" >&2; exit 64 ;; esac
+for p in $C2S $PHTTP $RELAY $NXB $CM $CMADMIN $UP $RELAY_UP $CMUP $CMUPADMIN $CLHAP1 $CLHAP3 $CLHAPF \
+         $(for i in 0 1 2 3; do echo $((CLHTTP + i)) $((CLADMIN + i)) $((CLPEER + i)); done); do
   port_free "$p" || { echo "port $p is in use; set BENCH_PORT_BASE" >&2; exit 1; }
 done
 
@@ -136,6 +145,10 @@ if (( BUILD )); then
   (cd "$ROOT" && cargo build --release --bins)
 fi
 command -v prosody >/dev/null || { echo "prosody is not installed (apt-get install prosody)" >&2; exit 1; }
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)  # Debian puts it in /usr/sbin
+if [[ "$ONLY" == all || "$ONLY" == cluster ]] && [[ ! -x "$HAPROXY" ]]; then
+  echo "haproxy is not installed (apt-get install haproxy); the cluster section needs it (or pass --only main|mem|upstream)" >&2; exit 1
+fi
 if [[ ! -d "$ROOT/bench/node_modules/node-xmpp-bosh" ]]; then
   log "npm ci in bench/ (node-xmpp-bosh, node-expat 2.4.1 override)"
   (cd "$ROOT/bench" && npm ci --no-audit --no-fund >/dev/null)
@@ -347,6 +360,203 @@ want main && for rep in $(seq 1 "$FOCUS_REPS"); do
   main_block 1 "${order[@]}"
 done
 
+# ------------------------------------------------------------------ cluster (issue 14)
+# BOSH through a real HAProxy (mode http, balance roundrobin decided per request, keep-alive to
+# the servers shared by all client connections (http-reuse always), no affinity of any kind)
+# to xmpp-cm replicas in cluster mode, stock Prosody behind, side by side in one run:
+#   haproxy-1    HAProxy → one xmpp-cm with clustering on (same code path: every sid is sealed
+#                and opened, it just never names another replica, so nothing is forwarded)
+#   haproxy-3    HAProxy → three replicas: a request reaches its session's owner one time in
+#                three, the other two thirds take the internal HTTP/2 hop
+#   haproxy-fwd  HAProxy → two of the three: the session-creation request (no sid= in its body)
+#                to one, every other request to the other, so every request after the
+#                creation is forwarded (the added latency of a forwarded request, unmixed)
+# All three frontends buffer the request body (`option http-buffer-request`; haproxy-fwd's
+# rule reads it), so they differ only in where requests go. Each run starts on a fresh
+# Prosody; the replicas and HAProxies live for the whole section (their hop connections
+# stay pooled, as in production). Every run's record gets the replicas' own counters over
+# the run (forwards, BOSH requests, stanzas, /proc CPU), read before and after it.
+CL_TARGETS=(haproxy-1 haproxy-3 haproxy-fwd)
+CLUSTER_REPS=$(( QUICK ? 1 : 6 ))
+cl_config() { # replica-index → its config on stdout
+  cm_config "written by bench/compare.sh (cluster section): replica $1, plaintext to Prosody on loopback" \
+    "$((CLHTTP + $1))" "$((CLADMIN + $1))" '["localhost"]' "\"localhost\" = \"127.0.0.1:$C2S\""
+  cat <<CONF
+[cluster]
+secret_file = "$WORK/cluster.key"
+listen = "127.0.0.1:$((CLPEER + $1))"
+advertise = "127.0.0.1:$((CLPEER + $1))"
+peer_cidrs = ["127.0.0.1/32"]
+CONF
+}
+hap_config() { # name port fwd(0|1) replica-index... → an HAProxy config on stdout
+  local name=$1 port=$2 fwd=$3 i; shift 3
+  cat <<CONF
+# written by bench/compare.sh (cluster section): $name
+global
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 120s
+    timeout server 120s
+    timeout http-request 10s
+    timeout http-keep-alive 120s
+    # A BOSH request must reach exactly one replica (the client retransmits by itself).
+    retries 0
+frontend public
+    bind 127.0.0.1:$port
+    option http-buffer-request
+CONF
+  if (( fwd )); then
+    cat <<CONF
+    acl has_sid req.body -m sub sid=
+    use_backend creator if !has_sid
+    default_backend others
+backend creator
+    server r$1 127.0.0.1:$((CLHTTP + $1))
+backend others
+    server r$2 127.0.0.1:$((CLHTTP + $2))
+CONF
+  else
+    echo "    default_backend replicas"
+    echo "backend replicas"
+    echo "    # Per request, no affinity: no prefer-last-server, stick tables or cookies."
+    echo "    balance roundrobin"
+    echo "    http-reuse always"
+    for i in "$@"; do echo "    server r$i 127.0.0.1:$((CLHTTP + i))"; done
+  fi
+}
+if want cluster; then
+  log "cluster section: HAProxy ($("$HAPROXY" -v | head -1 | awk '{print $3}')) → 1 and → 3 xmpp-cm replicas in cluster mode"
+  if command -v openssl >/dev/null; then openssl rand -base64 48 >"$WORK/cluster.key"
+  else python3 -c 'import base64,os; print(base64.b64encode(os.urandom(48)).decode())' >"$WORK/cluster.key"; fi
+  chmod 600 "$WORK/cluster.key"
+  for i in 0 1 2 3; do
+    cl_config "$i" >"$WORK/xmpp-cm-cl$i.toml"
+    start "cl$i" "$WORK/xmpp-cm-cl$i.log" "$CMBIN" --config "$WORK/xmpp-cm-cl$i.toml"
+  done
+  for i in 0 1 2 3; do v="PID_cl$i"; wait_port "xmpp-cm-cl$i" "$((CLHTTP + i))" "${!v}"; wait_port "xmpp-cm-cl$i internal" "$((CLPEER + i))" "${!v}"; done
+  hap_config haproxy-1 "$CLHAP1" 0 0 >"$WORK/haproxy-1.cfg"
+  hap_config haproxy-3 "$CLHAP3" 0 1 2 3 >"$WORK/haproxy-3.cfg"
+  hap_config haproxy-fwd "$CLHAPF" 1 1 2 >"$WORK/haproxy-fwd.cfg"
+  for h in 1 3 fwd; do
+    "$HAPROXY" -c -q -f "$WORK/haproxy-$h.cfg" || { log "haproxy rejects $WORK/haproxy-$h.cfg"; exit 1; }
+    start "hap_$h" "$WORK/haproxy-$h.log" "$HAPROXY" -db -f "$WORK/haproxy-$h.cfg"
+  done
+  wait_port haproxy-1 "$CLHAP1" "$PID_hap_1"; wait_port haproxy-3 "$CLHAP3" "$PID_hap_3"; wait_port haproxy-fwd "$CLHAPF" "$PID_hap_fwd"
+  log "replicas $PID_cl0 (alone) $PID_cl1 $PID_cl2 $PID_cl3 (cluster); haproxy $PID_hap_1 $PID_hap_3 $PID_hap_fwd"
+  T_TRANS[haproxy-1]=bosh;   T_URL[haproxy-1]="http://127.0.0.1:$CLHAP1/http-bind"
+  T_TRANS[haproxy-3]=bosh;   T_URL[haproxy-3]="http://127.0.0.1:$CLHAP3/http-bind"
+  T_TRANS[haproxy-fwd]=bosh; T_URL[haproxy-fwd]="http://127.0.0.1:$CLHAPF/http-bind"
+  # Replica processes are watched as cm0, cm1, …: report.py sums every cm* label.
+  declare -A CL_REPL=([haproxy-1]="0" [haproxy-3]="1 2 3" [haproxy-fwd]="1 2 3")
+  cl_set_pids() {
+    local t i k
+    for t in "${CL_TARGETS[@]}"; do
+      local hv="PID_hap_${t#haproxy-}"
+      T_PIDS[$t]="--pid prosody=$PID_prosody --pid haproxy=${!hv}"
+      k=0; for i in ${CL_REPL[$t]}; do local v="PID_cl$i"; T_PIDS[$t]+=" --pid cm$k=${!v}"; k=$((k + 1)); done
+    done
+  }
+  # cl_counters snap FILE i…: the replicas' /proc CPU and their own counters now;
+  # cl_counters annotate FILE LINES i…: add the difference since FILE to the record that the
+  # run just appended to $RESULTS (only if it appended exactly one: LINES before).
+  cat >"$WORK/cl_counters.py" <<'PY'
+import json, os, re, sys, time, urllib.request
+mode, path = sys.argv[1], sys.argv[2]
+if mode == "annotate":
+    lines_before, results = int(sys.argv[3]), sys.argv[4]
+    reps = sys.argv[5:]
+else:
+    reps = sys.argv[3:]
+TICK = os.sysconf("SC_CLK_TCK")
+KEEP = re.compile(r'^(xmpp_cm_cluster_\w+|xmpp_cm_http_requests_total|xmpp_cm_stanzas_relayed_total|xmpp_cm_sessions_created_total)(\{[^}]*\})? (\S+)$')
+def snap():
+    out = {}
+    for spec in reps:  # index:pid:admin-port
+        i, pid, port = spec.split(":")
+        with open(f"/proc/{pid}/stat") as f:
+            st = f.read().rsplit(")", 1)[1].split()
+        cpu = (int(st[11]) + int(st[12])) / TICK  # utime + stime
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        m = {}
+        for line in body.splitlines():
+            g = KEEP.match(line)
+            if g:
+                m[g.group(1) + (g.group(2) or "")] = float(g.group(3))
+        out[i] = {"cpu_s": cpu, "metrics": m, "t": time.time()}
+    return out
+def total(m, name, **want):
+    s = 0.0
+    for k, v in m.items():
+        if k == name or k.startswith(name + "{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', k[len(name):]))
+            if all(labels.get(a) == b for a, b in want.items()):
+                s += v
+    return s
+if mode == "snap":
+    json.dump(snap(), open(path, "w"))
+    sys.exit(0)
+before, after = json.load(open(path)), snap()
+recs = open(results).read().splitlines()
+if len(recs) != lines_before + 1:
+    print(f"cl_counters: the run appended {len(recs) - lines_before} records; not annotated", file=sys.stderr)
+    sys.exit(0)
+per = []
+for k, (i, a) in enumerate(sorted(after.items(), key=lambda x: int(x[0]))):
+    b = before[i]
+    d = lambda name, **w: round(total(a["metrics"], name, **w) - total(b["metrics"], name, **w))
+    per.append({
+        "label": f"cm{k}", "replica": int(i), "cpu_s": round(a["cpu_s"] - b["cpu_s"], 3),
+        "bosh_requests": d("xmpp_cm_http_requests_total", route="bosh"),
+        "bosh_requests_200": d("xmpp_cm_http_requests_total", route="bosh", status="200"),
+        "stanzas": d("xmpp_cm_stanzas_relayed_total"),
+        "sessions_created": d("xmpp_cm_sessions_created_total"),
+        "forwards_ok": d("xmpp_cm_cluster_forwards_total", result="ok"),
+        "forwards_failed": d("xmpp_cm_cluster_forwards_total") - d("xmpp_cm_cluster_forwards_total", result="ok"),
+        "served_for_peers": d("xmpp_cm_cluster_served_total"),
+        "refused": d("xmpp_cm_cluster_refused_total"),
+        "forward_s_sum": round(total(a["metrics"], "xmpp_cm_cluster_forward_duration_seconds_sum") - total(b["metrics"], "xmpp_cm_cluster_forward_duration_seconds_sum"), 4),
+    })
+tot = {k: sum(p[k] for p in per) for k in ("cpu_s", "bosh_requests", "bosh_requests_200", "stanzas", "sessions_created", "forwards_ok", "forwards_failed", "served_for_peers", "refused")}
+tot["cpu_s"] = round(tot["cpu_s"], 3)
+tot["forwarded_share"] = round(tot["forwards_ok"] / tot["bosh_requests"], 4) if tot["bosh_requests"] else None
+tot["interval_s"] = round(max(x["t"] for x in after.values()) - min(x["t"] for x in before.values()), 2)
+r = json.loads(recs[-1])
+r["cluster"] = {"replicas": per, "total": tot}
+recs[-1] = json.dumps(r)
+open(results, "w").write("\n".join(recs) + "\n")
+print(f"   {'':13} forwarded {tot['forwards_ok']} of {tot['bosh_requests']} BOSH requests ({100 * (tot['forwarded_share'] or 0):.0f} %), "
+      f"failed {tot['forwards_failed']}, refused {tot['refused']}, xmpp-cm CPU {tot['cpu_s']:.2f} s over {tot['interval_s']:.1f} s", file=sys.stderr)
+PY
+  cl_bench() { # target args… : bench, with the replicas' counters over the run added to its record
+    local t=$1 i specs=() v n
+    for i in ${CL_REPL[$t]}; do v="PID_cl$i"; specs+=("$i:${!v}:$((CLADMIN + i))"); done
+    python3 "$WORK/cl_counters.py" snap "$WORK/cl_before.json" "${specs[@]}" || log "cl_counters snap failed"
+    n=$(wc -l <"$RESULTS")
+    bench "$@"
+    python3 "$WORK/cl_counters.py" annotate "$WORK/cl_before.json" "$n" "$RESULTS" "${specs[@]}" || log "cl_counters annotate failed"
+  }
+  fresh_prosody; cl_set_pids
+  for t in "${CL_TARGETS[@]}"; do cl_bench "$t" warmup --workload pingpong --sessions 20 --duration "$WARM" --warmup 0.2; done
+  for rep in $(seq 1 "$CLUSTER_REPS"); do
+    order=("${CL_TARGETS[@]}")
+    (( rep % 2 == 0 )) && order=($(printf '%s\n' "${CL_TARGETS[@]}" | tac))
+    log "cluster repeat $rep/$CLUSTER_REPS (${order[*]}): pingpong ($PP_N × 5/s, ${MAIN_DUR} s), flood ($FLOOD_N × window 8, ${MAIN_DUR} s)"
+    for t in "${order[@]}"; do
+      fresh_prosody; cl_set_pids
+      cl_bench "$t" cluster --workload pingpong --sessions "$PP_N" --rate 5 --duration "$MAIN_DUR" --warmup "$WARM"
+    done
+    for t in "${order[@]}"; do
+      fresh_prosody; cl_set_pids
+      cl_bench "$t" cluster --workload flood --sessions "$FLOOD_N" --window 8 --duration "$MAIN_DUR" --warmup "$WARM"
+    done
+  done
+  for h in 1 3 fwd; do stop "hap_$h"; done
+  for i in 0 1 2 3; do stop "cl$i"; done
+fi
+
 # Growth: on a fresh Prosody and proxy, pingpong with only the active sessions (growth-base),
 # then the same pingpong with the idle sessions held (growth), so that both figures come from
 # the same state. Direct TCP is measured at every idle count another target uses: Prosody's own
@@ -456,7 +666,8 @@ fi
 # ------------------------------------------------------------------ report
 MACHINE="$(nproc) cores, $(awk '/model name/{$1=$2=$3="";print;exit}' /proc/cpuinfo | sed 's/^ *//'), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
 VERSIONS="prosody $(dpkg-query -W -f '${Version}' prosody 2>/dev/null || echo '?'), node $(node --version), node-xmpp-bosh $(node -p "require('$ROOT/bench/node_modules/node-xmpp-bosh/package.json').version"), xmpp-cm $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
-CMDLINE="bench/compare.sh"; (( QUICK )) && CMDLINE+=" --quick"
+want cluster && VERSIONS+=", haproxy $(dpkg-query -W -f '${Version}' haproxy 2>/dev/null || "$HAPROXY" -v | head -1 | awk '{print $3}')"
+CMDLINE="bench/compare.sh"; (( QUICK )) && CMDLINE+=" --quick"; [[ "$ONLY" != all ]] && CMDLINE+=" --only $ONLY"
 python3 "$ROOT/bench/report.py" "$RESULTS" "$OUT" --machine "$MACHINE" --versions "$VERSIONS" --command "$CMDLINE" --reps "$REPS" --main-reps "$MAIN_REPS" --focus-reps "$FOCUS_REPS" --setup-passes "$SETUP_PASSES" --main-dur "$MAIN_DUR" --skipped "$SKIPPED" --fd-limit "$FDMAX"
 cp "$RESULTS" "$WORK/results-$(date +%Y%m%d-%H%M%S).jsonl"
 log "wrote $OUT (records in $RESULTS)"

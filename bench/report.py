@@ -271,6 +271,171 @@ else:
     row("100,000 idle WebSocket sessions (bench upstream)", "held", a.skipped or "not run (full mode only)")
 w("")
 
+# ---------------------------------------------------------------- cluster (issue 14)
+# bench/compare.sh's cluster section: BOSH through HAProxy to one xmpp-cm (clustering on) and
+# to three replicas, plus haproxy-fwd (every request after the creation forwarded). Each run's
+# record carries the replicas' own counters over the whole run ("cluster": forwards, BOSH
+# requests, stanzas, /proc CPU), read by compare.sh before and after it.
+CL_T = ["haproxy-1", "haproxy-3", "haproxy-fwd"]
+CL_NAMES = {
+    "haproxy-1": "HAProxy → 1 xmpp-cm (clustering on)",
+    "haproxy-3": "HAProxy → 3 xmpp-cm replicas",
+    "haproxy-fwd": "HAProxy → 2 replicas, all forwarded",
+}
+CL_REF = "haproxy-1"
+
+def cl_runs(t, wl):
+    return sorted(groups.get(("cluster", t, wl), []), key=lambda r: r["unix_time"])
+
+def cl_nearest(r, wl, ref=CL_REF):
+    refs = groups.get(("cluster", ref, wl), [])
+    return min(refs, key=lambda b: abs(b["unix_time"] - r["unix_time"])) if refs else None
+
+def cl_tot(r, k):
+    return ((r or {}).get("cluster") or {}).get("total", {}).get(k)
+
+def cm_cpu(r):
+    """xmpp-cm CPU over the measured window, summed over the replicas (labels cm0, cm1, …)."""
+    xs = [p["cpu_s"] for p in r["procs"] if p["label"].startswith("cm")]
+    return sum(xs) if xs else None
+
+def per_1k(cpu_s, r):
+    n = r["messages"]["received"]
+    return None if cpu_s is None or not n else cpu_s * 1000 / (n / 1000)
+
+def cpu_per_forward(r, b, scale):
+    """µs of xmpp-cm CPU per forwarded request in run r, against the haproxy-1 run b:
+    (C_r − C_b × W_r / W_b) / F_r, all over the whole run (logins, warm-up, window, logout),
+    C the replicas' CPU summed, W the work it is scaled by (stanzas relayed, or BOSH requests
+    from clients), F the requests forwarded with result ok."""
+    c, cb, w, wb, f = cl_tot(r, "cpu_s"), cl_tot(b, "cpu_s"), cl_tot(r, scale), cl_tot(b, scale), cl_tot(r, "forwards_ok")
+    if None in (c, cb, w, wb, f) or not wb or not f:
+        return None
+    return (c - cb * w / wb) / f * 1e6
+
+def cl_pairs(t, wl, f):
+    """f(run, nearest haproxy-1 run) for each run of t, in time order (None dropped)."""
+    out = []
+    for r in cl_runs(t, wl):
+        b = cl_nearest(r, wl)
+        v = f(r, b) if b is not None else None
+        if v is not None:
+            out.append(v)
+    return out
+
+def lst(xs, spec):
+    return ", ".join(spec.format(x) for x in xs)
+
+if any(groups.get(("cluster", t, wl)) for t in CL_T for wl in ("flood", "pingpong")):
+    w("## Cluster (issue 14): BOSH through HAProxy to one replica and to three\n")
+    n_reps = max(len(cl_runs(t, wl)) for t in CL_T for wl in ("flood", "pingpong"))
+    w("`bench/compare.sh --only cluster` (and the full run). A real HAProxy (`mode http`, `balance roundrobin` decided "
+      "per request, keep-alive to the servers shared by all client connections with `http-reuse always`, no affinity of any kind) "
+      "in front of xmpp-cm replicas in cluster mode (one key of 48 random bytes, `openssl rand -base64 48`; `listen` = `advertise` = 127.0.0.1:port, "
+      "`peer_cidrs = [\"127.0.0.1/32\"]`), stock Prosody behind, the BOSH pingpong and flood of the main section. Targets:\n")
+    w("- **haproxy-1**: HAProxy → one xmpp-cm with clustering **on** (the same code path: every sid is sealed and opened; it never names another replica, so nothing is forwarded). The reference.")
+    w("- **haproxy-3**: HAProxy → three replicas; a request reaches its session's owner one time in three, the rest take the internal HTTP/2 hop (the forwarded share below is read from the replicas' own counters).")
+    w("- **haproxy-fwd**: HAProxy → two of the replicas, the session-creation request (no `sid=` in its body) to one, every other request to the other: every request after the creation is forwarded, so its Δp50 is the added latency of a forwarded request, unmixed.")
+    w(f"\nAll three frontends buffer the body (`option http-buffer-request`, which haproxy-fwd's rule needs), so they differ only in where requests go. "
+      f"{n_reps} repeat(s), each running pingpong then flood for the three targets back to back (order reversed every other repeat), "
+      "a fresh Prosody per run; the replicas and HAProxies live for the whole section (hop connections stay pooled). "
+      "Ratios and differences are the median of per-run ones, each against the haproxy-1 run nearest in time (same workload).\n")
+    w("**CPU per forwarded request** = (C − C₁ × S / S₁) / F, per run against the nearest haproxy-1 run: C = xmpp-cm CPU of all "
+      "replicas of the run (/proc, summed), S = stanzas relayed (xmpp-cm's `xmpp_cm_stanzas_relayed_total`, summed), "
+      "F = requests forwarded with result ok (`xmpp_cm_cluster_forwards_total{result=\"ok\"}`), C₁ and S₁ the same for the "
+      "haproxy-1 run; all over the whole run (logins, warm-up, window, logout), read before and after it. So it is all the CPU "
+      "the cluster spends beyond one replica doing the same relaying (the hop client and server, HMAC, the second body parse, "
+      "the extra wake-ups of three processes), per forwarded request. Beside it the same scaled by client BOSH requests "
+      "(`xmpp_cm_http_requests_total{route=\"bosh\"}`) instead of stanzas.\n")
+    w("| target | flood msg/s | × haproxy-1 | pingpong p50 ms | Δp50 vs haproxy-1 | p99 | p99 × haproxy-1 | generator lag p99 | forwarded share (flood / pingpong) | xmpp-cm CPU-ms / 1k msgs (flood, Σ replicas) | HAProxy CPU-ms / 1k msgs | Prosody CPU s / window s (flood) | CPU µs / forward, flood (by stanzas / by requests) | CPU µs / forward, pingpong (by stanzas / by requests) | forwards failed / refused | errors |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for t in CL_T:
+        tp = med("cluster", t, "flood", TP)
+        p50 = med("cluster", t, "pingpong", P50)
+        p99 = med("cluster", t, "pingpong", P99)
+        lag99 = med("cluster", t, "pingpong", lambda r: (r["messages"].get("send_lag_ms") or {}).get("p99"))
+        shf = med("cluster", t, "flood", lambda r: cl_tot(r, "forwarded_share"))
+        shp = med("cluster", t, "pingpong", lambda r: cl_tot(r, "forwarded_share"))
+        cmk = med("cluster", t, "flood", lambda r: per_1k(cm_cpu(r), r))
+        hk = med("cluster", t, "flood", lambda r: r["cpu_ms_per_1000_msgs"].get("haproxy"))
+        pb = med("cluster", t, "flood", lambda r: (proc(r, "prosody", "cpu_s") or 0) / r["messages"]["window_s"])
+        cpf = {(wl, sc): (statistics.median(xs) if xs else None)
+               for wl in ("flood", "pingpong") for sc in ("stanzas", "bosh_requests")
+               for xs in [cl_pairs(t, wl, lambda r, b, sc=sc: cpu_per_forward(r, b, sc))] } if t != CL_REF else {}
+        fails = sum((cl_tot(r, "forwards_failed") or 0) for wl in ("flood", "pingpong") for r in cl_runs(t, wl))
+        refused = sum((cl_tot(r, "refused") or 0) for wl in ("flood", "pingpong") for r in cl_runs(t, wl))
+        n, kinds = errs("cluster", t)
+        ref = t == CL_REF
+        w(f"| {CL_NAMES[t]} | {fmt(tp, '{:,.0f}')} | {'1.00×' if ref else fmt(pratio('cluster', t, 'flood', TP, ref=CL_REF), '{:.2f}×')} | "
+          f"{fmt(p50, '{:.3f}')} | {'+0.000' if ref else fmt(pdiff('cluster', t, 'pingpong', P50, ref=CL_REF), '{:+.3f}')} | {fmt(p99, '{:.3f}')} | "
+          f"{'1.00×' if ref else fmt(pratio('cluster', t, 'pingpong', P99, ref=CL_REF), '{:.2f}×')} | {fmt(lag99, '{:.3f}')} | "
+          f"{fmt(shf, '{:.1%}')} / {fmt(shp, '{:.1%}')} | {fmt(cmk, '{:.0f}')} | {fmt(hk, '{:.0f}')} | {fmt(pb, '{:.2f}')} | "
+          f"{'–' if ref else fmt(cpf[('flood', 'stanzas')], '{:.0f}') + ' / ' + fmt(cpf[('flood', 'bosh_requests')], '{:.0f}')} | "
+          f"{'–' if ref else fmt(cpf[('pingpong', 'stanzas')], '{:.0f}') + ' / ' + fmt(cpf[('pingpong', 'bosh_requests')], '{:.0f}')} | "
+          f"{fails} / {refused} | {n}{' ' + str(kinds) if kinds else ''} |")
+    w("\nThe forwarded share is forwards (result ok) ÷ client BOSH requests, both from the replicas' counters over the whole run; "
+      "session-creation requests (1–2 % of them) are in the denominator and are never forwarded, so per-request round robin over "
+      "three replicas gives about 65 %, and haproxy-fwd about 98 %. "
+      "xmpp-cm and HAProxy CPU per 1k messages are over the measured window (the generator's `--pid` sampling); "
+      "Prosody CPU s / window s near 1.00 means Prosody (one Lua thread) was busy for the whole window, i.e. the ceiling.\n")
+
+    # Targets, judged on the medians of the per-run figures.
+    w("### Targets from issue 14 beside the measured figures\n")
+    w("| what | target | measured here (median; per-run values in time order) | met? |")
+    w("|---|---|---|---|")
+    tr = cl_pairs("haproxy-3", "flood", lambda r, b: TP(r) / TP(b) if TP(b) else None)
+    m = statistics.median(tr) if tr else None
+    row("flood throughput, haproxy-3 ÷ haproxy-1", "≥ 0.9×", f"{fmt(m, '{:.2f}×')} ({lst(tr, '{:.2f}')})", None if m is None else m >= 0.9)
+    pb3 = [(proc(r, "prosody", "cpu_s") or 0) / r["messages"]["window_s"] for r in cl_runs("haproxy-3", "flood")]
+    pb1 = [(proc(r, "prosody", "cpu_s") or 0) / r["messages"]["window_s"] for r in cl_runs("haproxy-1", "flood")]
+    mb = statistics.median(pb3) if pb3 else None
+    row("Prosody stays the bottleneck (haproxy-3 flood: Prosody CPU s per window s)", "≈ 1 (busy all window; ≥ 0.9 read as yes)",
+        f"{fmt(mb, '{:.2f}')} ({lst(pb3, '{:.2f}')}; haproxy-1: {lst(pb1, '{:.2f}')})", None if mb is None else mb >= 0.9)
+    for t, what in (("haproxy-fwd", "pingpong Δp50 of a forwarded request (haproxy-fwd: all forwarded) vs haproxy-1"),
+                    ("haproxy-3", "pingpong Δp50, haproxy-3 (about two thirds forwarded) vs haproxy-1")):
+        ds = cl_pairs(t, "pingpong", lambda r, b: P50(r) - P50(b))
+        m = statistics.median(ds) if ds else None
+        row(what, "≤ +0.2 ms", f"{fmt(m, '{:+.3f} ms')} ({lst(ds, '{:+.3f}')})", None if m is None else m <= 0.2)
+    for t in ("haproxy-3", "haproxy-fwd"):
+        for wl in ("flood", "pingpong"):
+            xs = cl_pairs(t, wl, lambda r, b: cpu_per_forward(r, b, "stanzas"))
+            ys = cl_pairs(t, wl, lambda r, b: cpu_per_forward(r, b, "bosh_requests"))
+            m, my = (statistics.median(xs) if xs else None), (statistics.median(ys) if ys else None)
+            row(f"CPU per forwarded request, {t}, {wl}", "reported (no target)",
+                f"{fmt(m, '{:.0f} µs')} ({lst(xs, '{:.0f}')}); scaled by requests instead: {fmt(my, '{:.0f} µs')} ({lst(ys, '{:.0f}')})", "–")
+    sh = [cl_tot(r, "forwarded_share") for wl in ("flood", "pingpong") for r in cl_runs("haproxy-3", wl) if cl_tot(r, "forwarded_share") is not None]
+    row("check: haproxy-3's forwarded share of BOSH requests", "≈ 2/3 (per-request round robin)",
+        f"{min(sh):.1%}–{max(sh):.1%} over {len(sh)} runs" if sh else "–", None if not sh else 0.55 <= statistics.median(sh) <= 0.72)
+    w("")
+
+    w("### Per run\n")
+    w("The k-th run of each target in time order; ratios and differences against the haproxy-1 run nearest in time.\n")
+    w("| repeat | flood msg/s h-1 / h-3 / fwd | h-3 × h-1 | fwd × h-1 | pingpong p50 ms h-1 / h-3 / fwd | h-3 Δp50 | fwd Δp50 | forwarded share h-3 (flood / pp) | CPU µs / forward h-3 flood / pp (by stanzas) | fwd flood / pp | Prosody CPU s / window s, flood h-1 / h-3 / fwd |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|")
+    for k in range(n_reps):
+        def at(t, wl):
+            rs = cl_runs(t, wl)
+            return rs[k] if k < len(rs) else None
+        f1, f3, ff = at("haproxy-1", "flood"), at("haproxy-3", "flood"), at("haproxy-fwd", "flood")
+        p1, p3, pf = at("haproxy-1", "pingpong"), at("haproxy-3", "pingpong"), at("haproxy-fwd", "pingpong")
+        def rat(r, wl):
+            b = cl_nearest(r, wl) if r else None
+            return None if not r or not b or not TP(b) else TP(r) / TP(b)
+        def dif(r):
+            b = cl_nearest(r, "pingpong") if r else None
+            return None if not r or not b else P50(r) - P50(b)
+        def cpf(r, wl):
+            b = cl_nearest(r, wl) if r else None
+            return None if not r or not b else cpu_per_forward(r, b, "stanzas")
+        g = lambda r, f, spec: fmt(f(r) if r else None, spec)
+        pbusy = lambda r: (proc(r, "prosody", "cpu_s") or 0) / r["messages"]["window_s"]
+        w(f"| {k + 1} | {g(f1, TP, '{:,.0f}')} / {g(f3, TP, '{:,.0f}')} / {g(ff, TP, '{:,.0f}')} | {fmt(rat(f3, 'flood'), '{:.2f}×')} | {fmt(rat(ff, 'flood'), '{:.2f}×')} | "
+          f"{g(p1, P50, '{:.3f}')} / {g(p3, P50, '{:.3f}')} / {g(pf, P50, '{:.3f}')} | {fmt(dif(p3), '{:+.3f}')} | {fmt(dif(pf), '{:+.3f}')} | "
+          f"{g(f3, lambda r: cl_tot(r, 'forwarded_share'), '{:.1%}')} / {g(p3, lambda r: cl_tot(r, 'forwarded_share'), '{:.1%}')} | "
+          f"{fmt(cpf(f3, 'flood'), '{:.0f}')} / {fmt(cpf(p3, 'pingpong'), '{:.0f}')} | {fmt(cpf(ff, 'flood'), '{:.0f}')} / {fmt(cpf(pf, 'pingpong'), '{:.0f}')} | "
+          f"{g(f1, pbusy, '{:.2f}')} / {g(f3, pbusy, '{:.2f}')} / {g(ff, pbusy, '{:.2f}')} |")
+    w("")
+
 # ---------------------------------------------------------------- memory
 w("## Memory per idle session (proxy process RSS delta / sessions held)\n")
 w("`mem-small`: an `idle` run; `growth`: the pingpong run with the extra idle sessions (all held at once). "
@@ -375,8 +540,9 @@ for (s, l, wl), rs in sorted(groups.items()):
 if not any_err:
     w("None in any run.")
 w("\n## How to reproduce\n")
-w("```\nbench/compare.sh            # full (~40 min): with Prosody 5 repeats (+6 of direct TCP and xmpp-cm), 6 s windows; elsewhere 3 repeats, 10 s windows, 1k idle, growth at up to 10k idle (by open files; 5 pairs against the bench upstream), 100k idle (bench/scale.sh when one process cannot hold them)\n"
-  "bench/compare.sh --quick    # smoke (< 3 min): 1 repeat, 2 s windows, small counts\n```\n")
+w("```\nbench/compare.sh            # full (~47 min): with Prosody 5 repeats (+6 of direct TCP and xmpp-cm), 6 s windows; cluster (HAProxy → 1 and 3 replicas) 6 repeats; elsewhere 3 repeats, 10 s windows, 1k idle, growth at up to 10k idle (by open files; 5 pairs against the bench upstream), 100k idle (bench/scale.sh when one process cannot hold them)\n"
+  "bench/compare.sh --quick    # smoke (< 3 min): 1 repeat, 2 s windows, small counts\n"
+  "bench/compare.sh --only cluster   # the cluster section alone (~7 min; needs haproxy): 6 repeats, 6 s windows\n```\n")
 w("Each run is one `xmpp-cm-bench run …` command; the exact commands of this report:\n")
 w("```")
 seen = set()

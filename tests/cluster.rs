@@ -1159,3 +1159,52 @@ async fn without_a_key_one_replica_is_as_before() {
     let m = Metrics(http_request("GET", &format!("{}/metrics", cm.admin_url()), &[], b"", T).await.unwrap().body);
     assert_eq!(m.sum("xmpp_cm_cluster_enabled", &[]), 0.0);
 }
+
+/// The `[cluster]` interface from the environment, and `--check-config` refusing a short key,
+/// an `advertise` outside `peer_cidrs` and a `listen` equal to a public listener with a
+/// one-line reason and exit 64.
+#[test]
+fn check_config_validates_the_cluster_keys() {
+    let p = Prosody::start(ProsodyOpts { plain_only: true, ..Default::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let (good, short) = (dir.path().join("good.key"), dir.path().join("short.key"));
+    std::fs::write(&good, "k".repeat(40)).unwrap();
+    std::fs::write(&short, "k".repeat(31)).unwrap();
+    let toml = XmppCm::config_for(&p);
+    let public = Listen::of(&toml);
+    let env = |key: &std::path::Path, listen: &str, advertise: &str| {
+        vec![
+            ("XMPP_CM_CLUSTER__SECRET_FILE", key.to_str().unwrap().to_string()),
+            ("XMPP_CM_CLUSTER__LISTEN", listen.to_string()),
+            ("XMPP_CM_CLUSTER__ADVERTISE", advertise.to_string()),
+            ("XMPP_CM_CLUSTER__PEER_CIDRS", "[\"10.0.0.0/8\"]".to_string()),
+        ]
+    };
+    let run = |e: Vec<(&str, String)>| {
+        let e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, out) = XmppCm::run_to_exit(&toml, &["--check-config"], &e, Duration::from_secs(10));
+        (status.and_then(|s| s.code()), out)
+    };
+    let (code, out) = run(env(&good, "0.0.0.0:5281", "10.1.2.3:5281"));
+    assert_eq!(code, Some(0), "{out}");
+    for (e, want) in [
+        (env(&short, "0.0.0.0:5281", "10.1.2.3:5281"), "at least 32"),
+        (env(&good, "0.0.0.0:5281", "192.168.9.9:5281"), "outside cluster.peer_cidrs"),
+        (env(&good, &public, "10.1.2.3:5281"), "public listener"),
+    ] {
+        let (code, out) = run(e);
+        assert_eq!(code, Some(64), "{out}");
+        let line = out.lines().find(|l| l.contains(want)).unwrap_or_else(|| panic!("no '{want}' in: {out}"));
+        assert!(line.starts_with("xmpp-cm: bad configuration: cluster."), "{line}");
+    }
+}
+
+/// The public listener address in a config written by the harness.
+struct Listen;
+
+impl Listen {
+    fn of(toml: &str) -> String {
+        let line = toml.lines().find(|l| l.starts_with("listen = [")).expect("http.listen");
+        line.trim_start_matches("listen = [\"").trim_end_matches("\"]").to_string()
+    }
+}
