@@ -5,7 +5,8 @@
 //! draining replica gets no new requests; two successes bring it back). Timeouts fit BOSH holds
 //! (120 s) and WebSocket tunnels (1 h). Its own temp dir, free loopback ports, killed by PID on
 //! drop. A stats page (`/stats;csv`) on a second port tells which servers are up and how many
-//! requests each got.
+//! requests each got. [`Opts`] can make it refuse WebSocket upgrades, like a proxy on a
+//! network that lets only plain HTTP through.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -42,6 +43,14 @@ pub struct ServerStats {
     pub responses_other: u64,
 }
 
+/// What [`HaProxy::start_with`] changes from the plain load balancer [`HaProxy::start`] runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Opts {
+    /// Answer every request carrying `Upgrade: websocket` with 403 (HAProxy's own page, no
+    /// backend involved), as a proxy that blocks WebSocket does; everything else still passes.
+    pub refuse_websocket: bool,
+}
+
 /// A running HAProxy; killed (by PID) on drop, temp dir removed after.
 pub struct HaProxy {
     // Field order: the process stops before its directory goes.
@@ -58,6 +67,11 @@ impl HaProxy {
     /// ports and (≤10 s) until every backend passes its health check.
     /// Panics with HAProxy's output if it does not come up.
     pub fn start(backends: &[Backend]) -> HaProxy {
+        Self::start_with(backends, Opts::default())
+    }
+
+    /// [`Self::start`] with `opts`.
+    pub fn start_with(backends: &[Backend], opts: Opts) -> HaProxy {
         if !Path::new(BIN).is_file() {
             panic!("HAProxy is not installed (no {BIN}): run scripts/test.sh, which installs it");
         }
@@ -66,7 +80,7 @@ impl HaProxy {
         let stats_port = free_port();
         let config = dir.path().join("haproxy.cfg");
         let log = dir.path().join("haproxy.log");
-        std::fs::write(&config, config_text(port, stats_port, backends)).expect("write haproxy config");
+        std::fs::write(&config, config_text(port, stats_port, backends, opts)).expect("write haproxy config");
         let spawn = Spawn::new(BIN, &log).arg("-f").arg(&config).arg("-db");
         let mut proc = Owned::spawn("haproxy", spawn).unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
         if let Err(why) = wait_ports(&mut proc, &[port, stats_port], Duration::from_secs(10)) {
@@ -138,7 +152,7 @@ impl HaProxy {
     }
 }
 
-fn config_text(port: u16, stats_port: u16, backends: &[Backend]) -> String {
+fn config_text(port: u16, stats_port: u16, backends: &[Backend], opts: Opts) -> String {
     let mut servers = String::new();
     for (i, b) in backends.iter().enumerate() {
         servers.push_str(&format!(
@@ -146,6 +160,11 @@ fn config_text(port: u16, stats_port: u16, backends: &[Backend]) -> String {
             b.addr, b.check_port
         ));
     }
+    let refuse = if opts.refuse_websocket {
+        "    # Opts::refuse_websocket: no WebSocket through here.\n    http-request deny deny_status 403 if { hdr(upgrade) -m str -i websocket }\n"
+    } else {
+        ""
+    };
     format!(
         r#"# written by tests/support/haproxy.rs
 global
@@ -168,7 +187,7 @@ defaults
 
 frontend public
     bind 127.0.0.1:{port}
-    default_backend replicas
+{refuse}    default_backend replicas
 
 backend replicas
     # Per request, no affinity: keep-alive to the backends may be reused by any client
