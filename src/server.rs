@@ -151,23 +151,13 @@ pub fn public_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// The cluster's internal router: forwarded BOSH requests and the hop's liveness check
-/// ([`crate::cluster::hop`]). Anything else is 404.
-pub fn cluster_router(state: Arc<AppState>) -> Router {
-    use crate::cluster::hop;
-    Router::new()
-        .route(hop::PATH, axum::routing::post(crate::bosh::http::from_peer))
-        .route(hop::PING_PATH, axum::routing::post(crate::bosh::http::peer_ping))
-        .with_state(state)
-}
-
-/// Serve the internal listener until `stop`: HTTP/2 prior knowledge (and HTTP/1.1), no stream
-/// limit to speak of (every forwarded held request is one stream of one connection per peer).
-async fn serve_cluster(listener: TcpListener, router: Router, stop: CancellationToken) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use tower::ServiceExt;
+/// Serve the internal listener until `stop`: each peer's connection speaks the hop protocol
+/// ([`crate::cluster::hop`]); its requests are answered by [`crate::bosh::http::from_peer`].
+async fn serve_cluster(listener: TcpListener, state: Arc<AppState>, stop: CancellationToken) {
+    let Some(cluster) = state.cluster.clone() else { return };
+    let max = state.config().bosh.max_body_bytes;
     loop {
-        let (tcp, peer) = tokio::select! {
+        let (tcp, _peer) = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -178,30 +168,9 @@ async fn serve_cluster(listener: TcpListener, router: Router, stop: Cancellation
                 }
             },
         };
-        let _ = tcp.set_nodelay(true);
-        let router = router.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| router.clone().oneshot(req));
-            let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            b.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
-            b.http2()
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(100_000)
-                .adaptive_window(true)
-                .keep_alive_interval(Some(Duration::from_secs(30)));
-            let conn = b.serve_connection(TokioIo::new(tcp), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "cluster hop connection ended with an error");
-                },
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
-                }
-            }
-        });
+        let st = state.clone();
+        let handler = move |f| crate::bosh::http::from_peer(st.clone(), f);
+        tokio::spawn(crate::cluster::hop::serve(cluster.hop.clone(), tcp, max, handler, crate::bosh::http::hop_refused, stop.clone()));
     }
 }
 
@@ -255,10 +224,9 @@ pub async fn serve(bound: Listeners, state: Arc<AppState>, grace: Duration) -> s
         // Up until the drain is over: a draining owner still answers its peers' forwards.
         info!(addr = %l.local_addr()?, advertise = ?state.cluster.as_ref().map(|c| c.advertise), "cluster listener");
         servers.push(tokio::spawn({
-            let router = cluster_router(state.clone());
-            let token = stopped.clone();
+            let (state, token) = (state.clone(), stopped.clone());
             async move {
-                serve_cluster(l, router, token).await;
+                serve_cluster(l, state, token).await;
                 Ok(())
             }
         }));

@@ -55,13 +55,13 @@ pub async fn post(State(state): State<Arc<AppState>>, req: axum::extract::Reques
         Err(e) => return pre_session(200, &e, cors),
     };
     let client = crate::upstream::proxy::client_addr(&ext);
-    drop((headers, ext));
-    answer(&state, bytes, req, client, false, cors).await
+    drop((headers, ext, config));
+    respond(answer(&state, bytes, req, client, false).await, cors)
 }
 
 /// A parsed BOSH request, from a client or (`forwarded`) over the cluster hop: create a
 /// session, hand the request to its session here, or forward it to the replica that owns it.
-async fn answer(state: &Arc<AppState>, bytes: bytes::Bytes, req: body::Request, client: Option<std::net::SocketAddr>, forwarded: bool, cors: Option<HeaderValue>) -> Response {
+async fn answer(state: &Arc<AppState>, bytes: bytes::Bytes, req: body::Request, client: Option<std::net::SocketAddr>, forwarded: bool) -> Reply {
     let legacy_creation = req.sid.is_none() && req.ver.is_none();
     let (tx, rx) = oneshot::channel();
     let inc = Incoming { req, reply: tx, bytes: bytes.len() };
@@ -69,7 +69,7 @@ async fn answer(state: &Arc<AppState>, bytes: bytes::Bytes, req: body::Request, 
     match inc.req.sid.clone() {
         None if forwarded => {
             // A replica creates the sessions it is asked for itself; this is not one of ours.
-            return pre_session(200, &Error::BadRequest("session creation over the cluster hop".into()), cors);
+            return refusal(200, &Error::BadRequest("session creation over the cluster hop".into()));
         }
         None => {
             // The session task's span (transport, short sid) nests under this one.
@@ -83,7 +83,7 @@ async fn answer(state: &Arc<AppState>, bytes: bytes::Bytes, req: body::Request, 
                     _ if legacy_creation => e.legacy_http_status().unwrap_or(200),
                     _ => 200,
                 };
-                return pre_session(status, &e, cors);
+                return refusal(status, &e);
             }
         }
         Some(sid) => {
@@ -94,19 +94,19 @@ async fn answer(state: &Arc<AppState>, bytes: bytes::Bytes, req: body::Request, 
                     Owner::Refused(why) => {
                         crate::metrics::metrics().cluster_refused(why);
                         tracing::debug!(reason = why.as_str(), forwarded, "BOSH sid refused by the cluster rules");
-                        return pre_session(200, &Error::ItemNotFound("unknown sid"), cors);
+                        return refusal(200, &Error::ItemNotFound("unknown sid"));
                     }
-                    Owner::Peer(owner) => return forward(c, owner, bytes, client, cors).await,
+                    Owner::Peer(owner) => return forward(c, owner, &bytes, client).await,
                 }
             }
             let Some(session) = state.bosh.get(&sid) else {
                 // no session to ask whether the caller is legacy: 200 + item-not-found.
-                return pre_session(200, &Error::ItemNotFound("unknown sid"), cors);
+                return refusal(200, &Error::ItemNotFound("unknown sid"));
             };
             if session.send(Box::new(inc)).await.is_err() {
                 // The task is gone without removing itself (it panicked): forget the sid.
                 state.bosh.remove(&sid);
-                return pre_session(200, &Error::ItemNotFound("session ended"), cors);
+                return refusal(200, &Error::ItemNotFound("session ended"));
             }
         }
     }
@@ -118,86 +118,68 @@ async fn answer(state: &Arc<AppState>, bytes: bytes::Bytes, req: body::Request, 
             if forwarded {
                 crate::metrics::metrics().cluster_served();
             }
-            respond(reply, cors)
+            reply
         }
         // A session answers every request it accepted; a dropped reply means its task died
         // (a bug): BOSH-T-09. Other sessions are unaffected.
-        Err(_) => pre_session(200, &Error::Internal("session task ended without answering".into()), cors),
+        Err(_) => refusal(200, &Error::Internal("session task ended without answering".into())),
     }
 }
 
 /// Send a request to the replica that owns its session and relay the answer. An owner that
 /// cannot be reached (gone, refusing, silent) is `item-not-found` for the client: its sessions
 /// died with it.
-async fn forward(c: &Cluster, owner: std::net::SocketAddr, bytes: bytes::Bytes, client: Option<std::net::SocketAddr>, cors: Option<HeaderValue>) -> Response {
+async fn forward(c: &Cluster, owner: std::net::SocketAddr, bytes: &[u8], client: Option<std::net::SocketAddr>) -> Reply {
     let t0 = std::time::Instant::now();
     c.saw_peer(owner);
     match c.hop.forward(owner, bytes, client).await {
         Ok(a) => {
             crate::metrics::metrics().cluster_forward("ok", t0.elapsed());
-            let content_type = a.content_type.unwrap_or_else(|| HeaderValue::from_static(DEFAULT_CONTENT_TYPE));
-            respond(Reply { status: a.status, body: a.body, content_type }, cors)
+            let content_type = HeaderValue::from_str(&a.content_type).unwrap_or_else(|_| HeaderValue::from_static(DEFAULT_CONTENT_TYPE));
+            Reply { status: a.status, body: a.body, content_type }
         }
         Err(e) => {
             crate::metrics::metrics().cluster_forward(e.result(), t0.elapsed());
             tracing::info!(%owner, error = %e, "BOSH request for another replica's session: its owner did not answer");
-            pre_session(200, &Error::ItemNotFound("session owner unreachable"), cors)
+            refusal(200, &Error::ItemNotFound("session owner unreachable"))
         }
     }
 }
 
-/// The cluster's internal listener: a BOSH request forwarded by a peer. Unauthenticated
-/// requests get 403 and nothing else (no session touched, nothing dialled).
-pub async fn from_peer(State(state): State<Arc<AppState>>, req: axum::extract::Request) -> Response {
-    let Some((bytes, from)) = verified_hop(&state, req).await else {
-        return StatusCode::FORBIDDEN.into_response();
-    };
+/// A BOSH request a peer forwarded over the internal hop (already authenticated by
+/// [`crate::cluster::hop::serve`]): answered here, as if the client had sent it to us.
+pub async fn from_peer(state: Arc<AppState>, f: crate::cluster::hop::Forwarded) -> crate::cluster::hop::Answer {
+    if let (Some(c), Some(p)) = (&state.cluster, f.peer) {
+        c.saw_peer(p);
+    }
     let config = state.config();
     let l = &config.limits;
     let limits = Limits { max_stanza_bytes: config.bosh.max_body_bytes, max_depth: l.max_xml_depth, max_attrs: l.max_xml_attrs, max_name_len: l.max_xml_name_len };
     // The owner's log lines for this request name the client and the replica it came through.
     let span = tracing::info_span!(
         "client",
-        ip = from.client.map(|c| tracing::field::display(c.ip())),
-        via = from.peer.map(tracing::field::display)
+        ip = f.client.map(|c| tracing::field::display(c.ip())),
+        via = f.peer.map(tracing::field::display)
     );
     span.in_scope(|| tracing::debug!("BOSH request forwarded by a peer"));
-    match body::parse(&bytes, &limits) {
-        Ok(r) => tracing::Instrument::instrument(answer(&state, bytes, r, from.client, true, None), span).await,
-        Err(e) => pre_session(200, &e, None),
-    }
-}
-
-/// The liveness check a peer makes on a new hop connection (authenticated like a request).
-pub async fn peer_ping(State(state): State<Arc<AppState>>, req: axum::extract::Request) -> StatusCode {
-    match verified_hop(&state, req).await {
-        Some(_) => StatusCode::NO_CONTENT,
-        None => StatusCode::FORBIDDEN,
-    }
-}
-
-async fn verified_hop(state: &AppState, req: axum::extract::Request) -> Option<(bytes::Bytes, crate::cluster::hop::Verified)> {
-    let c = state.cluster.as_ref()?;
-    let (parts, body) = req.into_parts();
-    let config = state.config();
-    let wait = std::time::Duration::from_secs(config.http.body_read_timeout);
-    let bytes = tokio::time::timeout(wait, axum::body::to_bytes(body, config.bosh.max_body_bytes)).await.ok()?.ok();
-    let verified = bytes.as_ref().and_then(|b| c.hop.verify(&parts.headers, b, crate::cluster::hop::unix_now()));
-    let Some(from) = verified else {
-        crate::metrics::metrics().cluster_refused(crate::cluster::Refusal::HopAuth);
-        // At most one line per 10 s: whoever can reach the internal port must not fill the log.
-        static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let now = crate::cluster::hop::unix_now();
-        if now >= LAST.load(std::sync::atomic::Ordering::Relaxed) + 10 {
-            LAST.store(now, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!("cluster hop request without valid authentication refused (another cluster key or clock skew over 120 s, or not a replica); counted in xmpp_cm_cluster_refused_total{{reason=\"hop_auth\"}}");
-        }
-        return None;
+    let reply = match body::parse(&f.body, &limits) {
+        Ok(r) => tracing::Instrument::instrument(answer(&state, f.body.clone(), r, f.client, true), span).await,
+        Err(e) => refusal(200, &e),
     };
-    if let Some(p) = from.peer {
-        c.saw_peer(p);
+    let content_type = reply.content_type.to_str().unwrap_or(DEFAULT_CONTENT_TYPE).to_string();
+    crate::cluster::hop::Answer { status: reply.status, content_type, body: reply.body }
+}
+
+/// A peer failed the hop's authentication (counted; logged at most once per 10 s, so that
+/// whoever can reach the internal port cannot fill the log).
+pub fn hop_refused() {
+    crate::metrics::metrics().cluster_refused(crate::cluster::Refusal::HopAuth);
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    if now >= LAST.load(std::sync::atomic::Ordering::Relaxed) + 10 {
+        LAST.store(now, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!("cluster hop connection without valid authentication refused (another cluster key, or not a replica); counted in xmpp_cm_cluster_refused_total{{reason=\"hop_auth\"}}");
     }
-    Some((bytes?, from))
 }
 
 /// CORS preflight (HTTP-11/12).
@@ -233,6 +215,11 @@ pub async fn get(State(state): State<Arc<AppState>>) -> Response {
 
 /// An answer for a request that has no session to speak for it.
 fn pre_session(status: u16, err: &Error, cors: Option<HeaderValue>) -> Response {
+    respond(refusal(status, err), cors)
+}
+
+/// The terminate body for a request that has no session to speak for it (counted).
+fn refusal(status: u16, err: &Error) -> Reply {
     crate::metrics::metrics().pre_session(crate::metrics::Transport::Bosh, err);
     let mut body = ResponseBody::terminate(err.bosh_condition());
     if let Error::Redirect(uri) = err {
@@ -240,7 +227,7 @@ fn pre_session(status: u16, err: &Error, cors: Option<HeaderValue>) -> Response 
         body.push_elements(std::iter::once(&crate::xml::Element::new("uri", crate::xml::ns::HTTPBIND).with_text(uri.as_str())));
     }
     let body = body.to_xml();
-    respond(Reply { status, body: body.into(), content_type: HeaderValue::from_static(DEFAULT_CONTENT_TYPE) }, cors)
+    Reply { status, body: body.into(), content_type: HeaderValue::from_static(DEFAULT_CONTENT_TYPE) }
 }
 
 fn respond(reply: Reply, cors: Option<HeaderValue>) -> Response {

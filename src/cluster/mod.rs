@@ -80,7 +80,7 @@ pub struct Cluster {
     pub epoch: u64,
     peers: Vec<(IpAddr, u8)>,
     /// The internal hop: authentication and the pooled connections to owners.
-    pub hop: Hop,
+    pub hop: std::sync::Arc<Hop>,
     seen: Mutex<HashSet<SocketAddr>>,
 }
 
@@ -102,7 +102,7 @@ impl Cluster {
             advertise,
             epoch: u64::from_be_bytes(epoch),
             peers,
-            hop: Hop::new(&secret, advertise, Duration::from_millis(c.connect_timeout_ms), answer_within),
+            hop: std::sync::Arc::new(Hop::new(&secret, advertise, Duration::from_millis(c.connect_timeout_ms), answer_within)),
             seen: Mutex::new(HashSet::new()),
         }))
     }
