@@ -27,6 +27,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { CHROMIUM_ARGS } from './chromium.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const DIST = path.join(HERE, 'node_modules', 'converse.js', 'dist');
@@ -435,17 +436,7 @@ async function main() {
     fs.mkdirSync(cfg.artifacts, { recursive: true });
     server = http.createServer(serve);
     await new Promise((res, rej) => server.once('error', rej).listen(cfg.pagePort, '127.0.0.1', res));
-    const args = [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-        ...(cfg.chromiumArgs || []),
-    ];
+    const args = [...CHROMIUM_ARGS, ...(cfg.chromiumArgs || [])];
     if (cfg.trustSpkiOf) {
         // Trust exactly the test certificate's key (SHA-256 of its SubjectPublicKeyInfo), not
         // every certificate as ignoreHTTPSErrors would.

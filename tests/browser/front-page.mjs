@@ -19,6 +19,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
+import { CHROMIUM_ARGS } from './chromium.mjs';
 
 const cfg = JSON.parse(process.argv[2] || '{}');
 const T0 = Date.now();
@@ -134,16 +135,7 @@ async function runPage(browser, { name, url }) {
 let browser;
 async function main() {
     fs.mkdirSync(cfg.artifacts, { recursive: true });
-    const args = [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-    ];
+    const args = [...CHROMIUM_ARGS];
     browser = await chromium.launch({ executablePath: cfg.chromium || '/usr/bin/chromium', args, timeout: STEP_MS, headless: true });
     log(`chromium ${browser.version()} up`);
     const pages = {};
