@@ -129,6 +129,13 @@ impl Admission {
     }
 }
 
+/// The XML limits for what a client sends, whatever its transport: `max_bytes` per element
+/// (BOSH: the body; WebSocket and Direct TLS: a stanza) and `[limits] max_xml_depth`,
+/// `max_xml_attrs` and `max_xml_name_len`. The one place they are put together.
+pub fn client_xml(l: &Limits, max_bytes: usize) -> crate::xml::Limits {
+    crate::xml::Limits { max_stanza_bytes: max_bytes, max_depth: l.max_xml_depth, max_attrs: l.max_xml_attrs, max_name_len: l.max_xml_name_len }
+}
+
 /// The admission part of `[limits]`, copied out so that a check takes no lock for long.
 #[derive(Debug, Clone, Copy)]
 struct AdmissionLimits {

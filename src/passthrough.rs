@@ -41,7 +41,8 @@ where
             return;
         }
     };
-    let limits = Limits { max_stanza_bytes: state.config().upstream.max_stanza_bytes, ..Limits::default() };
+    let config = state.config();
+    let limits = crate::limits::client_xml(&config.limits, config.upstream.max_stanza_bytes);
     let messages = TcpMessages::new(io, limits);
     let tracker = state.tracker.clone();
     tracker.track_future(crate::websocket::run_passthrough(messages, state, Some(peer))).await;

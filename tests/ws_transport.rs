@@ -750,3 +750,33 @@ async fn ws03_unmasked_client_frame_is_1002() {
     assert!(out.len() >= 4 && out[0] == 0x88, "{out:?}");
     assert_eq!(u16::from_be_bytes([out[2], out[3]]), 1002, "{out:?}");
 }
+
+/// Issue 15 (bug): `[limits] max_xml_depth`, `max_xml_attrs` and `max_xml_name_len` apply to
+/// WebSocket clients as they do to BOSH (they used to be the built-in defaults here): an
+/// element within the built-in limits but past the configured ones is a policy-violation, and
+/// the same element is fine with the defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_xml_limits_apply_to_websocket() {
+    let p = prosody();
+    let deep = "<message to='bob@localhost'><a><b><c><d><e><f/></e></d></c></b></a></message>";
+    let attrs = format!("<message to='bob@localhost' {}/>", (0..12).map(|i| format!("a{i}='x'")).collect::<Vec<_>>().join(" "));
+    let long = format!("<message to='bob@localhost'><{n} xmlns='urn:x'/></message>", n = "n".repeat(40));
+    for (what, stanza, key, value) in [
+        ("depth", deep.to_string(), "limits.max_xml_depth", "5"),
+        ("attributes", attrs, "limits.max_xml_attrs", "8"),
+        ("name length", long, "limits.max_xml_name_len", "32"),
+    ] {
+        let strict = XmppCm::start(&XmppCm::config_with(&p, &[(key, value)]));
+        let mut ws = connect(&strict.ws_url()).await;
+        open_stream(&mut ws, "localhost").await;
+        send(&mut ws, &stanza).await;
+        expect_error_end(&mut ws, "policy-violation", 1000, false).await;
+        // With the defaults the same element passes the parser (the server answers it).
+        let lax = XmppCm::start(&XmppCm::config_for(&p));
+        let mut ws = connect(&lax.ws_url()).await;
+        open_stream(&mut ws, "localhost").await;
+        send(&mut ws, &stanza).await;
+        let next = tokio::time::timeout(Duration::from_millis(700), ws.next()).await;
+        assert!(!matches!(&next, Ok(Some(Ok(Message::Close(_))))), "{what}: refused with the default limits: {next:?}");
+    }
+}

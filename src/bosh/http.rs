@@ -15,7 +15,6 @@ use super::DEFAULT_CONTENT_TYPE;
 use crate::cluster::{Cluster, Owner};
 use crate::error::Error;
 use crate::server::AppState;
-use crate::xml::Limits;
 
 /// POST on the BOSH path.
 pub async fn post(State(state): State<Arc<AppState>>, req: axum::extract::Request) -> Response {
@@ -49,7 +48,7 @@ pub async fn post(State(state): State<Arc<AppState>>, req: axum::extract::Reques
         Err(_) => return pre_session(408, &Error::PolicyViolation("request body too slow"), cors),
     };
     let l = &config.limits;
-    let limits = Limits { max_stanza_bytes: max, max_depth: l.max_xml_depth, max_attrs: l.max_xml_attrs, max_name_len: l.max_xml_name_len };
+    let limits = crate::limits::client_xml(l, max);
     let req = match body::parse(&bytes, &limits) {
         Ok(r) => r,
         Err(e) => return pre_session(200, &e, cors),
@@ -154,7 +153,7 @@ pub async fn from_peer(state: Arc<AppState>, f: crate::cluster::hop::Forwarded) 
     }
     let config = state.config();
     let l = &config.limits;
-    let limits = Limits { max_stanza_bytes: config.bosh.max_body_bytes, max_depth: l.max_xml_depth, max_attrs: l.max_xml_attrs, max_name_len: l.max_xml_name_len };
+    let limits = crate::limits::client_xml(l, config.bosh.max_body_bytes);
     // The owner's log lines for this request name the client and the replica it came through.
     let span = tracing::info_span!(
         "client",

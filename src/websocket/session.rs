@@ -172,7 +172,7 @@ where
 {
     pub(super) fn new(socket: S, state: Arc<AppState>, transport: Transport) -> Self {
         let c = state.config();
-        let limits = Limits { max_stanza_bytes: c.upstream.max_stanza_bytes, ..Limits::default() };
+        let limits = crate::limits::client_xml(&c.limits, c.upstream.max_stanza_bytes);
         let keepalive = Keepalive::new(c.websocket.ping_interval, c.websocket.ping_timeout);
         let send_wait = if c.websocket.ping_interval > 0 {
             Duration::from_secs(c.websocket.ping_timeout.max(1))
