@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// OpenMetrics' content type (Prometheus negotiates it; plain-text scrapers read it too).
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -27,7 +27,7 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::config::Http;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::Config;
 
 pub const PATH: &str = "/";
@@ -35,6 +35,8 @@ pub const JS_PATH: &str = "/xmpp-cm/front.js";
 pub const CSS_PATH: &str = "/xmpp-cm/front.css";
 /// Named by the page, so browsers ask for it rather than for a missing `/favicon.ico`.
 pub const ICON_PATH: &str = "/xmpp-cm/icon.svg";
+/// Every path this module serves (for the metrics route label).
+pub const PATHS: [&str; 4] = [PATH, JS_PATH, CSS_PATH, ICON_PATH];
 
 const PAGE: &str = include_str!("front_page/page.html");
 const JS: &str = include_str!("front_page/front.js");

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::Config;
 
 pub const XRD_PATH: &str = "/.well-known/host-meta";

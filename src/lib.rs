@@ -36,6 +36,7 @@ pub mod relay;
 pub mod reload;
 pub mod server;
 pub mod shutdown;
+pub mod state;
 pub mod upstream;
 pub mod websocket;
 pub mod xml;

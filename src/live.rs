@@ -1,6 +1,6 @@
 //! The configuration in force, and what is built from it: the upstream context (TLS client
 //! configs, resolver, routes) and the trusted-proxy list. One [`Live`] is swapped as a whole on
-//! a reload ([`crate::server::AppState::replace_config`]), so a request never sees the new
+//! a reload ([`crate::state::AppState::replace_config`]), so a request never sees the new
 //! routes with the old TLS trust. A session keeps the `Live` it started with for its own
 //! settings (its limits, timers); what decides admission, routing and CORS is read per request.
 

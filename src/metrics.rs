@@ -436,18 +436,19 @@ impl Metrics {
         self.config_reloads.get_or_create(&ResultL { result }).inc();
     }
 
-    /// Clustering is on: the refusal reasons and forward results show as 0 from the start.
-    pub fn cluster_on(&self) {
+    /// Clustering is on: the forward `results` and refusal `reasons` (the closed label sets of
+    /// `crate::cluster`) show as 0 from the start.
+    pub fn cluster_on(&self, results: &[&'static str], reasons: &[&'static str]) {
         self.cluster_enabled.set(1);
-        for r in ["ok", "connect_failed", "lost", "refused"] {
-            let _ = self.cluster_forwards.get_or_create(&ResultL { result: r });
+        for &result in results {
+            let _ = self.cluster_forwards.get_or_create(&ResultL { result });
         }
-        for r in crate::cluster::Refusal::ALL {
-            let _ = self.cluster_refused.get_or_create(&ReasonL { reason: r.as_str() });
+        for &reason in reasons {
+            let _ = self.cluster_refused.get_or_create(&ReasonL { reason });
         }
     }
 
-    /// A forward finished with `result` (a [`crate::cluster::hop::HopError::result`] or `ok`).
+    /// A forward finished with `result` (`ok`, or why it failed: `crate::cluster::hop`).
     pub fn cluster_forward(&self, result: &'static str, took: Duration) {
         self.cluster_forwards.get_or_create(&ResultL { result }).inc();
         if result == "ok" {
@@ -455,8 +456,9 @@ impl Metrics {
         }
     }
 
-    pub fn cluster_refused(&self, why: crate::cluster::Refusal) {
-        self.cluster_refused.get_or_create(&ReasonL { reason: why.as_str() }).inc();
+    /// A request refused by the cluster rules, with `reason` (`crate::cluster::Refusal`).
+    pub fn cluster_refused(&self, reason: &'static str) {
+        self.cluster_refused.get_or_create(&ReasonL { reason }).inc();
     }
 
     pub fn cluster_served(&self) {
@@ -570,25 +572,17 @@ impl Drop for SessionGuard {
     }
 }
 
-/// The configured public paths, to name the route of a request from its matched path.
-#[derive(Debug, Clone)]
+/// The public paths, to name the route of a request from its matched path. Given as data by
+/// whoever composes the router (`crate::server`), so this module knows no handler.
+#[derive(Debug, Clone, Default)]
 pub struct HttpRoutes {
-    pub bosh: String,
-    pub websocket: String,
+    pub paths: Vec<(String, Route)>,
 }
 
 impl HttpRoutes {
     fn classify(&self, matched: Option<&str>) -> Route {
-        match matched {
-            Some(p) if p == self.bosh => Route::Bosh,
-            Some(p) if p == self.websocket => Route::WebSocket,
-            Some(crate::hostmeta::XRD_PATH) => Route::HostMeta,
-            Some(crate::hostmeta::JRD_PATH) => Route::HostMetaJson,
-            Some(crate::front_page::PATH | crate::front_page::JS_PATH | crate::front_page::CSS_PATH | crate::front_page::ICON_PATH) => {
-                Route::FrontPage
-            }
-            _ => Route::Other,
-        }
+        let Some(m) = matched else { return Route::Other };
+        self.paths.iter().find(|(p, _)| p == m).map_or(Route::Other, |(_, r)| *r)
     }
 }
 

@@ -18,7 +18,7 @@ use axum::extract::ws::Message;
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::xml::{ns, Frame, Framer, Limits};
 
 /// Run one passthrough session over `io` (already decrypted).

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::Config;
 
 type LogLevelHook = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;

@@ -8,139 +8,25 @@ use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use crate::live::Live;
 use crate::Config;
 
-/// Everything a request handler needs; shared by all transports.
-pub struct AppState {
-    /// The configuration in force and what is built from it; replaced whole on a reload.
-    live: std::sync::RwLock<Arc<Live>>,
-    /// One token per served domain, children of `shutdown`: cancelled when a reload stops
-    /// serving the domain, so its sessions end with `host-gone`.
-    domains: std::sync::Mutex<std::collections::HashMap<String, CancellationToken>>,
-    /// Cancelled on SIGTERM: transports stop taking new sessions and end live ones.
-    pub shutdown: CancellationToken,
-    /// Every session task is spawned on this tracker so the drain can wait for them.
-    pub tracker: TaskTracker,
-    /// Live BOSH sessions.
-    pub bosh: crate::bosh::Registry,
-    /// Session admission limits (total, per IP, rate), shared by all transports.
-    pub admission: Arc<crate::limits::Admission>,
-    /// The public listeners' certificate, when `[http.tls]` is set.
-    pub certs: Option<Arc<crate::front::tls::CertStore>>,
-    /// This replica's place in a cluster, when `[cluster] secret_file` is set.
-    pub cluster: Option<Arc<crate::cluster::Cluster>>,
-    /// When the drain began (set by the first session that sees it; cluster mode spreads
-    /// session ends from here).
-    drain_started: std::sync::OnceLock<tokio::time::Instant>,
-}
-
-impl AppState {
-    pub fn new(config: Arc<Config>) -> Result<Arc<AppState>, crate::config::ConfigError> {
-        let live = Live::new(config.clone())?;
-        let cluster = crate::cluster::Cluster::from_config(&config.cluster, config.bosh.max_wait)?.map(Arc::new);
-        if cluster.is_some() {
-            crate::metrics::metrics().cluster_on();
-        }
-        Ok(Arc::new(AppState {
-            cluster,
-            drain_started: std::sync::OnceLock::new(),
-            live: std::sync::RwLock::new(Arc::new(live)),
-            domains: Default::default(),
-            shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-            bosh: crate::bosh::Registry::new(),
-            admission: crate::limits::Admission::new(config.limits.clone(), config.http.trusted_proxies.is_empty()),
-            certs: if config.http.tls.cert_file.is_empty() {
-                None
-            } else {
-                Some(crate::front::tls::CertStore::load(&config.http.tls)?)
-            },
-        }))
-    }
-
-    /// The configuration in force (read per request; a reload swaps it).
-    pub fn config(&self) -> Arc<Config> {
-        self.live().config.clone()
-    }
-
-    /// The upstream context of the configuration in force.
-    pub fn upstream(&self) -> Arc<crate::upstream::Upstream> {
-        self.live().upstream.clone()
-    }
-
-    /// The trusted proxies of the configuration in force.
-    pub fn trusted(&self) -> Arc<crate::front::Trusted> {
-        self.live().trusted.clone()
-    }
-
-    pub fn live(&self) -> Arc<Live> {
-        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// A token that is cancelled when the process drains or when a reload stops serving
-    /// `domain` (tell the two apart with `shutdown.is_cancelled()`).
-    pub fn domain_token(&self, domain: &str) -> CancellationToken {
-        let mut d = self.domains.lock().unwrap_or_else(|e| e.into_inner());
-        d.entry(domain.to_ascii_lowercase()).or_insert_with(|| self.shutdown.child_token()).clone()
-    }
-
-    /// Put `new` in force (live reload): settings that cannot change in a running process keep
-    /// their values (their names are returned), admission limits apply at once, and sessions
-    /// of domains no longer served end with `host-gone`. Nothing changes when `new` cannot be
-    /// built (its reason is the error).
-    pub fn replace_config(&self, mut new: Config) -> Result<Vec<&'static str>, crate::config::ConfigError> {
-        let old = self.config();
-        let fixed = crate::live::keep_fixed(&old, &mut new);
-        let new = Arc::new(new);
-        let live = Live::new(new.clone())?;
-        self.admission.set_limits(new.limits.clone(), new.http.trusted_proxies.is_empty());
-        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
-        let mut d = self.domains.lock().unwrap_or_else(|e| e.into_inner());
-        d.retain(|domain, token| {
-            let keep = new.serves(domain);
-            if !keep {
-                info!(domain = %domain, "domain no longer served: its sessions end with host-gone");
-                token.cancel();
-            }
-            keep
-        });
-        Ok(fixed)
-    }
-
-    /// In cluster mode, when a draining session with this `jitter` (any random `u32`, fixed
-    /// per session) is to end: its own point spread uniformly over the first 80 % of
-    /// `[drain] grace`, so thousands of clients do not reconnect in the same second and a
-    /// session keeps being served (forwarded requests too) until then. `None` outside cluster
-    /// mode: sessions end as soon as the drain begins.
-    pub fn drain_at(&self, jitter: u32) -> Option<tokio::time::Instant> {
-        self.cluster.as_ref()?;
-        let start = *self.drain_started.get_or_init(tokio::time::Instant::now);
-        let spread = Duration::from_secs(self.config().drain.grace).mul_f64(0.8);
-        Some(start + spread.mul_f64(f64::from(jitter) / f64::from(u32::MAX)))
-    }
-
-    /// How a draining process ends a session of `transport` (or refuses a new one):
-    /// `Redirect` to the peer in `[drain] redirect_url`, else `Shutdown`.
-    pub fn drain_error(&self, transport: crate::metrics::Transport) -> crate::Error {
-        let config = self.config();
-        match config.drain.redirects(&config.http) {
-            Some((bosh, _)) if transport == crate::metrics::Transport::Bosh => crate::Error::Redirect(bosh),
-            Some((_, ws)) => crate::Error::Redirect(ws),
-            None => crate::Error::Shutdown,
-        }
-    }
-}
+pub use crate::state::AppState;
 
 /// The public router: BOSH and WebSocket on their configured paths.
 pub fn public_router(state: Arc<AppState>) -> Router {
     let config = state.config();
     let c = &config.http;
     let bosh = get(crate::bosh::http::get).post(crate::bosh::http::post).options(crate::bosh::http::options);
-    let routes = Arc::new(crate::metrics::HttpRoutes { bosh: c.bosh_path.clone(), websocket: c.websocket_path.clone() });
+    use crate::metrics::Route;
+    let mut paths = vec![(c.bosh_path.clone(), Route::Bosh), (c.websocket_path.clone(), Route::WebSocket)];
+    paths.push((crate::hostmeta::XRD_PATH.into(), Route::HostMeta));
+    paths.push((crate::hostmeta::JRD_PATH.into(), Route::HostMetaJson));
+    for p in crate::front_page::PATHS {
+        paths.push((p.into(), Route::FrontPage));
+    }
+    let routes = Arc::new(crate::metrics::HttpRoutes { paths });
     Router::new()
         .route(&c.bosh_path, bosh)
         // `any`: WebSocket over HTTP/2 arrives as an extended CONNECT (RFC 8441), not a GET.

@@ -10,11 +10,11 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::oneshot;
 
 use super::body::{self, ResponseBody};
-use super::session::{Incoming, Reply};
+use super::exchange::{Incoming, Reply};
 use super::DEFAULT_CONTENT_TYPE;
 use crate::cluster::{Cluster, Owner};
 use crate::error::Error;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// POST on the BOSH path.
 pub async fn post(State(state): State<Arc<AppState>>, req: axum::extract::Request) -> Response {
@@ -75,7 +75,7 @@ async fn answer(state: &Arc<AppState>, bytes: bytes::Bytes, req: body::Request, 
             // The client IP after the trusted-proxy rules (front::client_ip), else the peer.
             let ip = client.map(|c| c.ip());
             let span = tracing::info_span!("client", ip = ip.map(tracing::field::display));
-            if let Err(e) = span.in_scope(|| state.bosh.create(state, inc, client)) {
+            if let Err(e) = span.in_scope(|| super::session::start(state, inc, client)) {
                 let status = match &e {
                     // Admission limits: 429 for this client, 503 for the whole process.
                     Error::TooMany { status, .. } => *status,
@@ -91,7 +91,7 @@ async fn answer(state: &Arc<AppState>, bytes: bytes::Bytes, req: body::Request, 
                 match c.owner(&sid, forwarded) {
                     Owner::Local => {}
                     Owner::Refused(why) => {
-                        crate::metrics::metrics().cluster_refused(why);
+                        crate::metrics::metrics().cluster_refused(why.as_str());
                         tracing::debug!(reason = why.as_str(), forwarded, "BOSH sid refused by the cluster rules");
                         return refusal(200, &Error::ItemNotFound("unknown sid"));
                     }
@@ -172,7 +172,7 @@ pub async fn from_peer(state: Arc<AppState>, f: crate::cluster::hop::Forwarded) 
 /// A peer failed the hop's authentication (counted; logged at most once per 10 s, so that
 /// whoever can reach the internal port cannot fill the log).
 pub fn hop_refused() {
-    crate::metrics::metrics().cluster_refused(crate::cluster::Refusal::HopAuth);
+    crate::metrics::metrics().cluster_refused(crate::cluster::Refusal::HopAuth.as_str());
     static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     if now >= LAST.load(std::sync::atomic::Ordering::Relaxed) + 10 {

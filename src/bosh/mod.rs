@@ -6,6 +6,7 @@
 //! failure to a terminate condition is [`crate::error::Error::bosh_condition`].
 
 pub mod body;
+pub mod exchange;
 pub mod http;
 pub mod registry;
 pub mod session;

@@ -29,26 +29,70 @@ use super::body::{Request, ResponseBody, VERSION};
 use super::window::{Class, Window};
 use crate::error::Error;
 use crate::relay;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::upstream::{self, Connection, OpenParams, UpstreamReader, UpstreamWriter};
 use crate::xml::{ns, Element, Frame};
 
-/// What the HTTP handler sends to a session: one request and where to put its answer.
-#[derive(Debug)]
-pub struct Incoming {
-    pub req: Request,
-    pub reply: oneshot::Sender<Reply>,
-    /// Length of the HTTP body, for `limits.client_bytes_per_sec`.
-    pub bytes: usize,
+pub use super::exchange::{Incoming, Reply};
+
+/// Check the creation policy and start the session task; the task answers `inc.reply`. On a
+/// refusal `inc` is dropped and the caller answers with the error.
+/// `client` is the client's address (IP after the trusted-proxy rules); its IP is what the
+/// admission limits count, and it goes to the upstream in the PROXY header when configured.
+pub fn start(state: &Arc<AppState>, inc: Incoming, client: Option<std::net::SocketAddr>) -> Result<(), Error> {
+    let ip = client.map(|c| c.ip());
+    if state.shutdown.is_cancelled() {
+        return Err(state.drain_error(crate::metrics::Transport::Bosh));
+    }
+    let cfg = state.config();
+    let domain = match inc.req.to.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
+        Some(d) => d.to_ascii_lowercase(),
+        None if !cfg.bosh.default_domain.is_empty() => cfg.bosh.default_domain.to_ascii_lowercase(),
+        None => return Err(Error::ImproperAddressing),
+    };
+    // Not an open relay: anything not served is refused before any DNS or TCP work.
+    if !cfg.serves(&domain) {
+        return Err(Error::HostUnknown);
+    }
+    // `route` is honoured only when allow-listed verbatim; any other value is host-unknown
+    // (BOSH-S-14, issue 5), before any DNS or TCP work.
+    let route = match inc.req.route.as_deref() {
+        None => None,
+        Some(r) => match allowed_route(&cfg.upstream.allow_route, r) {
+            Some(t) => Some(t),
+            None => {
+                tracing::info!(route = r, "BOSH route not in upstream.allow_route: host-unknown");
+                return Err(Error::HostUnknown);
+            }
+        },
+    };
+    let permit = state.admission.admit(ip)?;
+    let (tx, rx) = mpsc::channel(super::registry::SESSION_QUEUE);
+    // In a cluster the sid names this replica (crate::cluster::sid).
+    let sid = state.bosh.insert_new(|| state.cluster.as_ref().map_or_else(super::registry::new_sid, |cl| cl.mint()), tx);
+    let mut params = Params::negotiate(sid, &inc.req, &cfg.bosh, domain);
+    params.route = route;
+    params.open.client = client;
+    let st = state.clone();
+    // One span per session; the caller's span (client IP) is its parent.
+    let span = tracing::info_span!("session", transport = "bosh", sid = %short(&params.sid));
+    let session = async move {
+        // The admission slot is held for the session's whole life.
+        let _permit = permit;
+        Session::run(st, params, inc, rx).await
+    };
+    state.tracker.spawn(tracing::Instrument::instrument(session, span));
+    Ok(())
 }
 
-/// An HTTP answer for one request.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub status: u16,
-    /// Shared with the rid window's cache when the response is cached.
-    pub body: Bytes,
-    pub content_type: HeaderValue,
+/// `xmpp:host:port` when it is on the allow-list, as a STARTTLS target. Never parsed as a URI.
+pub fn allowed_route(allow: &[String], route: &str) -> Option<crate::upstream::Target> {
+    if !allow.iter().any(|a| a == route) {
+        return None;
+    }
+    let rest = route.strip_prefix("xmpp:")?;
+    let (host, port) = crate::config::split_host_port(rest)?;
+    Some(crate::upstream::Target { host, port, direct_tls: false, trusted: true })
 }
 
 /// After the client acknowledged less than we answered, how old the oldest unacknowledged
@@ -900,8 +944,19 @@ mod tests {
 
     /// Idle sessions stay small: the task's future lives as long as the session.
     #[test]
+    fn routes_only_when_allow_listed() {
+        let allow = vec!["xmpp:127.0.0.1:5222".to_string()];
+        let t = allowed_route(&allow, "xmpp:127.0.0.1:5222").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 5222));
+        for r in ["xmpp:127.0.0.1:22", "xmpp:169.254.169.254:80", "http://127.0.0.1:5222", "127.0.0.1:5222"] {
+            assert!(allowed_route(&allow, r).is_none(), "{r}");
+        }
+        assert!(allowed_route(&["bogus".into()], "bogus").is_none());
+    }
+
+    #[test]
     fn session_future_size() {
-        let state = crate::server::AppState::new(std::sync::Arc::new(crate::Config::default())).unwrap();
+        let state = crate::state::AppState::new(std::sync::Arc::new(crate::Config::default())).unwrap();
         let req = parse(b"<body xmlns='http://jabber.org/protocol/httpbind' rid='1' to='x'/>", &Default::default()).unwrap();
         let p = Params::negotiate("sid".into(), &req, &crate::config::Bosh::default(), "x".into());
         let (tx, _rx) = oneshot::channel();

@@ -92,6 +92,9 @@ pub enum HopError {
 }
 
 impl HopError {
+    /// Every value of the `result` label, `ok` included.
+    pub const RESULTS: [&'static str; 4] = ["ok", "connect_failed", "lost", "refused"];
+
     pub fn result(&self) -> &'static str {
         match self {
             HopError::Connect(_) => "connect_failed",

@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 
 pub use client_ip::{ClientInfo, Trusted};
 
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// What every connection of one listener shares.
 #[derive(Clone)]

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::config::WebSocket as WsConfig;
 use crate::metrics::Transport;
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// The RFC 7395 subprotocol name.
 pub const SUBPROTOCOL: &str = "xmpp";

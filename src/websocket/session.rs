@@ -17,7 +17,7 @@ use super::message::{self, Framing, Inbound, OpenRequest, Reply};
 use crate::error::Error;
 use crate::metrics::{metrics, Direction, SessionGuard, Transport};
 use crate::relay;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::upstream::{self, OpenParams, UpstreamReader, UpstreamWriter};
 use crate::xml::{ns, Element, Frame, Limits, XmlError};
 

@@ -274,7 +274,7 @@ impl futures_util::Sink<axum::extract::ws::Message> for NullSocket {
 /// its whole life) must not be sized by rare states such as connecting.
 #[test]
 fn session_future_is_small() {
-    let state = crate::server::AppState::new(std::sync::Arc::new(crate::Config::default())).unwrap();
+    let state = crate::state::AppState::new(std::sync::Arc::new(crate::Config::default())).unwrap();
     let fut = super::session::Session::new(NullSocket, state, crate::metrics::Transport::WebSocket).run();
     let size = std::mem::size_of_val(&fut);
     eprintln!("session future: {size} bytes");
