@@ -244,6 +244,9 @@ pub struct Upstream {
     /// multicast addresses (`upstream::resolve::refused_address`). Off: such
     /// targets are refused (SSRF guard). Static routes are trusted either way.
     pub allow_private_targets: bool,
+    /// DNS servers ("ip:port") for SRV and address lookups instead of the system's
+    /// (`/etc/resolv.conf`); its options and search domains still apply. Empty: the system's.
+    pub resolver: Vec<String>,
 }
 
 /// `upstream.proxy_protocol`.
@@ -268,6 +271,7 @@ impl Default for Upstream {
             max_stanza_bytes: 262_144,
             proxy_protocol: ProxyProtocol::Off,
             allow_private_targets: false,
+            resolver: Vec::new(),
         }
     }
 }
@@ -514,6 +518,11 @@ impl Config {
                 return err(format!("upstream.routes.\"{d}\": '{target}' is not host:port"));
             }
         }
+        for r in &self.upstream.resolver {
+            if r.parse::<SocketAddr>().map_or(true, |a| a.port() == 0) {
+                return err(format!("upstream.resolver: '{r}' is not an ip:port name server (e.g. \"10.0.0.2:53\", \"[2001:db8::53]:53\")"));
+            }
+        }
         if !self.upstream.ca_file.is_empty() && !Path::new(&self.upstream.ca_file).is_file() {
             return err(format!("upstream.ca_file: '{}' is not a readable file", self.upstream.ca_file));
         }
@@ -640,6 +649,9 @@ mod tests {
             ("[upstream]\ntls = 'sometimes'\n", "tls"),
             ("[upstream.routes]\n'x' = 'no-port'\n", "upstream.routes"),
             ("[bosh]\nunknown_key = 1\n", "unknown_key"),
+            ("[upstream]\nresolver = ['dns.example:53']\n", "upstream.resolver"),
+            ("[upstream]\nresolver = ['10.0.0.2']\n", "upstream.resolver"),
+            ("[upstream]\nresolver = ['10.0.0.2:0']\n", "upstream.resolver"),
         ];
         for (toml, want) in cases {
             figment::Jail::expect_with(|jail| {

@@ -18,10 +18,13 @@
 //! - [`front_page`]: `GET /`, what this endpoint is and a browser test of the network.
 //! - [`reload`]: live configuration reload (SIGHUP, a changed file); [`live`]: the
 //!   configuration in force and what is built from it.
+//! - [`check`]: `xmpp-cm check`, the operator's walk of a session's upstream path (over
+//!   `upstream`'s observer) and of the front's certificate and settings.
 //! - [`config`], [`error`], [`metrics`], [`shutdown`]: the ground floor.
 
 pub mod admin;
 pub mod bosh;
+pub mod check;
 pub mod cluster;
 pub mod config;
 pub mod error;

@@ -1,22 +1,47 @@
 //! `xmpp-cm --config FILE [--check-config]`: load the layered configuration (exit 64 with a
 //! one-line reason when it is bad), set up logging, bind, serve until SIGTERM, drain, exit 0.
+//! `xmpp-cm check DOMAIN | --front [--json]`: `xmpp_cm::check` (exit 0, 1, or 64).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(version, about = "XMPP connection manager: BOSH and WebSocket in front of any XMPP server")]
 struct Cli {
     /// TOML configuration file; built-in defaults apply without it. Environment variables
     /// XMPP_CM_<SECTION>__<KEY> override both.
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     /// Validate the configuration and exit (0 ok, 64 bad).
     #[arg(long)]
     check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Walk the path a session to DOMAIN would take (route, SSRF guard, TCP, PROXY header,
+    /// stream, STARTTLS/TLS, certificate, features), one line per step, then a verdict.
+    /// Exit 0: a session would work; 1: it would not; 64: bad configuration.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    /// The XMPP domain to check (as a client would ask for it).
+    #[arg(required_unless_present = "front")]
+    domain: Option<String>,
+    /// Check the public side instead (or as well): [http.tls] certificate files, names,
+    /// expiry, key match, http.public_url, and the per-IP limits behind a proxy.
+    #[arg(long)]
+    front: bool,
+    /// Print one JSON document (steps with name, ok, warning, ms, detail; verdict; exit).
+    #[arg(long)]
+    json: bool,
 }
 
 /// mimalloc: the relay's hot paths allocate many small, short-lived buffers (parsed stanzas,
@@ -56,6 +81,10 @@ const EX_CONFIG: i32 = 64;
 fn main() {
     tune_allocator();
     let cli = Cli::parse();
+    if let Some(Command::Check(args)) = cli.command {
+        let opts = xmpp_cm::check::Options { config_file: cli.config, domain: args.domain, front: args.front, json: args.json };
+        std::process::exit(xmpp_cm::check::run(&opts));
+    }
     let config = match xmpp_cm::Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {

@@ -4,9 +4,11 @@
 //! `_xmpp-client` → domain:5222), opens TCP with a timeout, negotiates STARTTLS (or direct TLS
 //! for `_xmpps-client` targets) with verified certificates ([`tls`]), and returns a
 //! [`Connection`] whose stream is open and whose first post-TLS `<stream:features/>` has been
-//! read. Nothing here knows which transport the client uses.
+//! read. Nothing here knows which transport the client uses. [`connect_observed`] is the same
+//! walk, reporting each step to an [`observe::Observer`] (`xmpp-cm check`).
 
 pub mod connect;
+pub mod observe;
 pub mod proxy;
 pub mod resolve;
 pub mod tls;
@@ -14,7 +16,7 @@ pub mod tls;
 #[cfg(test)]
 mod tests;
 
-pub use connect::{connect, connect_via, Connection, UpstreamReader, UpstreamWriter};
+pub use connect::{connect, connect_observed, connect_via, Connection, UpstreamReader, UpstreamWriter};
 pub use resolve::Target;
 
 /// What the client asked for when opening (or restarting) the stream.
@@ -44,23 +46,53 @@ pub struct Upstream {
 
 impl Upstream {
     /// Builds the TLS configs (a bad `ca_file` is a [`ConfigError`](crate::config::ConfigError))
-    /// and the resolver (system config; defaults when `/etc/resolv.conf` is unusable).
+    /// and the resolver (`upstream.resolver`, else the system config; defaults when
+    /// `/etc/resolv.conf` is unusable).
     pub fn new(config: std::sync::Arc<crate::Config>) -> Result<Self, crate::config::ConfigError> {
         let tls = tls::build(&config.upstream.ca_file)?;
-        Ok(Upstream { config, tls, resolver: new_resolver() })
+        let resolver = new_resolver(&config.upstream.resolver)?;
+        Ok(Upstream { config, tls, resolver })
+    }
+
+    /// [`Upstream::new`], but the TLS configs also record each certificate verification
+    /// ([`tls::build_observed`]), for `xmpp-cm check`. Not for sessions: one shared slot.
+    pub fn new_observed(config: std::sync::Arc<crate::Config>) -> Result<Self, crate::config::ConfigError> {
+        let tls = tls::build_observed(&config.upstream.ca_file)?;
+        let resolver = new_resolver(&config.upstream.resolver)?;
+        Ok(Upstream { config, tls, resolver })
     }
 }
 
-fn new_resolver() -> hickory_resolver::TokioAsyncResolver {
-    use hickory_resolver::config::{LookupIpStrategy, ResolverConfig, ResolverOpts};
-    let (conf, mut opts) = match hickory_resolver::system_conf::read_system_conf() {
+/// The system resolver configuration, with its name servers replaced by `servers`
+/// (`upstream.resolver`, "ip:port", each asked over UDP and TCP) when there are any; options
+/// and search domains stay the system's.
+fn new_resolver(servers: &[String]) -> Result<hickory_resolver::TokioAsyncResolver, crate::config::ConfigError> {
+    use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, Protocol, ResolverConfig, ResolverOpts};
+    let (mut conf, mut opts) = match hickory_resolver::system_conf::read_system_conf() {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(error = %e, "system resolver configuration unusable; using defaults");
+            if servers.is_empty() {
+                tracing::warn!(error = %e, "system resolver configuration unusable; using defaults");
+            }
             (ResolverConfig::default(), ResolverOpts::default())
         }
     };
+    if !servers.is_empty() {
+        let mut own = ResolverConfig::from_parts(conf.domain().cloned(), conf.search().to_vec(), Vec::new());
+        for s in servers {
+            let addr: std::net::SocketAddr = s.parse().map_err(|_| {
+                crate::config::ConfigError(format!("upstream.resolver: '{s}' is not an ip:port"))
+            })?;
+            for protocol in [Protocol::Udp, Protocol::Tcp] {
+                let mut ns = NameServerConfig::new(addr, protocol);
+                // As for resolv.conf servers: a negative answer from one does not stop the others.
+                ns.trust_negative_responses = false;
+                own.add_name_server(ns);
+            }
+        }
+        conf = own;
+    }
     // UP-04: every A and AAAA address of a target is tried, so ask for both.
     opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-    hickory_resolver::TokioAsyncResolver::tokio(conf, opts)
+    Ok(hickory_resolver::TokioAsyncResolver::tokio(conf, opts))
 }

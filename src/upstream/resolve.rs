@@ -1,7 +1,8 @@
 //! Finding where to connect: static route → SRV (`_xmpps-client._tcp` direct TLS and
 //! `_xmpp-client._tcp` STARTTLS, merged in priority/weight order) → the domain on port 5222.
 //!
-//! The DNS part is thin ([`resolve`]); the decisions live in the pure [`plan`] and
+//! The DNS part is thin ([`resolve`]; [`explain`] also keeps the SRV answers and where the
+//! targets came from, for `xmpp-cm check`); the decisions live in the pure [`plan`] and
 //! [`order_srv`], tested with tables. Resolving each target's host to addresses is left to
 //! [`super::connect`], which tries every address of a target before the next one (UP-04).
 //!
@@ -16,6 +17,7 @@
 //!   their targets fail there is no such fallback (UP-06): the list simply does not contain it.
 
 use hickory_resolver::error::ResolveErrorKind;
+use hickory_resolver::proto::op::ResponseCode;
 
 use crate::error::{ConnectKind, Error};
 
@@ -46,10 +48,58 @@ pub struct Srv {
 /// Default port of `_xmpp-client` (RFC 6120 §3.2.2 fallback).
 pub const DEFAULT_PORT: u16 = 5222;
 
+/// Where a session's targets came from ([`Resolution::source`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `upstream.routes` names the domain: used as written, no DNS query (UP-02).
+    Static,
+    /// An allow-listed BOSH `route` ([`super::connect_via`]).
+    Given,
+    /// SRV records (`_xmpps-client` and `_xmpp-client` merged).
+    Srv,
+    /// No SRV record at all: the domain itself on [`DEFAULT_PORT`] (UP-07).
+    Fallback,
+}
+
+/// One SRV query and what came of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrvAnswer {
+    /// The query name, fully qualified (`_xmpp-client._tcp.example.org.`).
+    pub name: String,
+    /// The records as answered (empty when there were none).
+    pub records: Vec<Srv>,
+    /// Why there are no records ("no records (NXDOMAIN)", a timeout…); `None` when answered.
+    pub failure: Option<String>,
+}
+
+/// Everything [`resolve`] decided, and why: what `xmpp-cm check` prints as its route step and
+/// what [`super::connect`] walks.
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    pub source: Source,
+    /// Both SRV answers, `_xmpps-client` first; empty for static and given routes.
+    pub srv: Vec<SrvAnswer>,
+    /// The ordered targets, or the `Dns` error that ends the session here.
+    pub targets: Result<Vec<Target>, Error>,
+}
+
+impl Resolution {
+    /// A route the caller chose (an allow-listed BOSH `route`).
+    pub fn given(target: Target) -> Resolution {
+        Resolution { source: Source::Given, srv: Vec::new(), targets: Ok(vec![target]) }
+    }
+}
+
 /// Ordered targets for `domain`. Errors are `Connect { kind: Dns }`.
 pub async fn resolve(ctx: &super::Upstream, domain: &str) -> Result<Vec<Target>, Error> {
+    explain(ctx, domain).await.targets
+}
+
+/// [`resolve`], keeping the route's source and the SRV answers it was decided from.
+pub async fn explain(ctx: &super::Upstream, domain: &str) -> Resolution {
     if let Some((host, port)) = ctx.config.route_for(domain) {
-        return Ok(vec![Target { host, port, direct_tls: false, trusted: true }]);
+        let targets = Ok(vec![Target { host, port, direct_tls: false, trusted: true }]);
+        return Resolution { source: Source::Static, srv: Vec::new(), targets };
     }
     let domain = domain.trim_end_matches('.');
     // A fully-qualified query name, so resolv.conf search domains are never appended.
@@ -59,32 +109,46 @@ pub async fn resolve(ctx: &super::Upstream, domain: &str) -> Result<Vec<Target>,
         ctx.resolver.srv_lookup(xmpps_name.as_str()),
         ctx.resolver.srv_lookup(xmpp_name.as_str())
     );
-    let xmpps = srv_answer(&xmpps_name, xmpps);
-    let xmpp = srv_answer(&xmpp_name, xmpp);
-    plan(domain, &xmpps, &xmpp, &mut random_below)
+    let xmpps = srv_answer(xmpps_name, xmpps);
+    let xmpp = srv_answer(xmpp_name, xmpp);
+    let targets = plan(domain, &xmpps.records, &xmpp.records, &mut random_below);
+    let source = if usable(&xmpps.records) + usable(&xmpp.records) == 0 { Source::Fallback } else { Source::Srv };
+    Resolution { source, srv: vec![xmpps, xmpp], targets }
 }
 
 /// SRV lookup result → records; any failure (NXDOMAIN, NODATA, timeout, SERVFAIL) counts as
 /// "no answer" (UP-07), logged at debug when it is more than the usual "no records".
 fn srv_answer(
-    name: &str,
+    name: String,
     r: Result<hickory_resolver::lookup::SrvLookup, hickory_resolver::error::ResolveError>,
-) -> Vec<Srv> {
+) -> SrvAnswer {
     match r {
-        Ok(lookup) => lookup
-            .iter()
-            .map(|s| Srv {
-                priority: s.priority(),
-                weight: s.weight(),
-                port: s.port(),
-                target: srv_target(&s.target().to_ascii()),
-            })
-            .collect(),
+        Ok(lookup) => {
+            let records: Vec<Srv> = lookup
+                .iter()
+                .map(|s| Srv {
+                    priority: s.priority(),
+                    weight: s.weight(),
+                    port: s.port(),
+                    target: srv_target(&s.target().to_ascii()),
+                })
+                .collect();
+            let failure = records.is_empty().then(|| "no records".to_string());
+            SrvAnswer { name, records, failure }
+        }
         Err(e) => {
-            if !matches!(e.kind(), ResolveErrorKind::NoRecordsFound { .. }) {
-                tracing::debug!(query = name, error = %e, "SRV lookup failed; treated as no records");
-            }
-            Vec::new()
+            let failure = match e.kind() {
+                ResolveErrorKind::NoRecordsFound { response_code, .. } => match *response_code {
+                    ResponseCode::NXDomain => "no such name (NXDOMAIN)".to_string(),
+                    ResponseCode::NoError => "no records (NODATA)".to_string(),
+                    other => format!("no records ({other})"),
+                },
+                _ => {
+                    tracing::debug!(query = name, error = %e, "SRV lookup failed; treated as no records");
+                    format!("lookup failed, treated as no records: {e}")
+                }
+            };
+            SrvAnswer { name, records: Vec::new(), failure: Some(failure) }
         }
     }
 }
@@ -102,6 +166,14 @@ fn srv_target(name: &str) -> String {
 /// Does this record set say "service deliberately absent" (a lone `.` target)?
 fn absent(records: &[Srv]) -> bool {
     records.len() == 1 && records[0].target == "."
+}
+
+/// How many records [`plan`] would use from one set (none when the set says "absent").
+fn usable(records: &[Srv]) -> usize {
+    if absent(records) {
+        return 0;
+    }
+    records.iter().filter(|r| srv_target(&r.target) != ".").count()
 }
 
 /// The pure decision: SRV answers (empty = no answer) → ordered targets, or a `Dns` error when

@@ -657,3 +657,61 @@ async fn ssrf_guard_refuses_dns_learned_private_targets_but_not_config_ones() {
     let learned = [Target { host: "127.0.0.1".into(), port: addr.port(), direct_tls: false, trusted: false }];
     assert!(connect_targets(&up, &params(), &learned, Duration::from_secs(5)).await.is_ok());
 }
+
+/// Records what an observed connect reports, as short names.
+#[derive(Default)]
+struct Steps(std::sync::Mutex<Vec<String>>);
+
+impl super::observe::Observer for Steps {
+    fn step(&self, _took: Duration, what: super::observe::What<'_>) {
+        use super::observe::What;
+        let s = match what {
+            What::Route(r) => format!("route {:?}", r.source),
+            What::Skipped { .. } => "skipped".into(),
+            What::Addresses { result, .. } => format!("addresses {:?}", result.map(|a| a.len())),
+            What::Guard { decision, .. } => format!("guard bypassed={}", decision.bypassed.is_some()),
+            What::Tcp { result, .. } => format!("tcp {}", result.is_ok()),
+            What::ProxyHeader { len, result, .. } => format!("proxy {len} {}", result.is_ok()),
+            What::StreamOpen { secure, result } => format!("open secure={secure} {}", result.is_ok()),
+            What::StartTls(r) => format!("starttls {r:?}"),
+            What::Tls { result, verification, .. } => {
+                format!("tls {} verified={:?}", result.is_ok(), verification.map(|v| v.result.is_ok()))
+            }
+        };
+        self.0.lock().unwrap().push(s);
+    }
+}
+
+#[tokio::test]
+async fn observed_connect_reports_each_step_in_order() {
+    // Plaintext with a v1 PROXY header.
+    let (addr, _task) = proxy_fake().await;
+    let up = with_proxy(upstream(addr, TlsMode::None, None, 5), crate::config::ProxyProtocol::V1);
+    let seen = Steps::default();
+    let c = super::connect_observed(&up, &params(), None, &seen).await.unwrap();
+    drop(c);
+    assert_eq!(
+        *seen.0.lock().unwrap(),
+        [
+            "route Static",
+            "addresses Ok(1)",
+            "guard bypassed=true",
+            "tcp true",
+            "proxy 15 true",
+            "open secure=false true",
+            "starttls Ok(Disabled)"
+        ]
+    );
+
+    // STARTTLS with a certificate for another name: the recording verifier saw the rejection.
+    let pki = Pki::new();
+    let tls = pki.server("other.test", true);
+    let (addr, _task) = fake(move |s| starttls_script(s, tls)).await;
+    let mut up = upstream(addr, TlsMode::Required, Some(pki.ca_file.path()), 5);
+    up.tls = super::tls::build_observed(pki.ca_file.path().to_str().unwrap()).unwrap();
+    let seen = Steps::default();
+    let r = super::connect_observed(&up, &params(), None, &seen).await;
+    assert_connect_kind(r, ConnectKind::Tls);
+    let steps = seen.0.lock().unwrap();
+    assert_eq!(steps[steps.len() - 3..], ["open secure=false true", "starttls Ok(Proceeded)", "tls false verified=Some(false)"]);
+}

@@ -4,13 +4,22 @@
 //! one for STARTTLS and one identical but offering ALPN `xmpp-client` for XEP-0368 direct TLS.
 //! The name checked against the certificate is always the XMPP domain (RFC 6125, done by the
 //! webpki verifier); choosing that name is the caller's job ([`super::connect`]).
+//!
+//! [`build_observed`] builds the same configs with the same verifier wrapped in one that also
+//! keeps what it was shown and what it decided ([`Verification`]), for `xmpp-cm check`: a
+//! failed handshake otherwise leaves nothing of the server's chain to look at.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::{ClientConfig, RootCertStore};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::config::ConfigError;
 
@@ -24,6 +33,92 @@ pub struct TlsConfigs {
     pub starttls: Arc<ClientConfig>,
     /// For `_xmpps-client` targets: the same trust, plus ALPN `xmpp-client`.
     pub direct: Arc<ClientConfig>,
+    /// Only from [`build_observed`]: the last verification either config made.
+    pub seen: Option<Arc<Seen>>,
+}
+
+/// What the certificate verifier was shown and decided, for one handshake.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    /// The server's chain as sent: end entity first, then the intermediates.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The name checked (the XMPP domain).
+    pub server_name: String,
+    /// The webpki verifier's verdict against the configured trust.
+    pub result: Result<(), rustls::Error>,
+    /// Time the verification took.
+    pub took: Duration,
+}
+
+/// The slot a recording verifier writes into; [`Seen::take`] empties it. One slot is enough:
+/// `check` makes one handshake at a time.
+#[derive(Debug, Default)]
+pub struct Seen(Mutex<Option<Verification>>);
+
+impl Seen {
+    pub fn take(&self) -> Option<Verification> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// The session verifier, unchanged, plus a copy of what it saw into [`Seen`].
+#[derive(Debug)]
+struct Recording {
+    inner: Arc<WebPkiServerVerifier>,
+    seen: Arc<Seen>,
+}
+
+impl ServerCertVerifier for Recording {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let t0 = Instant::now();
+        let r = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+        let chain = std::iter::once(end_entity).chain(intermediates).map(|c| c.clone().into_owned()).collect();
+        let v = Verification {
+            chain,
+            server_name: server_name.to_str().into_owned(),
+            result: r.as_ref().map(|_| ()).map_err(Clone::clone),
+            took: t0.elapsed(),
+        };
+        *self.seen.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+        r
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
+    }
+
+    fn root_hint_subjects(&self) -> Option<&[rustls::DistinguishedName]> {
+        self.inner.root_hint_subjects()
+    }
 }
 
 impl std::fmt::Debug for TlsConfigs {
@@ -36,6 +131,15 @@ impl std::fmt::Debug for TlsConfigs {
 /// certificate in it is trusted as well, and a file that cannot be read, holds a malformed PEM
 /// block or no certificate at all is a configuration error with a one-line reason.
 pub fn build(ca_file: &str) -> Result<TlsConfigs, ConfigError> {
+    build_with(ca_file, false)
+}
+
+/// [`build`], with the verifier recording into [`TlsConfigs::seen`] (for `xmpp-cm check`).
+pub fn build_observed(ca_file: &str) -> Result<TlsConfigs, ConfigError> {
+    build_with(ca_file, true)
+}
+
+fn build_with(ca_file: &str, observed: bool) -> Result<TlsConfigs, ConfigError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if !ca_file.is_empty() {
@@ -46,14 +150,23 @@ pub fn build(ca_file: &str) -> Result<TlsConfigs, ConfigError> {
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
+    // What `with_root_certificates` would build, made explicitly so `check` can wrap it.
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| ConfigError(format!("upstream TLS: {e}")))?;
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| ConfigError(format!("upstream TLS: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .map_err(|e| ConfigError(format!("upstream TLS: {e}")))?;
+    let (config, seen) = if observed {
+        let seen = Arc::new(Seen::default());
+        let recording = Arc::new(Recording { inner: verifier, seen: seen.clone() });
+        (builder.dangerous().with_custom_certificate_verifier(recording).with_no_client_auth(), Some(seen))
+    } else {
+        (builder.with_webpki_verifier(verifier).with_no_client_auth(), None)
+    };
     let mut direct = config.clone();
     direct.alpn_protocols = vec![ALPN_XMPP_CLIENT.to_vec()];
-    Ok(TlsConfigs { starttls: Arc::new(config), direct: Arc::new(direct) })
+    Ok(TlsConfigs { starttls: Arc::new(config), direct: Arc::new(direct), seen })
 }
 
 fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {

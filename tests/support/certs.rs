@@ -1,7 +1,9 @@
 //! A throw-away CA and a server certificate it signs, made with the `openssl` CLI (installed
 //! alongside Prosody). The leaf is CA:FALSE on purpose: rustls refuses a CA certificate presented
 //! as a server's own, which is what a bare `openssl req -x509` would give. P-256 keys keep
-//! generation in the milliseconds even when many tests start servers at once.
+//! generation in the milliseconds even when many tests start servers at once. [`MintCa`] makes
+//! CAs and certificates in-process with rcgen, for the odd ones a test needs (expired, for
+//! another name, a key that matches nothing).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -84,4 +86,76 @@ impl TestCa {
         std::fs::write(p("server.pem"), pem).expect("write server.pem");
         TestCa { ca_cert: p("ca.crt"), cert: p("server.crt"), key: p("server.key"), combined: p("server.pem") }
     }
+}
+
+/// Which validity period [`MintCa::leaf`] gives a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    /// 2024-01-01 to 2100-01-01.
+    Current,
+    /// 2020-01-01 to 2021-01-01: expired.
+    Expired,
+}
+
+/// A throw-away CA made in-process with rcgen, for certificates a test shapes itself (expired,
+/// for another name, with a key that does not match), where [`TestCa`] always makes one good
+/// server certificate. Files are PEM; keys PKCS#8 (P-256).
+pub struct MintCa {
+    dir: PathBuf,
+    /// The CA certificate (PEM), for `upstream.ca_file`.
+    pub ca_cert: PathBuf,
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl MintCa {
+    /// A CA called `name`, its files under `dir`.
+    pub fn new(dir: &Path, name: &str) -> MintCa {
+        std::fs::create_dir_all(dir).expect("create cert dir");
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = p.self_signed(&key).expect("self-sign CA");
+        let ca_cert = dir.join(format!("{}-ca.crt", file_name(name)));
+        std::fs::write(&ca_cert, cert.pem()).expect("write CA certificate");
+        MintCa { dir: dir.to_path_buf(), ca_cert, cert, key }
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses, the first also its CN),
+    /// signed by this CA: (`<file>.crt`, `<file>.key`).
+    pub fn leaf(&self, file: &str, names: &[&str], validity: Validity) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().expect("leaf key");
+        let mut p = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("leaf params");
+        if let Some(first) = names.first() {
+            p.distinguished_name.push(rcgen::DnType::CommonName, *first);
+        }
+        p.is_ca = rcgen::IsCa::ExplicitNoCa;
+        p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let (from, to) = match validity {
+            Validity::Current => ((2024, 1, 1), (2100, 1, 1)),
+            Validity::Expired => ((2020, 1, 1), (2021, 1, 1)),
+        };
+        p.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+        p.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
+        let cert = p.signed_by(&key, &self.cert, &self.key).expect("sign leaf");
+        let (crt, pem_key) = (self.dir.join(format!("{file}.crt")), self.dir.join(format!("{file}.key")));
+        std::fs::write(&crt, cert.pem()).expect("write leaf certificate");
+        std::fs::write(&pem_key, key.serialize_pem()).expect("write leaf key");
+        (crt, pem_key)
+    }
+
+    /// A fresh private key that belongs to no certificate (`<file>.key`).
+    pub fn stray_key(&self, file: &str) -> PathBuf {
+        let path = self.dir.join(format!("{file}.key"));
+        std::fs::write(&path, rcgen::KeyPair::generate().expect("key").serialize_pem()).expect("write key");
+        path
+    }
+}
+
+fn file_name(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect()
 }
