@@ -49,13 +49,13 @@ pub enum Error {
     /// Unknown or expired sid, rid outside the window, response no longer cached, key mismatch.
     #[error("item not found: {0}")]
     ItemNotFound(&'static str),
-    /// Overactivity, too-frequent polling, oversize body, limit hit.
+    /// Overactivity, too-frequent polling, oversize or slow body: which rule ([`Policy`]).
     #[error("policy violation: {0}")]
-    PolicyViolation(&'static str),
+    PolicyViolation(Policy),
     /// An admission limit refused a new session: `what` names the limit, `status` is the HTTP
     /// status for a request that has no session yet (429 per client, 503 for the whole process).
-    #[error("limit reached: {what}")]
-    TooMany { what: &'static str, status: u16 },
+    #[error("limit reached: {}", what.as_str())]
+    TooMany { what: AdmissionLimit, status: u16 },
     /// `to` missing.
     #[error("improper addressing")]
     ImproperAddressing,
@@ -85,6 +85,10 @@ pub enum Error {
     /// The upstream connection broke (EOF without close, reset, bad XML).
     #[error("upstream connection lost: {0}")]
     UpstreamLost(String),
+    /// The server sent an element larger than `upstream.max_stanza_bytes`: a configured limit
+    /// (the client hears `policy-violation`), caused by the server.
+    #[error("a stanza from the server is larger than upstream.max_stanza_bytes")]
+    UpstreamTooLarge,
 
     // ---- ours
     #[error("shutting down")]
@@ -107,7 +111,7 @@ impl Error {
             BadRequest(_) | ClientXml(_) | ItemNotFound(_) | PolicyViolation(_) | TooMany { .. }
             | ImproperAddressing | HostUnknown | ClientTerminate | ClientGone
             | ClientStream { .. } => Side::Client,
-            Connect { .. } | UpstreamStreamError(_) | UpstreamClosed | UpstreamLost(_) => {
+            Connect { .. } | UpstreamStreamError(_) | UpstreamClosed | UpstreamLost(_) | UpstreamTooLarge => {
                 Side::Upstream
             }
             Shutdown | Redirect(_) | HostGone | Internal(_) => Side::Internal,
@@ -139,6 +143,7 @@ impl Error {
             UpstreamStreamError(_) => "upstream_stream_error",
             UpstreamClosed => "upstream_closed",
             UpstreamLost(_) => "upstream_lost",
+            UpstreamTooLarge => "upstream_too_large",
             Shutdown => "shutdown",
             Redirect(_) => "shutdown_redirect",
             HostGone => "host_gone",
@@ -152,7 +157,7 @@ impl Error {
         match self {
             BadRequest(_) | ClientXml(_) => Some("bad-request"),
             ItemNotFound(_) => Some("item-not-found"),
-            PolicyViolation(_) | TooMany { .. } => Some("policy-violation"),
+            PolicyViolation(_) | TooMany { .. } | UpstreamTooLarge => Some("policy-violation"),
             ImproperAddressing => Some("improper-addressing"),
             HostUnknown => Some("host-unknown"),
             ClientTerminate | ClientGone | UpstreamClosed => None,
@@ -179,7 +184,7 @@ impl Error {
             }
             ClientXml(_) => Some("not-well-formed"),
             ItemNotFound(_) => Some("undefined-condition"),
-            PolicyViolation(_) | TooMany { .. } => Some("policy-violation"),
+            PolicyViolation(_) | TooMany { .. } | UpstreamTooLarge => Some("policy-violation"),
             ImproperAddressing => Some("improper-addressing"),
             HostUnknown => Some("host-unknown"),
             ClientTerminate | UpstreamClosed => None,
@@ -192,6 +197,29 @@ impl Error {
             Redirect(_) => None,
             HostGone => Some("host-gone"),
             Internal(_) => Some("internal-server-error"),
+        }
+    }
+
+    /// The configured limit behind this error, if it is a limit hit at all: the one place
+    /// that knows which errors are (for `xmpp_cm_limit_hits_total{limit}`).
+    pub fn limit(&self) -> Option<Limit> {
+        use Error::*;
+        match self {
+            ClientXml(XmlError::TooLarge(_)) | UpstreamTooLarge => Some(Limit::StanzaSize),
+            ClientXml(XmlError::TooDeep(_) | XmlError::TooManyAttrs(_) | XmlError::NameTooLong(_)) => Some(Limit::XmlComplexity),
+            TooMany { what, .. } => Some(match what {
+                AdmissionLimit::Sessions => Limit::Sessions,
+                AdmissionLimit::SessionsPerIp => Limit::SessionsPerIp,
+                AdmissionLimit::SessionRate => Limit::SessionRate,
+            }),
+            PolicyViolation(p) => Some(match p {
+                Policy::BodyTooLarge => Limit::BodySize,
+                Policy::BodyTooSlow => Limit::BodyTimeout,
+                Policy::TooManyRequests => Limit::Requests,
+                Policy::PollingTooFrequently | Policy::EmptyRequestsTooFrequently => Limit::Polling,
+                Policy::RidRepeatedTooOften => Limit::RidRepeats,
+            }),
+            _ => None,
         }
     }
 
@@ -209,5 +237,107 @@ impl Error {
 impl From<XmlError> for Error {
     fn from(e: XmlError) -> Self {
         Error::ClientXml(e)
+    }
+}
+
+/// The rule a `PolicyViolation` broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// `bosh.max_body_bytes`.
+    BodyTooLarge,
+    /// `http.body_read_timeout`.
+    BodyTooSlow,
+    /// More simultaneous BOSH requests than `requests` (XEP-0124 §11).
+    TooManyRequests,
+    /// Empty polls of a polling session more often than `polling` (§12).
+    PollingTooFrequently,
+    /// Two empty requests sooner than `polling` while one is held (§11).
+    EmptyRequestsTooFrequently,
+    /// The same rid more often than `bosh.max_rid_repeats`.
+    RidRepeatedTooOften,
+}
+
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Policy::BodyTooLarge => "body too large",
+            Policy::BodyTooSlow => "request body too slow",
+            Policy::TooManyRequests => "too many simultaneous requests",
+            Policy::PollingTooFrequently => "polling too frequently",
+            Policy::EmptyRequestsTooFrequently => "empty requests too frequently",
+            Policy::RidRepeatedTooOften => "rid repeated too often",
+        })
+    }
+}
+
+/// Which admission limit refused a new session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmissionLimit {
+    /// `limits.max_sessions`.
+    Sessions,
+    /// `limits.max_sessions_per_ip`.
+    SessionsPerIp,
+    /// `limits.new_sessions_per_ip_per_sec`.
+    SessionRate,
+}
+
+impl AdmissionLimit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdmissionLimit::Sessions => "sessions",
+            AdmissionLimit::SessionsPerIp => "sessions_per_ip",
+            AdmissionLimit::SessionRate => "session_rate",
+        }
+    }
+}
+
+/// A configured limit that refused or ended something (the `limit` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `bosh.max_body_bytes`.
+    BodySize,
+    /// `upstream.max_stanza_bytes` / `websocket.max_message_bytes`.
+    StanzaSize,
+    /// XML depth, attribute count or name length caps of the parser.
+    XmlComplexity,
+    /// More simultaneous BOSH requests than `requests`.
+    Requests,
+    /// Empty BOSH polls more often than `polling`.
+    Polling,
+    /// The same rid repeated more than `bosh.max_rid_repeats`.
+    RidRepeats,
+    /// `limits.max_sessions`.
+    Sessions,
+    /// `limits.max_sessions_per_ip`.
+    SessionsPerIp,
+    /// `limits.new_sessions_per_ip_per_sec`.
+    SessionRate,
+    /// `http.tls.handshake_timeout`.
+    TlsHandshake,
+    /// `http.body_read_timeout`.
+    BodyTimeout,
+    /// `limits.max_queued_bytes` (upstream reads paused for a slow client).
+    QueuedBytes,
+    /// `limits.client_bytes_per_sec` (client reads paused for a fast one).
+    ClientRate,
+}
+
+impl Limit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::BodySize => "body_size",
+            Limit::StanzaSize => "stanza_size",
+            Limit::XmlComplexity => "xml_complexity",
+            Limit::Requests => "requests",
+            Limit::Polling => "polling",
+            Limit::RidRepeats => "rid_repeats",
+            Limit::Sessions => "sessions",
+            Limit::SessionsPerIp => "sessions_per_ip",
+            Limit::SessionRate => "session_rate",
+            Limit::TlsHandshake => "tls_handshake",
+            Limit::BodyTimeout => "body_timeout",
+            Limit::QueuedBytes => "queued_bytes",
+            Limit::ClientRate => "client_rate",
+        }
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 
 use crate::config::Limits;
-use crate::error::Error;
+use crate::error::{AdmissionLimit, Error};
 
 #[derive(Debug)]
 pub struct Admission {
@@ -86,7 +86,7 @@ impl Admission {
         let prev = self.total.fetch_add(1, Ordering::AcqRel);
         if max > 0 && prev >= max {
             self.total.fetch_sub(1, Ordering::AcqRel);
-            return Err(Error::TooMany { what: "sessions", status: 503 });
+            return Err(Error::TooMany { what: AdmissionLimit::Sessions, status: 503 });
         }
         let Some(ip) = ip.map(client_key) else { return Ok(Permit { adm: self.clone(), ip: None }) };
         if let Err(e) = self.take_token(ip, l.new_sessions_per_ip_per_sec) {
@@ -100,7 +100,7 @@ impl Admission {
             drop(n);
             self.total.fetch_sub(1, Ordering::AcqRel);
             self.explain(ip, "limits.max_sessions_per_ip", &l);
-            return Err(Error::TooMany { what: "sessions_per_ip", status: 429 });
+            return Err(Error::TooMany { what: AdmissionLimit::SessionsPerIp, status: 429 });
         }
         *n += 1;
         Ok(Permit { adm: self.clone(), ip: Some(ip) })
@@ -117,7 +117,7 @@ impl Admission {
         let tokens = (tokens + now.duration_since(last).as_secs_f64() * cap).min(cap);
         if tokens < 1.0 {
             *e = (tokens, now);
-            return Err(Error::TooMany { what: "session_rate", status: 429 });
+            return Err(Error::TooMany { what: AdmissionLimit::SessionRate, status: 429 });
         }
         *e = (tokens - 1.0, now);
         drop(e);

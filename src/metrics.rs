@@ -48,7 +48,6 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::error::{ConnectKind, Error};
-use crate::xml::XmlError;
 use crate::Side;
 
 /// Which client transport a session uses.
@@ -86,84 +85,7 @@ impl Direction {
     }
 }
 
-/// A configured limit that refused or ended something.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Limit {
-    /// `bosh.max_body_bytes`.
-    BodySize,
-    /// `upstream.max_stanza_bytes` / `websocket.max_message_bytes`.
-    StanzaSize,
-    /// XML depth, attribute count or name length caps of the parser.
-    XmlComplexity,
-    /// More simultaneous BOSH requests than `requests`.
-    Requests,
-    /// Empty BOSH polls more often than `polling`.
-    Polling,
-    /// The same rid repeated more than `bosh.max_rid_repeats`.
-    RidRepeats,
-    /// `limits.max_sessions`.
-    Sessions,
-    /// `limits.max_sessions_per_ip`.
-    SessionsPerIp,
-    /// `limits.new_sessions_per_ip_per_sec`.
-    SessionRate,
-    /// `http.tls.handshake_timeout`.
-    TlsHandshake,
-    /// `http.body_read_timeout`.
-    BodyTimeout,
-    /// `limits.max_queued_bytes` (upstream reads paused for a slow client).
-    QueuedBytes,
-    /// `limits.client_bytes_per_sec` (client reads paused for a fast one).
-    ClientRate,
-    /// Any other policy violation.
-    Other,
-}
-
-impl Limit {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Limit::BodySize => "body_size",
-            Limit::StanzaSize => "stanza_size",
-            Limit::XmlComplexity => "xml_complexity",
-            Limit::Requests => "requests",
-            Limit::Polling => "polling",
-            Limit::RidRepeats => "rid_repeats",
-            Limit::Sessions => "sessions",
-            Limit::SessionsPerIp => "sessions_per_ip",
-            Limit::SessionRate => "session_rate",
-            Limit::TlsHandshake => "tls_handshake",
-            Limit::BodyTimeout => "body_timeout",
-            Limit::QueuedBytes => "queued_bytes",
-            Limit::ClientRate => "client_rate",
-            Limit::Other => "other",
-        }
-    }
-
-    /// The limit behind `err`, if it is a limit at all. The one place that knows which
-    /// errors are limit hits.
-    pub fn of(err: &Error) -> Option<Limit> {
-        match err {
-            Error::ClientXml(XmlError::TooLarge(_)) => Some(Limit::StanzaSize),
-            Error::ClientXml(XmlError::TooDeep(_) | XmlError::TooManyAttrs(_) | XmlError::NameTooLong(_)) => {
-                Some(Limit::XmlComplexity)
-            }
-            Error::TooMany { what, .. } => Some(match *what {
-                "sessions" => Limit::Sessions,
-                "sessions_per_ip" => Limit::SessionsPerIp,
-                _ => Limit::SessionRate,
-            }),
-            Error::PolicyViolation(why) => Some(match *why {
-                "body too large" => Limit::BodySize,
-                "too many simultaneous requests" => Limit::Requests,
-                "polling too frequently" | "empty requests too frequently" => Limit::Polling,
-                "rid repeated too often" => Limit::RidRepeats,
-                "request body too slow" => Limit::BodyTimeout,
-                _ => Limit::Other,
-            }),
-            _ => None,
-        }
-    }
-}
+pub use crate::error::Limit;
 
 /// The matched route of an HTTP request (never the raw URI).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -472,7 +394,7 @@ impl Metrics {
     /// A creation request (or an answer before any session existed) failed with `err`:
     /// counts limit hits, and refusals of new sessions.
     pub fn pre_session(&self, transport: Transport, err: &Error) {
-        if let Some(limit) = Limit::of(err) {
+        if let Some(limit) = err.limit() {
             self.limit_hit(limit);
         }
         if matches!(err, Error::Shutdown | Error::HostUnknown | Error::ImproperAddressing | Error::TooMany { .. }) {
@@ -558,7 +480,7 @@ impl SessionGuard {
     pub fn end(&mut self, err: &Error) {
         if self.ended.is_none() {
             self.ended = Some((err.side(), err.kind()));
-            if let Some(limit) = Limit::of(err) {
+            if let Some(limit) = err.limit() {
                 self.m.limit_hit(limit);
             }
         }
@@ -667,7 +589,7 @@ mod tests {
             g.end(&Error::ClientTerminate);
             g.end(&Error::Internal("later".into()));
         }
-        drop(m.session_started(Transport::WebSocket).tap_end(&Error::PolicyViolation("too many simultaneous requests")));
+        drop(m.session_started(Transport::WebSocket).tap_end(&Error::PolicyViolation(crate::error::Policy::TooManyRequests)));
         let text = m.encode();
         for line in [
             "xmpp_cm_sessions_created_total{transport=\"bosh\"} 1",
@@ -692,7 +614,7 @@ mod tests {
         m.stanza(Direction::ToUpstream);
         m.bytes(Direction::ToClient, 42);
         m.pre_session(Transport::Bosh, &Error::Shutdown);
-        m.pre_session(Transport::Bosh, &Error::PolicyViolation("body too large"));
+        m.pre_session(Transport::Bosh, &Error::PolicyViolation(crate::error::Policy::BodyTooLarge));
         let text = m.encode();
         for line in [
             "xmpp_cm_upstream_connect_duration_seconds_count 1",

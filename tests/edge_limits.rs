@@ -732,7 +732,22 @@ async fn oversized_stanza_from_upstream_is_refused() {
     eprintln!("alice got {err}");
     assert!(err.contains("policy-violation"), "{err}");
     assert!(rest.iter().all(|m| !m.contains("wwwwwwww")), "the oversized message was delivered");
+    // Counted once, under stanza_size, and the session's end is the server's doing (issue 15:
+    // it was counted again as `other` and labelled side="client").
     assert_eq!(limit_hits(&small, "stanza_size").await - before, 1.0);
+    let ended = "xmpp_cm_sessions_ended_total{transport=\"websocket\",side=\"upstream\",condition=\"upstream_too_large\"} 1";
+    let t0 = Instant::now();
+    let m = loop {
+        // The session is counted as ended once its task is over (after the goodbye).
+        let m = http_request("GET", &format!("{}/metrics", small.admin_url()), &[], b"", T).await.unwrap().body;
+        if m.contains(ended) || t0.elapsed() > T {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(m.contains(ended), "{m}");
+    let hits: Vec<&str> = m.lines().filter(|l| l.starts_with("xmpp_cm_limit_hits_total{")).collect();
+    assert_eq!(hits, vec!["xmpp_cm_limit_hits_total{limit=\"stanza_size\"} 1"], "{m}");
     carol.ping(d, "ping-carol-after-big").await;
     bob.ping(d, "ping-bob-after-big").await;
 }

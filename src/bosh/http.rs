@@ -13,7 +13,7 @@ use super::body::{self, ResponseBody};
 use super::exchange::{Incoming, Reply};
 use super::DEFAULT_CONTENT_TYPE;
 use crate::cluster::{Cluster, Owner};
-use crate::error::Error;
+use crate::error::{Error, Policy};
 use crate::state::AppState;
 
 /// POST on the BOSH path.
@@ -27,7 +27,7 @@ pub async fn post(State(state): State<Arc<AppState>>, req: axum::extract::Reques
     // Refuse early on the declared length; the limit below also stops chunked bodies (HTTP-15).
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
-        return pre_session(413, &Error::PolicyViolation("body too large"), cors);
+        return pre_session(413, &Error::PolicyViolation(Policy::BodyTooLarge), cors);
     }
     if let Some(enc) = headers.get(header::CONTENT_ENCODING) {
         if !enc.as_bytes().eq_ignore_ascii_case(b"identity") {
@@ -43,9 +43,9 @@ pub async fn post(State(state): State<Arc<AppState>>, req: axum::extract::Reques
     let body_wait = std::time::Duration::from_secs(config.http.body_read_timeout);
     let bytes = match tokio::time::timeout(body_wait, axum::body::to_bytes(body, max)).await {
         Ok(Ok(b)) => b,
-        Ok(Err(_)) => return pre_session(413, &Error::PolicyViolation("body too large"), cors),
+        Ok(Err(_)) => return pre_session(413, &Error::PolicyViolation(Policy::BodyTooLarge), cors),
         // Slowloris on the body: give up on this request; the session (if any) is untouched.
-        Err(_) => return pre_session(408, &Error::PolicyViolation("request body too slow"), cors),
+        Err(_) => return pre_session(408, &Error::PolicyViolation(Policy::BodyTooSlow), cors),
     };
     let l = &config.limits;
     let limits = crate::limits::client_xml(l, max);

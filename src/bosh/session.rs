@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use super::body::{Request, ResponseBody, VERSION};
 use super::window::{Class, Window};
-use crate::error::Error;
+use crate::error::{Error, Policy};
 use crate::relay;
 use crate::state::AppState;
 use crate::upstream::{self, Connection, OpenParams, UpstreamReader, UpstreamWriter};
@@ -585,7 +585,7 @@ impl Session {
             self.repeats = (rid, 1);
         }
         if self.repeats.1 > self.config.bosh.max_rid_repeats {
-            self.end(Error::PolicyViolation("rid repeated too often"), None).await;
+            self.end(Error::PolicyViolation(Policy::RidRepeatedTooOften), None).await;
         }
     }
 
@@ -596,13 +596,13 @@ impl Session {
         let pending = self.held.len() + self.parked.len() + usize::from(!self.parked.contains_key(&req.rid));
         let extra = u64::from(req.terminate || req.pause.is_some());
         if pending as u64 > self.p.requests + extra {
-            return Err(Error::PolicyViolation("too many simultaneous requests"));
+            return Err(Error::PolicyViolation(Policy::TooManyRequests));
         }
         if req.is_empty() && !req.terminate && req.pause.is_none() && !req.restart {
             let now = Instant::now();
             if self.p.polling_session() {
                 if self.last_empty_poll.is_some_and(|t| now.duration_since(t) < self.p.polling) {
-                    return Err(Error::PolicyViolation("polling too frequently"));
+                    return Err(Error::PolicyViolation(Policy::PollingTooFrequently));
                 }
             } else if pending as u64 == self.p.requests
                 // In rid order the newest request is a parked one when any is parked: then the
@@ -610,7 +610,7 @@ impl Session {
                 && self.parked.range(req.rid + 1..).next().is_none()
                 && self.prev_new.is_some_and(|(t, empty)| empty && now.duration_since(t) < self.p.polling)
             {
-                return Err(Error::PolicyViolation("empty requests too frequently"));
+                return Err(Error::PolicyViolation(Policy::EmptyRequestsTooFrequently));
             }
         }
         Ok(())

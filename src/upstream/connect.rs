@@ -696,9 +696,9 @@ impl UpstreamReader {
         self.failed = Some(why.clone());
         if too_large {
             // upstream.max_stanza_bytes in the server-to-client direction: a limit, so the
-            // client hears policy-violation, not a connection failure.
-            crate::metrics::metrics().limit_hit(crate::metrics::Limit::StanzaSize);
-            return Error::PolicyViolation("stanza from the server too large");
+            // client hears policy-violation, not a connection failure; the server caused it
+            // (counted once, as stanza_size, where the session ends: Error::limit).
+            return Error::UpstreamTooLarge;
         }
         Error::UpstreamLost(why)
     }
