@@ -53,7 +53,7 @@ pub async fn post(State(state): State<Arc<AppState>>, req: axum::extract::Reques
         Ok(r) => r,
         Err(e) => return pre_session(200, &e, cors),
     };
-    let client = crate::upstream::proxy::client_addr(&ext);
+    let client = crate::front::client_ip::client_addr(&ext);
     drop((headers, ext, config));
     respond(answer(&state, bytes, req, client, false).await, cors)
 }

@@ -92,6 +92,19 @@ fn parse_node(s: &str) -> Option<IpAddr> {
     inner.parse::<IpAddr>().ok().map(canonical)
 }
 
+/// The client address an HTTP request stands for: the client IP after the trusted-proxy rules
+/// ([`ClientInfo`]), with the TCP peer's port when that IP is the peer itself and port 0
+/// when it came from a forwarding header (which carries no port); the TCP peer when there is
+/// no `ClientInfo`; `None` when neither is known.
+pub fn client_addr(ext: &axum::http::Extensions) -> Option<SocketAddr> {
+    let peer = ext.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
+    match (ext.get::<ClientInfo>().map(|c| c.ip), peer) {
+        (Some(ip), Some(p)) if ip == p.ip().to_canonical() => Some(SocketAddr::new(ip, p.port())),
+        (Some(ip), _) => Some(SocketAddr::new(ip, 0)),
+        (None, p) => p,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +143,23 @@ mod tests {
             assert_eq!(c.ip.to_string(), want, "{hdrs:?}");
             assert_eq!(c.secure, secure, "{hdrs:?}");
         }
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn client_addr_prefers_client_info() {
+        use axum::extract::ConnectInfo;
+        let peer = sa("127.0.0.1:40000");
+        let mut ext = axum::http::Extensions::new();
+        assert_eq!(client_addr(&ext), None);
+        ext.insert(ConnectInfo(peer));
+        assert_eq!(client_addr(&ext), Some(peer));
+        ext.insert(ClientInfo { ip: "192.0.2.55".parse().unwrap(), secure: false });
+        assert_eq!(client_addr(&ext), Some(sa("192.0.2.55:0")));
+        ext.insert(ClientInfo { ip: peer.ip(), secure: false });
+        assert_eq!(client_addr(&ext), Some(peer));
     }
 }

@@ -87,19 +87,6 @@ pub fn v2(client: Option<SocketAddr>, upstream: SocketAddr) -> Vec<u8> {
     out
 }
 
-/// The client address an HTTP request stands for: the client IP after the trusted-proxy rules
-/// (`front::ClientInfo`), with the TCP peer's port when that IP is the peer itself and port 0
-/// when it came from a forwarding header (which carries no port); the TCP peer when there is
-/// no `ClientInfo`; `None` when neither is known.
-pub fn client_addr(ext: &axum::http::Extensions) -> Option<SocketAddr> {
-    let peer = ext.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
-    match (ext.get::<crate::front::ClientInfo>().map(|c| c.ip), peer) {
-        (Some(ip), Some(p)) if ip == p.ip().to_canonical() => Some(SocketAddr::new(ip, p.port())),
-        (Some(ip), _) => Some(SocketAddr::new(ip, 0)),
-        (None, p) => p,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,19 +157,5 @@ mod tests {
     fn v2_unknown_client_is_local_command() {
         let got = v2(None, a("127.0.0.1:5222"));
         assert_eq!(got, [&V2_SIGNATURE[..], &[0x20, 0x00, 0x00, 0x00]].concat());
-    }
-
-    #[test]
-    fn client_addr_prefers_client_info() {
-        use axum::extract::ConnectInfo;
-        let peer = a("127.0.0.1:40000");
-        let mut ext = axum::http::Extensions::new();
-        assert_eq!(client_addr(&ext), None);
-        ext.insert(ConnectInfo(peer));
-        assert_eq!(client_addr(&ext), Some(peer));
-        ext.insert(crate::front::ClientInfo { ip: "192.0.2.55".parse().unwrap(), secure: false });
-        assert_eq!(client_addr(&ext), Some(a("192.0.2.55:0")));
-        ext.insert(crate::front::ClientInfo { ip: peer.ip(), secure: false });
-        assert_eq!(client_addr(&ext), Some(peer));
     }
 }

@@ -39,7 +39,7 @@ pub async fn handler(State(state): State<Arc<AppState>>, ext: axum::http::Extens
     if let Err((status, reason)) = check_handshake(&headers, &state.config().websocket) {
         return (status, reason).into_response();
     }
-    let client = crate::upstream::proxy::client_addr(&ext);
+    let client = crate::front::client_ip::client_addr(&ext);
     let ip = client.map(|c| c.ip());
     let permit = match state.admission.admit(ip) {
         Ok(p) => p,
