@@ -1,5 +1,5 @@
 //! The PROXY protocol header (HAProxy's spec, versions 1 and 2) that tells the upstream server
-//! the client's real address (`upstream.proxy_protocol`), and which client address that is.
+//! the client's real address (`upstream.proxy_protocol`).
 //!
 //! The header is the first thing written on the upstream TCP connection, before the stream
 //! header and before STARTTLS or direct TLS. Source = the client (after the trusted-proxy
