@@ -337,7 +337,7 @@ pub struct Cluster {
     pub advertise: String,
     /// The only addresses ever dialled for a forward; `advertise` must be inside.
     pub peer_cidrs: Vec<String>,
-    /// Dial plus HTTP/2 handshake to an owner, in milliseconds; an owner that is gone gives the
+    /// Dial plus the hop's handshake to an owner, in milliseconds; an owner that is gone gives the
     /// client `item-not-found` within this.
     pub connect_timeout_ms: u64,
 }

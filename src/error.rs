@@ -1,7 +1,7 @@
 //! The one error type every session end is expressed in, with the side that caused it and a
-//! closed `kind`. [`Error::bosh_condition`], [`Error::stream_condition`] and [`Error::kind`] are
-//! the *only* places where a failure is mapped to a BOSH terminate condition, a WebSocket stream
-//! error and a metric label.
+//! closed `kind`. [`Error::bosh_condition`], [`Error::stream_condition`], [`Error::kind`] and
+//! [`Error::limit`] are the *only* places where a failure is mapped to a BOSH terminate
+//! condition, a WebSocket stream error, a metric label and the configured limit it hit.
 
 use crate::xml::{Element, XmlError};
 

@@ -2,12 +2,17 @@
 //!
 //! Clients speak BOSH (XEP-0124 + XEP-0206) or XMPP over WebSocket (RFC 7395) to xmpp-cm; for
 //! each client session xmpp-cm opens one ordinary client-to-server TCP stream (RFC 6120) to an
-//! unmodified upstream XMPP server. See `ARCHITECTURE.md` in the repository.
+//! unmodified upstream XMPP server. `ARCHITECTURE.md` in the repository traces a request
+//! through these modules; `python3 scripts/deps.py` checks that their imports only point down.
 //!
-//! Module map (layers only point down):
-//! - [`server`]: binds the public and admin listeners, builds the routers, drains on shutdown.
+//! Module map (top layer first):
+//! - [`server`]: binds the public, admin and cluster listeners, composes the routers, drains.
+//! - [`front`]: the public edge: accept, TLS, HTTP/1.1 (lean loop) or hyper, or Direct TLS;
+//!   the client address after the trusted-proxy rules ([`front::client_ip`]).
+//! - [`state`]: what every transport shares ([`state::AppState`]).
 //! - [`bosh`]: the BOSH transport (body parser, rid window, session task, registry, HTTP handler).
-//! - [`websocket`]: the RFC 7395 transport (and legacy `<stream:stream>` framing).
+//! - [`websocket`]: the RFC 7395 transport (and legacy `<stream:stream>` framing);
+//!   [`passthrough`]: XEP-0368 Direct TLS clients, relayed through the WebSocket session.
 //! - [`cluster`]: several replicas sharing BOSH sessions: sids that name their owner, the
 //!   authenticated internal hop a non-owner forwards a request over.
 //! - [`relay`]: every rewrite of what crosses the proxy, shared by all transports.
@@ -20,7 +25,8 @@
 //!   configuration in force and what is built from it.
 //! - [`check`]: `xmpp-cm check`, the operator's walk of a session's upstream path (over
 //!   `upstream`'s observer) and of the front's certificate and settings.
-//! - [`config`], [`error`], [`metrics`], [`shutdown`]: the ground floor.
+//! - [`config`], [`error`], [`metrics`], [`limits`] (admission, the client rate, the client-side
+//!   XML limits), [`shutdown`]: the ground floor, with [`xml`] and [`relay`].
 
 pub mod admin;
 pub mod bosh;

@@ -1,7 +1,9 @@
 //! Admission limits for new sessions, shared by every transport: sessions in total, sessions per
 //! client IP, and new sessions per client IP per second (a token bucket). A [`Permit`] is held
 //! by the session task for its whole life; dropping it gives the slot back. And [`Throttle`], the
-//! per-session byte rate of what a client sends (`limits.client_bytes_per_sec`).
+//! per-session byte rate of what a client sends (`limits.client_bytes_per_sec`); [`client_xml`],
+//! the one constructor of the client-side XML limits; [`client_key`], what per-IP limits count
+//! under (an IPv6 /64).
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,7 +36,7 @@ pub struct Permit {
 
 impl Admission {
     /// `no_trusted_proxies`: `http.trusted_proxies` is empty, so a proxy in front is the
-    /// "client" of all its users (see [`Admission::explain`]).
+    /// "client" of all its users (see `Admission::explain`).
     pub fn new(cfg: Limits, no_trusted_proxies: bool) -> Arc<Admission> {
         Arc::new(Admission {
             cfg: std::sync::RwLock::new(AdmissionLimits::of(&cfg, no_trusted_proxies)),

@@ -1,7 +1,7 @@
 //! Every Prometheus metric xmpp-cm exports, in one registry, with closed label sets only.
 //!
 //! Names are prefixed `xmpp_cm_`. Label values come from the small enums below ([`Transport`],
-//! [`Direction`], [`Limit`], [`Route`]) or from [`Error::kind`] / [`ConnectKind::as_str`], which
+//! [`Direction`], [`Route`]), from [`Limit`] (`error.rs`'s, re-exported) or from [`Error::kind`] / [`ConnectKind::as_str`], which
 //! are closed sets too; a sid, JID, IP or free-text error never becomes a label. Transports call
 //! the small methods on [`Metrics`] through the process-wide [`metrics()`]; the admin listener
 //! ([`crate::admin`]) encodes the registry as OpenMetrics text. Grafana's dashboard

@@ -1,7 +1,8 @@
 //! Every rewrite of what crosses the proxy, in one place, for every transport: feature
 //! filtering (starttls, compression, `*-PLUS`, channel binding), XEP-0198 `location` stripping,
 //! and namespace normalisation of client stanzas, plus the bounces owed to senders when a
-//! client is gone. Transports (bosh/, websocket.rs) call these functions; framing and
+//! client is gone. Transports (bosh/, websocket/, and Direct TLS through the WebSocket session) call these
+//! functions; framing and
 //! serialization stay in `xml`.
 
 use crate::xml::{ns, Element, Node};

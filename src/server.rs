@@ -1,5 +1,5 @@
-//! Builds the public router (BOSH, WebSocket) and the admin router, binds the listeners, and
-//! drains on shutdown. `serve` takes already-bound listeners so tests can bind port 0.
+//! Composes the public router (BOSH, WebSocket, host-meta, the front page) and the admin router,
+//! binds the listeners (public, admin, the cluster's internal one), and drains on shutdown. `serve` takes already-bound listeners so tests can bind port 0.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use crate::Config;
 
 pub use crate::state::AppState;
 
-/// The public router: BOSH and WebSocket on their configured paths.
+/// The public router: BOSH and WebSocket on their configured paths, host-meta, the front page.
 pub fn public_router(state: Arc<AppState>) -> Router {
     let config = state.config();
     let c = &config.http;

@@ -1,4 +1,5 @@
-//! SIGTERM / SIGINT → the shared CancellationToken; SIGHUP is left for certificate reloads.
+//! SIGTERM / SIGINT → the shared CancellationToken. (SIGHUP reloads: the configuration in
+//! `reload`, the public certificate in `front::tls`.)
 
 use tokio_util::sync::CancellationToken;
 

@@ -1,9 +1,11 @@
 //! BOSH (XEP-0124 + XEP-0206).
 //!
-//! A request flows: [`http`] (HTTP edge: CORS, size limit, status codes) → [`body`] (parse the
-//! `<body/>` wrapper) → [`registry`] (sid → session, creation policy) → [`session`] (one task per
-//! session: [`window`] orders rids, holds requests, talks to the upstream). The mapping of every
-//! failure to a terminate condition is [`crate::error::Error::bosh_condition`].
+//! A request flows: [`http`] (HTTP edge: CORS, size limit, status codes; which session answers:
+//! a new one, one of ours, or another replica's) → [`body`] (parse the `<body/>` wrapper) →
+//! [`session::start`] (creation policy, then the task) or [`registry`] (sid → the session's
+//! channel; [`exchange`] is what crosses it) → [`session`] (one task per session: [`window`]
+//! orders rids, holds requests, talks to the upstream). The mapping of every failure to a
+//! terminate condition is [`crate::error::Error::bosh_condition`].
 
 pub mod body;
 pub mod exchange;

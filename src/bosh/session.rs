@@ -160,7 +160,7 @@ impl Params {
                 lang: req.lang.clone().unwrap_or_else(|| "en".into()),
                 version: req.xmpp_version.clone().unwrap_or_else(|| "1.0".into()),
                 from: req.from.clone(),
-                // Set by the registry, which knows the HTTP request's client.
+                // Set by `start`, which knows the HTTP request's client.
                 client: None,
             },
             route: None,
@@ -243,7 +243,7 @@ pub struct Session {
 }
 
 impl Session {
-    /// Run a new session: `creation` is the session request, already validated by the registry.
+    /// Run a new session: `creation` is the session request, already validated by [`start`].
     pub async fn run(state: Arc<AppState>, p: Params, creation: Incoming, rx: mpsc::Receiver<Box<Incoming>>) {
         let now = Instant::now();
         let mut next_attrs: Vec<(&'static str, String)> = vec![

@@ -3,7 +3,8 @@
 //! A BOSH session's upstream TCP stream cannot move, so its owner never changes: the owner's
 //! internal address and process epoch are sealed into the sid ([`sid`]), and a replica that
 //! receives a request for a session it does not own forwards it over the internal hop
-//! ([`hop`]: pooled HTTP/2, authenticated with the shared key) and relays the owner's answer.
+//! ([`hop`]: one multiplexed TCP connection per owner, a framed protocol authenticated with
+//! the shared key) and relays the owner's answer.
 //! No shared store, no discovery: the sid says where to go, and only addresses inside
 //! `cluster.peer_cidrs` are ever dialled. WebSocket and Direct TLS connections are sticky by
 //! nature and never forwarded. Without `cluster.secret_file` none of this exists

@@ -5,8 +5,8 @@
 //! [`super::resolve`] in order, every address of a target before the next target, and on the
 //! first socket that completes stream negotiation returns a [`Connection`] holding the server's
 //! post-TLS header and features exactly as received (filtering them is `relay`'s job). The
-//! socket is then type-erased and split: [`UpstreamReader`] owns the framer and an 8 KiB read
-//! buffer, [`UpstreamWriter`] serializes elements. Bytes never leave this file and `xml`.
+//! socket is then type-erased and split: [`UpstreamReader`] owns the framer and reads through
+//! a per-thread buffer (a waiting reader holds none), [`UpstreamWriter`] serializes elements. Bytes never leave this file and `xml`.
 //! What happens to a failure (BOSH condition, WebSocket error, metric label) is `error.rs`'s.
 //! Every step is reported to an [`Observer`] as it is taken ([`connect_observed`]); sessions
 //! pass [`Quiet`], `xmpp-cm check` prints them.

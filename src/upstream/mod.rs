@@ -35,10 +35,11 @@ pub struct OpenParams {
     pub client: Option<std::net::SocketAddr>,
 }
 
-/// Shared, built once at startup: the config, the rustls client configs, the DNS resolver.
+/// Shared by sessions, built at startup and again on every configuration reload (`crate::live`):
+/// the config, the rustls client configs, the DNS resolver.
 pub struct Upstream {
     pub config: std::sync::Arc<crate::Config>,
-    /// STARTTLS and direct-TLS client configs; building them reads `ca_file`, so once only.
+    /// STARTTLS and direct-TLS client configs; building them reads `ca_file`, so once per configuration.
     pub tls: tls::TlsConfigs,
     /// One resolver (and so one cache) for every session, rather than one per connect.
     pub resolver: hickory_resolver::TokioAsyncResolver,

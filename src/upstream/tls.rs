@@ -1,4 +1,4 @@
-//! rustls client configuration for upstream connections, built once at startup: the webpki
+//! rustls client configuration for upstream connections, built with each configuration (startup, reload): the webpki
 //! roots plus every certificate in the optional `upstream.ca_file`, TLS 1.2 and 1.3, ring as the
 //! crypto provider (passed explicitly, so no process-global default is installed). Two configs:
 //! one for STARTTLS and one identical but offering ALPN `xmpp-client` for XEP-0368 direct TLS.
