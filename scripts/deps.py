@@ -22,7 +22,7 @@ LAYERS = [
     # What every transport shares.
     ["state.rs"],
     # Transports and the handlers of the public listeners; reload; the check command.
-    ["bosh/session.rs", "bosh/http.rs", "websocket/", "passthrough.rs", "hostmeta.rs", "front_page.rs",
+    ["bosh/session.rs", "bosh/http.rs", "websocket/", "passthrough.rs", "polling/", "hostmeta.rs", "front_page.rs",
      "reload.rs", "check/"],
     # The edge: accepting connections, TLS, choosing HTTP or passthrough; the admin listener.
     ["front/mod.rs", "front/h1.rs", "admin.rs"],

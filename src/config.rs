@@ -17,6 +17,7 @@ pub struct Config {
     pub admin: Admin,
     pub bosh: Bosh,
     pub websocket: WebSocket,
+    pub polling: Polling,
     pub upstream: Upstream,
     pub log: Log,
     pub drain: Drain,
@@ -205,6 +206,27 @@ impl Default for WebSocket {
             ping_timeout: 30,
             max_message_bytes: 262_144,
         }
+    }
+}
+
+/// `[polling]`: legacy HTTP polling (XEP-0025, obsolete), for old embedded clients only.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Polling {
+    /// Serve XEP-0025 on `path`. Off: the path is not routed (404).
+    pub enabled: bool,
+    /// Path of the polling endpoint; also the `path` of the `ID` cookie.
+    pub path: String,
+    /// Seconds without a request after which a session ends (XEP-0025 recommends at least 300:
+    /// its clients may wait two minutes between requests).
+    pub inactivity: u64,
+    /// Largest accepted HTTP request body (as `bosh.max_body_bytes`; larger: `-2:0`).
+    pub max_body_bytes: usize,
+}
+
+impl Default for Polling {
+    fn default() -> Self {
+        Polling { enabled: false, path: "/http-poll".into(), inactivity: 300, max_body_bytes: 262_144 }
     }
 }
 
@@ -501,6 +523,27 @@ impl Config {
         if self.bosh.max_body_bytes < 1024 {
             return err("bosh.max_body_bytes must be at least 1024".into());
         }
+        let pp = &self.polling.path;
+        if !pp.starts_with('/') || !pp.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b';' | b',')) {
+            return err(format!("polling.path: '{pp}' must start with '/' and hold no space, ';' or ','"));
+        }
+        if pp == &self.http.bosh_path || pp == &self.http.websocket_path {
+            return err("polling.path must differ from http.bosh_path and http.websocket_path".into());
+        }
+        if pp == "/" || pp.starts_with("/.well-known/") || pp.starts_with("/xmpp-cm/") {
+            // The front page, host-meta and the page's assets.
+            return err(format!("polling.path: '{pp}' is a path xmpp-cm serves itself"));
+        }
+        if self.polling.inactivity == 0 {
+            return err("polling.inactivity must be at least 1 second".into());
+        }
+        if self.polling.max_body_bytes < 1024 {
+            return err("polling.max_body_bytes must be at least 1024".into());
+        }
+        if self.polling.enabled && self.cluster.enabled() {
+            // An XEP-0025 identifier cannot name the replica that owns the session.
+            return err("polling.enabled: XEP-0025 polling is not available in cluster mode ([cluster] secret_file is set)".into());
+        }
         if self.upstream.max_stanza_bytes < 1024 {
             return err("upstream.max_stanza_bytes must be at least 1024".into());
         }
@@ -652,6 +695,12 @@ mod tests {
             ("[upstream]\nresolver = ['dns.example:53']\n", "upstream.resolver"),
             ("[upstream]\nresolver = ['10.0.0.2']\n", "upstream.resolver"),
             ("[upstream]\nresolver = ['10.0.0.2:0']\n", "upstream.resolver"),
+            ("[polling]\npath = 'http-poll'\n", "polling.path"),
+            ("[polling]\npath = '/http-bind'\n", "polling.path"),
+            ("[polling]\npath = '/'\n", "polling.path"),
+            ("[polling]\ninactivity = 0\n", "polling.inactivity"),
+            ("[polling]\nenabled = 'yes'\n", "enabled"),
+            ("[polling]\nunknown_key = 1\n", "unknown_key"),
         ];
         for (toml, want) in cases {
             figment::Jail::expect_with(|jail| {
@@ -707,5 +756,10 @@ mod tests {
         let mut off = Config::default();
         off.cluster.advertise = "nonsense".into();
         off.validate().unwrap();
+        // XEP-0025 polling has no sid that names a replica: refused with clustering on.
+        let mut polling = Config::default();
+        polling.polling.enabled = true;
+        polling.cluster = Cluster { secret_file: good.to_str().unwrap().into(), advertise: "10.1.2.3:5281".into(), peer_cidrs: vec!["10.0.0.0/8".into()], ..Cluster::default() };
+        assert!(polling.validate().unwrap_err().0.contains("cluster mode"));
     }
 }

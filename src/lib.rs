@@ -13,6 +13,7 @@
 //! - [`bosh`]: the BOSH transport (body parser, rid window, session task, registry, HTTP handler).
 //! - [`websocket`]: the RFC 7395 transport (and legacy `<stream:stream>` framing);
 //!   [`passthrough`]: XEP-0368 Direct TLS clients, relayed through the WebSocket session.
+//! - [`polling`]: legacy HTTP polling (XEP-0025, obsolete), served only with `[polling] enabled`.
 //! - [`cluster`]: several replicas sharing BOSH sessions: sids that name their owner, the
 //!   authenticated internal hop a non-owner forwards a request over.
 //! - [`relay`]: every rewrite of what crosses the proxy, shared by all transports.
@@ -41,6 +42,7 @@ pub mod limits;
 pub mod live;
 pub mod metrics;
 pub mod passthrough;
+pub mod polling;
 pub mod relay;
 pub mod reload;
 pub mod server;

@@ -44,6 +44,8 @@ pub fn keep_fixed(old: &Config, new: &mut Config) -> Vec<&'static str> {
         "http.listen" => http.listen,
         "http.bosh_path" => http.bosh_path,
         "http.websocket_path" => http.websocket_path,
+        "polling.enabled" => polling.enabled,
+        "polling.path" => polling.path,
         "http.tls" => http.tls,
         "admin.listen" => admin.listen,
         "cluster" => cluster,

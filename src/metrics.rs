@@ -9,8 +9,8 @@
 //!
 //! Exported (OpenMetrics names):
 //! - `xmpp_cm_build_info{version}` — always 1.
-//! - `xmpp_cm_sessions_active{transport}` — gauge; `transport` is `bosh`, `websocket` or `direct_tls`
-//!   (XEP-0368 passthrough).
+//! - `xmpp_cm_sessions_active{transport}` — gauge; `transport` is `bosh`, `websocket`, `direct_tls`
+//!   (XEP-0368 passthrough) or `polling` (XEP-0025).
 //! - `xmpp_cm_sessions_created_total{transport}`, `xmpp_cm_sessions_ended_total{transport,side,condition}`
 //!   (`condition` is [`Error::kind`]), `xmpp_cm_sessions_refused_total{transport,condition}`
 //!   (creation refused before a session existed: host-unknown, shutdown …).
@@ -57,6 +57,8 @@ pub enum Transport {
     WebSocket,
     /// XEP-0368 Direct TLS passthrough on the HTTPS port (`crate::passthrough`).
     DirectTls,
+    /// Legacy XEP-0025 HTTP polling (`crate::polling`).
+    Polling,
 }
 
 impl Transport {
@@ -65,6 +67,7 @@ impl Transport {
             Transport::Bosh => "bosh",
             Transport::WebSocket => "websocket",
             Transport::DirectTls => "direct_tls",
+            Transport::Polling => "polling",
         }
     }
 }
@@ -96,6 +99,8 @@ pub enum Route {
     HostMetaJson,
     /// `/` and its script, style and icon ([`crate::front_page`]).
     FrontPage,
+    /// `[polling] path` (XEP-0025), when enabled.
+    Polling,
     Other,
 }
 
@@ -107,6 +112,7 @@ impl Route {
             Route::HostMeta => "host_meta",
             Route::HostMetaJson => "host_meta_json",
             Route::FrontPage => "front_page",
+            Route::Polling => "polling",
             Route::Other => "other",
         }
     }

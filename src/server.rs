@@ -26,15 +26,22 @@ pub fn public_router(state: Arc<AppState>) -> Router {
     for p in crate::front_page::PATHS {
         paths.push((p.into(), Route::FrontPage));
     }
+    // XEP-0025 polling (obsolete) is routed only when enabled: off, its path is a 404.
+    let polling = &config.polling;
+    if polling.enabled {
+        paths.push((polling.path.clone(), Route::Polling));
+    }
     let routes = Arc::new(crate::metrics::HttpRoutes { paths });
-    Router::new()
+    let mut router = Router::new()
         .route(&c.bosh_path, bosh)
         // `any`: WebSocket over HTTP/2 arrives as an extended CONNECT (RFC 8441), not a GET.
         .route(&c.websocket_path, axum::routing::any(crate::websocket::handler))
         .merge(crate::hostmeta::routes())
-        .merge(crate::front_page::routes(c))
-        .layer(axum::middleware::from_fn_with_state(routes, crate::metrics::track_http))
-        .with_state(state)
+        .merge(crate::front_page::routes(c));
+    if polling.enabled {
+        router = router.route(&polling.path, crate::polling::route(&state));
+    }
+    router.layer(axum::middleware::from_fn_with_state(routes, crate::metrics::track_http)).with_state(state)
 }
 
 /// Serve the internal listener until `stop`: each peer's connection speaks the hop protocol
