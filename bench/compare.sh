@@ -367,7 +367,7 @@ done
 #   haproxy-1    HAProxy → one xmpp-cm with clustering on (same code path: every sid is sealed
 #                and opened, it just never names another replica, so nothing is forwarded)
 #   haproxy-3    HAProxy → three replicas: a request reaches its session's owner one time in
-#                three, the other two thirds take the internal HTTP/2 hop
+#                three, the other two thirds take the internal hop (src/cluster/hop.rs)
 #   haproxy-fwd  HAProxy → two of the three: the session-creation request (no sid= in its body)
 #                to one, every other request to the other, so every request after the
 #                creation is forwarded (the added latency of a forwarded request, unmixed)

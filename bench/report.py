@@ -334,7 +334,7 @@ if any(groups.get(("cluster", t, wl)) for t in CL_T for wl in ("flood", "pingpon
       "in front of xmpp-cm replicas in cluster mode (one key of 48 random bytes, `openssl rand -base64 48`; `listen` = `advertise` = 127.0.0.1:port, "
       "`peer_cidrs = [\"127.0.0.1/32\"]`), stock Prosody behind, the BOSH pingpong and flood of the main section. Targets:\n")
     w("- **haproxy-1**: HAProxy → one xmpp-cm with clustering **on** (the same code path: every sid is sealed and opened; it never names another replica, so nothing is forwarded). The reference.")
-    w("- **haproxy-3**: HAProxy → three replicas; a request reaches its session's owner one time in three, the rest take the internal HTTP/2 hop (the forwarded share below is read from the replicas' own counters).")
+    w("- **haproxy-3**: HAProxy → three replicas; a request reaches its session's owner one time in three, the rest take the internal hop (the forwarded share below is read from the replicas' own counters).")
     w("- **haproxy-fwd**: HAProxy → two of the replicas, the session-creation request (no `sid=` in its body) to one, every other request to the other: every request after the creation is forwarded, so its Δp50 is the added latency of a forwarded request, unmixed.")
     w(f"\nAll three frontends buffer the body (`option http-buffer-request`, which haproxy-fwd's rule needs), so they differ only in where requests go. "
       f"{n_reps} repeat(s), each running pingpong then flood for the three targets back to back (order reversed every other repeat), "
