@@ -162,12 +162,61 @@ impl Sealer {
     }
 }
 
-/// A client connection to one owner.
+/// The reading side of a connection: length-prefixed frames, verified. Cancel-safe: a partial
+/// frame stays in `buf` for the next call, whoever makes it.
+struct FrameReader {
+    rd: OwnedReadHalf,
+    buf: bytes::BytesMut,
+    open: Sealer,
+    max: usize,
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    /// A frame whose MAC does not verify (never acted on).
+    Forged,
+}
+
+impl FrameReader {
+    fn new(rd: BufReader<OwnedReadHalf>, open: Sealer, max: usize) -> FrameReader {
+        // Bytes the handshake's buffered reader already holds belong to the first frames.
+        let buf = bytes::BytesMut::from(rd.buffer());
+        FrameReader { rd: rd.into_inner(), buf, open, max }
+    }
+
+    async fn next(&mut self) -> Result<Vec<u8>, ReadError> {
+        loop {
+            if self.buf.len() >= 4 {
+                let len = u32::from_be_bytes(self.buf[..4].try_into().unwrap_or_default()) as usize;
+                if !(5 + MAC..=self.max + MAC).contains(&len) {
+                    return Err(ReadError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("hop frame of {len} bytes"))));
+                }
+                if self.buf.len() >= 4 + len {
+                    let framed = self.buf.split_to(4 + len);
+                    return self.open.open(&framed[4..]).map(<[u8]>::to_vec).ok_or(ReadError::Forged);
+                }
+                self.buf.reserve(4 + len - self.buf.len());
+            }
+            match self.rd.read_buf(&mut self.buf).await {
+                Ok(0) => return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+                Ok(_) => {}
+                Err(e) => return Err(ReadError::Io(e)),
+            }
+        }
+    }
+}
+
+/// A client connection to one owner. No task of its own: a request waiting for its answer
+/// reads the connection itself (one at a time, under `reader`), hands other requests' answers
+/// to them, and returns as soon as its own arrives — so in the common case the answer wakes
+/// only the task that waits for it.
 struct Conn {
     writer: tokio::sync::Mutex<(OwnedWriteHalf, Sealer)>,
+    reader: tokio::sync::Mutex<FrameReader>,
     pending: Mutex<HashMap<u32, oneshot::Sender<Answer>>>,
     next_id: AtomicU32,
     closed: AtomicBool,
+    owner: SocketAddr,
 }
 
 impl Conn {
@@ -227,16 +276,26 @@ impl Hop {
             conn.close();
             return Err(HopError::Lost(e.to_string()));
         }
-        match tokio::time::timeout(self.answer_within, rx).await {
-            Ok(Ok(a)) => Ok(a),
-            Ok(Err(_)) => Err(HopError::Lost("connection closed before the answer".into())),
-            Err(_) => {
-                if let Ok(mut p) = conn.pending.lock() {
-                    p.remove(&id);
+        let deadline = tokio::time::Instant::now() + self.answer_within;
+        let mut rx = rx;
+        let res = loop {
+            tokio::select! {
+                biased;
+                r = &mut rx => break r.map_err(|_| HopError::Lost("connection closed before the answer".into())),
+                rd = conn.reader.lock() => {
+                    let mut rd = rd;
+                    match read_until_mine(conn, &mut rd, id, &mut rx, deadline).await {
+                        Some(r) => break r,
+                        None => continue,
+                    }
                 }
-                Err(HopError::Lost(format!("no answer within {:?}", self.answer_within)))
+                _ = tokio::time::sleep_until(deadline) => break Err(HopError::Lost(format!("no answer within {:?}", self.answer_within))),
             }
+        };
+        if let Ok(mut p) = conn.pending.lock() {
+            p.remove(&id);
         }
+        res
     }
 
     /// A live connection to `owner` (pooled, or dialled now: `true`).
@@ -292,69 +351,97 @@ impl Hop {
         let (ns, tag) = welcome.split_at(NONCE);
         hmac::verify(&self.key, &[b"welcome".as_slice(), &nc, ns].concat(), tag).map_err(|_| HopError::Refused("the owner's welcome does not verify (another cluster key)".into()))?;
         let salt = salt(&nc, ns);
-        let conn = Arc::new(Conn {
+        let open = Sealer { key: self.key.clone(), salt, dir: TO_PEER, n: 0 };
+        Ok(Arc::new(Conn {
             writer: tokio::sync::Mutex::new((wr, Sealer { key: self.key.clone(), salt, dir: TO_OWNER, n: 0 })),
+            reader: tokio::sync::Mutex::new(FrameReader::new(rd, open, MAX_ANSWER)),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(0),
             closed: AtomicBool::new(false),
-        });
-        let reader = Sealer { key: self.key.clone(), salt, dir: TO_PEER, n: 0 };
-        tokio::spawn(client_reader(conn.clone(), rd, reader, owner));
-        Ok(conn)
+            owner,
+        }))
     }
 }
 
-/// Answers (and pongs) from an owner, handed to the requests waiting for them.
-async fn client_reader(conn: Arc<Conn>, mut rd: BufReader<OwnedReadHalf>, mut open: Sealer, owner: SocketAddr) {
+/// Read the connection for every waiting request until request `mine`'s answer arrives (or
+/// was handed over by an earlier reader: `rx`), the deadline passes, or the connection dies.
+/// `None`: stop reading without a result for `mine` (cannot happen today; the caller loops).
+/// While requests are in flight, silence for [`PING_EVERY`] sends a ping, and a second period
+/// without any frame drops the connection.
+async fn read_until_mine(
+    conn: &Conn,
+    rd: &mut FrameReader,
+    mine: u32,
+    rx: &mut oneshot::Receiver<Answer>,
+    deadline: tokio::time::Instant,
+) -> Option<Result<Answer, HopError>> {
+    let owner = conn.owner;
     let mut pinged = false;
     loop {
-        let framed = match tokio::time::timeout(PING_EVERY, read_frame(&mut rd, MAX_ANSWER)).await {
+        if let Ok(a) = rx.try_recv() {
+            return Some(Ok(a));
+        }
+        if conn.closed.load(Ordering::Acquire) {
+            return Some(Err(HopError::Lost("connection closed before the answer".into())));
+        }
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now()).min(PING_EVERY);
+        if wait.is_zero() {
+            return Some(Err(HopError::Lost("no answer in time".into())));
+        }
+        let frame = match tokio::time::timeout(wait, rd.next()).await {
             Ok(Ok(f)) => f,
             Ok(Err(e)) => {
-                tracing::debug!(%owner, error = %e, "cluster hop connection ended");
-                break;
+                match e {
+                    ReadError::Forged => tracing::warn!(%owner, "cluster hop: a frame from the owner does not verify; connection dropped"),
+                    ReadError::Io(e) => tracing::debug!(%owner, error = %e, "cluster hop connection ended"),
+                }
+                conn.close();
+                return Some(Err(HopError::Lost("connection to the owner broke".into())));
+            }
+            Err(_) if tokio::time::Instant::now() >= deadline => return Some(Err(HopError::Lost("no answer in time".into()))),
+            Err(_) if pinged => {
+                tracing::info!(%owner, "cluster hop: the owner answers nothing, not even a ping; connection dropped");
+                conn.close();
+                return Some(Err(HopError::Lost("the owner answers nothing, not even a ping".into())));
             }
             Err(_) => {
-                let busy = conn.pending.lock().map(|p| !p.is_empty()).unwrap_or(false);
-                if !busy {
-                    pinged = false;
-                    continue;
-                }
-                if pinged {
-                    tracing::info!(%owner, "cluster hop: the owner answers nothing, not even a ping; connection dropped");
-                    break;
-                }
                 pinged = true;
                 let mut ping = vec![PING];
                 ping.extend_from_slice(&0u32.to_be_bytes());
                 if conn.send(ping).await.is_err() {
-                    break;
+                    conn.close();
+                    return Some(Err(HopError::Lost("connection to the owner broke".into())));
                 }
                 continue;
             }
         };
         pinged = false;
-        let Some(frame) = open.open(&framed) else {
-            tracing::warn!(%owner, "cluster hop: a frame from the owner does not verify; connection dropped");
-            break;
-        };
         if frame.len() < 5 {
-            break;
+            conn.close();
+            return Some(Err(HopError::Lost("malformed frame".into())));
         }
         let id = u32::from_be_bytes(frame[1..5].try_into().unwrap_or_default());
         match frame[0] {
             ANSWER => {
-                let Some(a) = parse_answer(&frame[5..]) else { break };
+                let Some(a) = parse_answer(&frame[5..]) else {
+                    conn.close();
+                    return Some(Err(HopError::Lost("malformed answer".into())));
+                };
+                if id == mine {
+                    return Some(Ok(a));
+                }
                 let waiting = conn.pending.lock().ok().and_then(|mut p| p.remove(&id));
                 if let Some(tx) = waiting {
                     let _ = tx.send(a);
                 }
             }
             PONG => {}
-            _ => break,
+            _ => {
+                conn.close();
+                return Some(Err(HopError::Lost("unexpected frame".into())));
+            }
         }
     }
-    conn.close();
 }
 
 fn parse_answer(b: &[u8]) -> Option<Answer> {
@@ -398,56 +485,57 @@ where
         return;
     }
     let salt = salt(&nc, &ns);
-    let writer = Arc::new(tokio::sync::Mutex::new((wr, Sealer { key: hop.key.clone(), salt, dir: TO_PEER, n: 0 })));
-    let mut open = Sealer { key: hop.key.clone(), salt, dir: TO_OWNER, n: 0 };
+    let mut seal = Sealer { key: hop.key.clone(), salt, dir: TO_PEER, n: 0 };
+    let mut reader = FrameReader::new(rd, Sealer { key: hop.key.clone(), salt, dir: TO_OWNER, n: 0 }, max_request + 1024);
     let peer_addr = peer.parse().ok();
+    // The requests of this connection run here, not in tasks of their own: an answer wakes
+    // this task, which writes it (as the HTTP/1.1 loop does for a client's own request).
+    let mut inflight = futures_util::stream::FuturesUnordered::new();
     loop {
-        let framed = tokio::select! {
-            r = read_frame(&mut rd, max_request + 1024) => match r {
-                Ok(f) => f,
-                Err(_) => return,
-            },
-            _ = stop.cancelled() => return,
-        };
-        let Some(frame) = open.open(&framed) else {
-            refused();
-            tracing::warn!(peer = %peer, "cluster hop: a frame that does not verify; connection closed");
-            return;
-        };
-        if frame.len() < 5 {
-            return;
-        }
-        let id: [u8; 4] = frame[1..5].try_into().unwrap_or_default();
-        match frame[0] {
-            REQUEST => {
-                let Some((client, body)) = take_short(&frame[5..]) else { return };
-                let req = Forwarded { peer: peer_addr, client: client.parse().ok(), body: Bytes::copy_from_slice(body) };
-                let (handler, writer) = (handler.clone(), writer.clone());
-                tokio::spawn(async move {
-                    let a = handler(req).await;
-                    let mut f = Vec::with_capacity(8 + a.content_type.len() + a.body.len());
-                    f.push(ANSWER);
-                    f.extend_from_slice(&id);
-                    f.extend_from_slice(&a.status.to_be_bytes());
-                    push_short(&mut f, &a.content_type);
-                    f.extend_from_slice(&a.body);
-                    let mut w = writer.lock().await;
-                    let (half, sealer) = &mut *w;
-                    let out = sealer.seal(f);
-                    let _ = half.write_all(&out).await;
-                });
-            }
-            PING => {
-                let mut w = writer.lock().await;
-                let (half, sealer) = &mut *w;
-                let mut f = vec![PONG];
-                f.extend_from_slice(&id);
-                let out = sealer.seal(f);
-                if half.write_all(&out).await.is_err() {
+        let out = tokio::select! {
+            r = reader.next() => {
+                let frame = match r {
+                    Ok(f) => f,
+                    Err(ReadError::Forged) => {
+                        refused();
+                        tracing::warn!(peer = %peer, "cluster hop: a frame that does not verify; connection closed");
+                        return;
+                    }
+                    Err(ReadError::Io(_)) => return,
+                };
+                if frame.len() < 5 {
                     return;
                 }
+                let id: [u8; 4] = frame[1..5].try_into().unwrap_or_default();
+                match frame[0] {
+                    REQUEST => {
+                        let Some((client, body)) = take_short(&frame[5..]) else { return };
+                        let req = Forwarded { peer: peer_addr, client: client.parse().ok(), body: Bytes::copy_from_slice(body) };
+                        let handler = handler.clone();
+                        inflight.push(async move { (id, handler(req).await) });
+                        continue;
+                    }
+                    PING => {
+                        let mut f = vec![PONG];
+                        f.extend_from_slice(&id);
+                        f
+                    }
+                    _ => return,
+                }
             }
-            _ => return,
+            Some((id, a)) = futures_util::StreamExt::next(&mut inflight), if !inflight.is_empty() => {
+                let mut f = Vec::with_capacity(8 + a.content_type.len() + a.body.len());
+                f.push(ANSWER);
+                f.extend_from_slice(&id);
+                f.extend_from_slice(&a.status.to_be_bytes());
+                push_short(&mut f, &a.content_type);
+                f.extend_from_slice(&a.body);
+                f
+            }
+            _ = stop.cancelled() => return,
+        };
+        if wr.write_all(&seal.seal(out)).await.is_err() {
+            return;
         }
     }
 }
@@ -465,17 +553,6 @@ async fn read_hello(key: &hmac::Key, rd: &mut BufReader<OwnedReadHalf>) -> Optio
     let (peer, tag) = rest.split_at(rest.len() - MAC);
     hmac::verify(key, &[b"hello".as_slice(), &nc, peer].concat(), tag).ok()?;
     Some((nc, String::from_utf8(peer.to_vec()).ok()?))
-}
-
-/// One length-prefixed frame (without its length), at most `max` bytes.
-async fn read_frame(rd: &mut BufReader<OwnedReadHalf>, max: usize) -> std::io::Result<Vec<u8>> {
-    let len = rd.read_u32().await? as usize;
-    if !(5 + MAC..=max + MAC).contains(&len) {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("hop frame of {len} bytes")));
-    }
-    let mut buf = vec![0u8; len];
-    rd.read_exact(&mut buf).await?;
-    Ok(buf)
 }
 
 fn push_short(out: &mut Vec<u8>, s: &str) {
@@ -585,11 +662,10 @@ mod tests {
             out[n - MAC - 2] ^= 1;
             half.write_all(&out).await.unwrap();
         }
-        let t0 = std::time::Instant::now();
-        while !conn.closed.load(Ordering::Acquire) {
-            assert!(t0.elapsed() < Duration::from_secs(3), "connection not closed");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // The owner closed the connection: the next request on it learns so, and is lost.
+        let e = h.exchange(&conn, b"after", None).await.unwrap_err();
+        assert_eq!(e.result(), "lost", "{e}");
+        assert!(conn.closed.load(Ordering::Acquire));
         assert_eq!(calls.load(Ordering::SeqCst), 0);
         assert_eq!(refusals.load(Ordering::SeqCst), 1);
         // The next forward dials again and works.
