@@ -211,7 +211,7 @@ impl FrameReader {
 /// to them, and returns as soon as its own arrives — so in the common case the answer wakes
 /// only the task that waits for it.
 struct Conn {
-    writer: tokio::sync::Mutex<(OwnedWriteHalf, Sealer)>,
+    writer: Arc<tokio::sync::Mutex<(OwnedWriteHalf, Sealer)>>,
     reader: tokio::sync::Mutex<FrameReader>,
     pending: Mutex<HashMap<u32, oneshot::Sender<Answer>>>,
     next_id: AtomicU32,
@@ -228,11 +228,29 @@ impl Conn {
         }
     }
 
+    /// Seal and write one frame. A frame is never left half-written: the request that sends it
+    /// may be cancelled (its client went away) at any await, so what the socket does not take
+    /// at once is written by a task of its own, which keeps the writer (and so the frames'
+    /// order and numbering) until it is done. A write that fails there closes the connection
+    /// for the reader to notice.
     async fn send(&self, frame: Vec<u8>) -> std::io::Result<()> {
-        let mut w = self.writer.lock().await;
+        let mut w = self.writer.clone().lock_owned().await;
         let (half, sealer) = &mut *w;
         let out = sealer.seal(frame);
-        half.write_all(&out).await
+        let done = match half.try_write(&out) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        if done < out.len() {
+            tokio::spawn(async move {
+                let (half, _) = &mut *w;
+                if half.write_all(&out[done..]).await.is_err() {
+                    let _ = half.shutdown().await;
+                }
+            });
+        }
+        Ok(())
     }
 }
 
@@ -353,7 +371,7 @@ impl Hop {
         let salt = salt(&nc, ns);
         let open = Sealer { key: self.key.clone(), salt, dir: TO_PEER, n: 0 };
         Ok(Arc::new(Conn {
-            writer: tokio::sync::Mutex::new((wr, Sealer { key: self.key.clone(), salt, dir: TO_OWNER, n: 0 })),
+            writer: Arc::new(tokio::sync::Mutex::new((wr, Sealer { key: self.key.clone(), salt, dir: TO_OWNER, n: 0 }))),
             reader: tokio::sync::Mutex::new(FrameReader::new(rd, open, MAX_ANSWER)),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(0),
@@ -608,13 +626,15 @@ mod tests {
                         if f.body.as_ref() == b"slow" {
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
-                        Answer { status: 200, content_type: "text/xml".into(), body: [f.client.map(|c| c.to_string()).unwrap_or_default().as_bytes(), b"|", &f.body].concat().into() }
+                        // Big bodies are answered with their length only.
+                        let body = if f.body.len() > 1 << 20 { f.body.len().to_string().into_bytes().into() } else { f.body.clone() };
+                        Answer { status: 200, content_type: "text/xml".into(), body: [f.client.map(|c| c.to_string()).unwrap_or_default().as_bytes(), b"|", &body].concat().into() }
                     }
                 };
                 let refused = move || {
                     r.fetch_add(1, Ordering::SeqCst);
                 };
-                tokio::spawn(serve(h.clone(), tcp, 1 << 16, handler, refused, tokio_util::sync::CancellationToken::new()));
+                tokio::spawn(serve(h.clone(), tcp, 64 << 20, handler, refused, tokio_util::sync::CancellationToken::new()));
             }
         });
         (addr, calls, refusals)
@@ -634,6 +654,23 @@ mod tests {
         }
         assert_eq!(calls.load(Ordering::SeqCst), 52);
         assert_eq!(h.pool.lock().unwrap().len(), 1, "one connection per owner");
+    }
+
+    /// A frame larger than the socket takes at once is finished by a task of its own, in order,
+    /// even when the request that sent it is cancelled meanwhile.
+    #[tokio::test]
+    async fn big_frames_are_written_whole_even_when_their_request_is_cancelled() {
+        let (addr, _, refusals) = owner(KEY).await;
+        let h = hop(KEY);
+        let big = vec![b'x'; 48 << 20];
+        assert_eq!(h.forward(addr, b"first", None).await.unwrap().body.as_ref(), b"|first");
+        // Cancelled right after its first poll, on the connection already up: the socket takes
+        // only part of 48 MiB at once.
+        let _ = tokio::time::timeout(Duration::from_micros(1), h.forward(addr, &big, None)).await;
+        let a = h.forward(addr, &big, None).await.unwrap();
+        assert_eq!(a.body, Bytes::from(format!("|{}", big.len())));
+        assert_eq!(h.forward(addr, b"small", None).await.unwrap().body.as_ref(), b"|small");
+        assert_eq!(refusals.load(Ordering::SeqCst), 0, "a frame was cut");
     }
 
     #[tokio::test]
