@@ -780,3 +780,29 @@ async fn configured_xml_limits_apply_to_websocket() {
         assert!(!matches!(&next, Ok(Some(Ok(Message::Close(_))))), "{what}: refused with the default limits: {next:?}");
     }
 }
+
+/// Issue 18: a client on legacy `<stream:stream>` framing, draining with `[drain] redirect_url`,
+/// is sent on the way its framing allows: the RFC 6120 `see-other-host` stream error naming
+/// the redirect's host and port, then `</stream:stream>` (RFC 7395 clients get
+/// `<close see-other-uri/>`: ops_drain.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_legacy_framing_drain_redirect_is_see_other_host() {
+    let p = prosody();
+    let cm = XmppCm::start(&XmppCm::config_with(&p, &[("drain.redirect_url", "\"https://peer.example.test:8443\"")]));
+    let d = p.domain().to_string();
+    let header = format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{d}' version='1.0'>"
+    );
+    let mut ws = connect(&cm.ws_url()).await;
+    send(&mut ws, &header).await;
+    assert!(recv(&mut ws).await.starts_with("<stream:stream "));
+    recv(&mut ws).await; // features
+    cm.signal("TERM");
+    let (texts, code) = recv_to_close(&mut ws).await;
+    let e = texts.iter().find(|t| t.contains("stream:error")).unwrap_or_else(|| panic!("no stream error: {texts:?}"));
+    let el = el(e);
+    let soh = el.elements().find(|c| c.name == "see-other-host").unwrap_or_else(|| panic!("{e}"));
+    assert_eq!(soh.text(), "peer.example.test:8443", "{e}");
+    assert_eq!(texts.last().map(String::as_str), Some("</stream:stream>"), "{texts:?}");
+    assert_eq!(code, Some(1001), "{texts:?}");
+}

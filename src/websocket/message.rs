@@ -213,6 +213,21 @@ pub fn close_redirect(uri: &str) -> String {
     format!(r#"<close xmlns="{}" see-other-uri="{}" />"#, ns::FRAMING, escape_attr(uri))
 }
 
+/// The drain's redirect for legacy `<stream:stream>` framing, which has no `see-other-uri`:
+/// the RFC 6120 §4.9.3.19 `see-other-host` stream error naming the host (and port) of `uri`, the
+/// WebSocket URL of `[drain] redirect_url`. The client reconnects there with its own scheme and
+/// path (legacy clients know no other way to be sent on).
+pub fn see_other_host(uri: &str) -> String {
+    let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host: String = host.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']')).collect();
+    format!(
+        r#"<stream:error xmlns:stream="{}"><see-other-host xmlns="{}">{host}</see-other-host></stream:error>"#,
+        ns::STREAM,
+        ns::STREAMS_ERR
+    )
+}
+
 /// A stream error xmpp-cm originates. `condition` comes from [`Error::stream_condition`], a
 /// closed set, but is checked anyway so that nothing but a name ever lands in the markup.
 pub fn stream_error(condition: &str) -> String {

@@ -589,6 +589,8 @@ where
                 }
                 let err = match &error {
                     Error::UpstreamStreamError(el) => Some(stream_error_from_upstream(el)),
+                    // Legacy framing has no see-other-uri (RFC 7395 §3.6.1): the RFC 6120 way.
+                    Error::Redirect(uri) if framing == Framing::Legacy => Some(message::see_other_host(uri)),
                     e => e.stream_condition().map(message::stream_error),
                 };
                 if let Some(err) = err {

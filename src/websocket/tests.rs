@@ -384,3 +384,18 @@ mod fuzz_smoke {
         }
     }
 }
+
+#[test]
+fn see_other_host_names_only_the_host_and_port() {
+    for (uri, host) in [
+        ("wss://peer.example.test/xmpp-websocket", "peer.example.test"),
+        ("ws://peer.example.test:8080/x?y#z", "peer.example.test:8080"),
+        ("wss://[2001:db8::1]:443/xmpp-websocket", "[2001:db8::1]:443"),
+        ("wss://evil<x>&/", "evilx"),
+    ] {
+        let e = super::message::see_other_host(uri);
+        let el = crate::xml::parse_document(e.as_bytes(), &crate::xml::Limits::default(), &[]).unwrap_or_else(|err| panic!("{uri}: {err}: {e}"));
+        let soh = el.elements().next().unwrap();
+        assert_eq!((soh.name.as_str(), soh.text()), ("see-other-host", host.to_string()), "{uri}");
+    }
+}
