@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -133,7 +132,7 @@ async fn run(config: xmpp_cm::Config, file: Option<PathBuf>) -> anyhow::Result<(
         // SIGHUP and changes of the file: the whole configuration, live (xmpp_cm::reload).
         xmpp_cm::reload::watch(state.clone(), path);
     }
-    xmpp_cm::server::serve(listeners, state, Duration::from_secs(config.drain.grace)).await?;
+    xmpp_cm::server::serve(listeners, state).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -32,19 +32,30 @@ pub fn watch(state: Arc<AppState>, path: PathBuf) {
     tokio::spawn(async move {
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut seen = std::fs::read(&path).ok();
+        // A change is applied once two checks in a row read the same new content: an editor
+        // that writes the file in place is not caught halfway.
+        let mut changed: Option<Option<Vec<u8>>> = None;
         loop {
             let every = Duration::from_secs(state.config().http.tls.reload_interval.max(1));
+            // A change just seen is confirmed within a second.
+            let wait = if changed.is_some() { every.min(Duration::from_secs(1)) } else { every };
             let why = tokio::select! {
                 _ = state.shutdown.cancelled() => return,
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
-                _ = tokio::time::sleep(every) => {
+                _ = tokio::time::sleep(wait) => {
                     let now = std::fs::read(&path).ok();
                     if now == seen {
+                        changed = None;
+                        continue;
+                    }
+                    if changed.as_ref() != Some(&now) {
+                        changed = Some(now);
                         continue;
                     }
                     "the file changed"
                 }
             };
+            changed = None;
             seen = std::fs::read(&path).ok();
             reload(&state, &path, why);
         }

@@ -48,9 +48,8 @@ pub fn public_router(state: Arc<AppState>) -> Router {
 /// ([`crate::cluster::hop`]); its requests are answered by [`crate::bosh::http::from_peer`].
 async fn serve_cluster(listener: TcpListener, state: Arc<AppState>, stop: CancellationToken) {
     let Some(cluster) = state.cluster.clone() else { return };
-    let max = state.config().bosh.max_body_bytes;
     loop {
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -61,8 +60,14 @@ async fn serve_cluster(listener: TcpListener, state: Arc<AppState>, stop: Cancel
                 }
             },
         };
+        if !cluster.is_peer(peer.ip()) {
+            // Only replicas (inside cluster.peer_cidrs) may even try the handshake.
+            crate::bosh::http::hop_refused();
+            continue;
+        }
         let st = state.clone();
         let handler = move |f| crate::bosh::http::from_peer(st.clone(), f);
+        let max = crate::cluster::hop::MAX_REQUEST;
         tokio::spawn(crate::cluster::hop::serve(cluster.hop.clone(), tcp, max, handler, crate::bosh::http::hop_refused, stop.clone()));
     }
 }
@@ -73,8 +78,9 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
 }
 
 /// Serve until `state.shutdown` is cancelled, then drain: sessions are told (BOSH
-/// `system-shutdown`, WebSocket stream error) and given `grace` to finish.
-pub async fn serve(bound: Listeners, state: Arc<AppState>, grace: Duration) -> std::io::Result<()> {
+/// `system-shutdown`, WebSocket stream error) and given `[drain] grace` (as configured when the
+/// drain begins) to finish.
+pub async fn serve(bound: Listeners, state: Arc<AppState>) -> std::io::Result<()> {
     let Listeners { public: listeners, admin, cluster } = bound;
     // The listeners outlive `state.shutdown`: during the drain the public ones still answer
     // (new sessions get an explicit refusal, clients fetch their terminal bodies) and the
@@ -126,6 +132,7 @@ pub async fn serve(bound: Listeners, state: Arc<AppState>, grace: Duration) -> s
     }
     state.shutdown.cancelled().await;
     crate::metrics::metrics().set_draining();
+    let (_, grace) = state.drain_window();
     info!(grace_secs = grace.as_secs(), "draining");
     state.tracker.close();
     if tokio::time::timeout(grace, state.tracker.wait()).await.is_err() {

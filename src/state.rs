@@ -34,7 +34,7 @@ pub struct AppState {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// When the drain began (set by the first session that sees it; cluster mode spreads
     /// session ends from here).
-    drain_started: std::sync::OnceLock<tokio::time::Instant>,
+    drain_started: std::sync::OnceLock<(tokio::time::Instant, Duration)>,
 }
 
 impl AppState {
@@ -84,6 +84,13 @@ impl AppState {
     /// `domain` (tell the two apart with `shutdown.is_cancelled()`).
     pub fn domain_token(&self, domain: &str) -> CancellationToken {
         let mut d = self.domains.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.config().serves(domain) {
+            // A reload stopped serving it between the session's own check and now (the config
+            // is swapped before this lock is taken in `replace_config`): end at once.
+            let gone = self.shutdown.child_token();
+            gone.cancel();
+            return gone;
+        }
         d.entry(domain.to_ascii_lowercase()).or_insert_with(|| self.shutdown.child_token()).clone()
     }
 
@@ -97,6 +104,9 @@ impl AppState {
         let new = Arc::new(new);
         let live = Live::new(new.clone())?;
         self.admission.set_limits(new.limits.clone(), new.http.trusted_proxies.is_empty());
+        if let Some(c) = &self.cluster {
+            c.hop.set_answer_within(crate::cluster::answer_within(new.bosh.max_wait));
+        }
         *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
         let mut d = self.domains.lock().unwrap_or_else(|e| e.into_inner());
         d.retain(|domain, token| {
@@ -117,9 +127,14 @@ impl AppState {
     /// mode: sessions end as soon as the drain begins.
     pub fn drain_at(&self, jitter: u32) -> Option<tokio::time::Instant> {
         self.cluster.as_ref()?;
-        let start = *self.drain_started.get_or_init(tokio::time::Instant::now);
-        let spread = Duration::from_secs(self.config().drain.grace).mul_f64(0.8);
-        Some(start + spread.mul_f64(f64::from(jitter) / f64::from(u32::MAX)))
+        let (start, grace) = self.drain_window();
+        Some(start + grace.mul_f64(0.8 * f64::from(jitter) / f64::from(u32::MAX)))
+    }
+
+    /// When the drain began and its grace (`[drain] grace` at that moment: a reload during the
+    /// drain does not move it), the same for the sessions' spread and the process's exit.
+    pub fn drain_window(&self) -> (tokio::time::Instant, Duration) {
+        *self.drain_started.get_or_init(|| (tokio::time::Instant::now(), Duration::from_secs(self.config().drain.grace)))
     }
 
     /// How a draining process ends a session of `transport` (or refuses a new one):

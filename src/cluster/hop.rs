@@ -56,6 +56,12 @@ const TO_PEER: u8 = b'<';
 const MAX_ANSWER: usize = 16 << 20;
 /// Silence (with requests in flight) after which the client pings, and then gives up.
 pub const PING_EVERY: Duration = Duration::from_secs(1);
+/// How long a frame may take to leave before the owner is given up (it reads nothing).
+const WRITE_STALL: Duration = Duration::from_secs(3);
+/// Largest request frame an owner accepts. Fixed, not `bosh.max_body_bytes` (which a reload can
+/// change, and peers in a rolling update may differ on): the body's own limit is applied when
+/// it is parsed, as an answer, instead of dropping every request on the connection.
+pub const MAX_REQUEST: usize = 16 << 20;
 /// How long the owner waits for a peer's handshake.
 const HANDSHAKE_WAIT: Duration = Duration::from_secs(5);
 
@@ -109,7 +115,9 @@ pub struct Hop {
     key: hmac::Key,
     me: SocketAddr,
     connect_timeout: Duration,
-    answer_within: Duration,
+    /// How long a forwarded request may wait for its answer, in ms (`bosh.max_wait` + a margin;
+    /// follows reloads: [`Hop::set_answer_within`]).
+    answer_within: std::sync::atomic::AtomicU64,
     pool: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Slot>>>>,
 }
 
@@ -228,24 +236,49 @@ impl Conn {
         }
     }
 
-    /// Seal and write one frame. A frame is never left half-written: the request that sends it
-    /// may be cancelled (its client went away) at any await, so what the socket does not take
-    /// at once is written by a task of its own, which keeps the writer (and so the frames'
-    /// order and numbering) until it is done. A write that fails there closes the connection
-    /// for the reader to notice.
-    async fn send(&self, frame: Vec<u8>) -> std::io::Result<()> {
-        let mut w = self.writer.clone().lock_owned().await;
+    /// Seal and write one frame, waiting for the writer at most until `deadline`.
+    async fn send(self: &Arc<Self>, frame: Vec<u8>, deadline: tokio::time::Instant) -> std::io::Result<()> {
+        let w = tokio::time::timeout_at(deadline, self.writer.clone().lock_owned())
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "the connection's writer is stuck"))?;
+        self.write_frame(w, frame)
+    }
+
+    /// A ping, only if the writer is free: a frame still being written is a sign of life
+    /// enough, and a writer stuck behind an owner that stopped reading must not hold the reader.
+    fn try_ping(self: &Arc<Self>) -> std::io::Result<()> {
+        let Ok(w) = self.writer.clone().try_lock_owned() else { return Ok(()) };
+        let mut ping = vec![PING];
+        ping.extend_from_slice(&0u32.to_be_bytes());
+        self.write_frame(w, ping)
+    }
+
+    /// A frame is never left half-written: the request that sends it may be cancelled (its
+    /// client went away) at any await, so what the socket does not take at once is written by
+    /// a task of its own, which keeps the writer (and so the frames' order and numbering) until
+    /// it is done, or for [`WRITE_STALL`] at most: an owner that takes nothing for that long is
+    /// given up (the connection is closed, every request on it is `lost`).
+    fn write_frame(self: &Arc<Self>, mut w: tokio::sync::OwnedMutexGuard<(OwnedWriteHalf, Sealer)>, frame: Vec<u8>) -> std::io::Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "connection closed"));
+        }
         let (half, sealer) = &mut *w;
         let out = sealer.seal(frame);
         let done = match half.try_write(&out) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-            Err(e) => return Err(e),
+            Err(e) => {
+                self.close();
+                return Err(e);
+            }
         };
         if done < out.len() {
+            let conn = self.clone();
             tokio::spawn(async move {
                 let (half, _) = &mut *w;
-                if half.write_all(&out[done..]).await.is_err() {
+                if !matches!(tokio::time::timeout(WRITE_STALL, half.write_all(&out[done..])).await, Ok(Ok(()))) {
+                    tracing::info!(owner = %conn.owner, "cluster hop: the owner takes nothing we write; connection dropped");
+                    conn.close();
                     let _ = half.shutdown().await;
                 }
             });
@@ -254,10 +287,35 @@ impl Conn {
     }
 }
 
+/// Removes a request's entry from `pending` however its wait ends (answered, timed out, or
+/// cancelled because its client went away).
+struct PendingEntry<'a> {
+    conn: &'a Conn,
+    id: u32,
+}
+
+impl Drop for PendingEntry<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.conn.pending.lock() {
+            p.remove(&self.id);
+        }
+    }
+}
+
 impl Hop {
     pub fn new(secret: &[u8], me: SocketAddr, connect_timeout: Duration, answer_within: Duration) -> Hop {
         let key = hmac::Key::new(hmac::HMAC_SHA256, &super::derive(secret, b"xmpp-cm hop v2"));
+        let answer_within = std::sync::atomic::AtomicU64::new(answer_within.as_millis() as u64);
         Hop { key, me, connect_timeout, answer_within, pool: Mutex::new(HashMap::new()) }
+    }
+
+    /// A reload changed `bosh.max_wait`: forwarded requests wait this long from now on.
+    pub fn set_answer_within(&self, d: Duration) {
+        self.answer_within.store(d.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn answer_within(&self) -> Duration {
+        Duration::from_millis(self.answer_within.load(Ordering::Relaxed))
     }
 
     /// Send a client's BOSH body to its owner and wait for the answer.
@@ -275,12 +333,15 @@ impl Hop {
         }
     }
 
-    async fn exchange(&self, conn: &Conn, body: &[u8], client: Option<SocketAddr>) -> Result<Answer, HopError> {
+    async fn exchange(&self, conn: &Arc<Conn>, body: &[u8], client: Option<SocketAddr>) -> Result<Answer, HopError> {
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut p) = conn.pending.lock() {
             p.insert(id, tx);
         }
+        let _entry = PendingEntry { conn, id };
+        let within = self.answer_within();
+        let deadline = tokio::time::Instant::now() + within;
         if conn.closed.load(Ordering::Acquire) {
             return Err(HopError::Lost("connection closed".into()));
         }
@@ -290,11 +351,10 @@ impl Hop {
         frame.extend_from_slice(&id.to_be_bytes());
         push_short(&mut frame, &client);
         frame.extend_from_slice(body);
-        if let Err(e) = conn.send(frame).await {
+        if let Err(e) = conn.send(frame, deadline).await {
             conn.close();
             return Err(HopError::Lost(e.to_string()));
         }
-        let deadline = tokio::time::Instant::now() + self.answer_within;
         let mut rx = rx;
         let res = loop {
             tokio::select! {
@@ -307,12 +367,9 @@ impl Hop {
                         None => continue,
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => break Err(HopError::Lost(format!("no answer within {:?}", self.answer_within))),
+                _ = tokio::time::sleep_until(deadline) => break Err(HopError::Lost(format!("no answer within {within:?}"))),
             }
         };
-        if let Ok(mut p) = conn.pending.lock() {
-            p.remove(&id);
-        }
         res
     }
 
@@ -387,7 +444,7 @@ impl Hop {
 /// While requests are in flight, silence for [`PING_EVERY`] sends a ping, and a second period
 /// without any frame drops the connection.
 async fn read_until_mine(
-    conn: &Conn,
+    conn: &Arc<Conn>,
     rd: &mut FrameReader,
     mine: u32,
     rx: &mut oneshot::Receiver<Answer>,
@@ -424,10 +481,7 @@ async fn read_until_mine(
             }
             Err(_) => {
                 pinged = true;
-                let mut ping = vec![PING];
-                ping.extend_from_slice(&0u32.to_be_bytes());
-                if conn.send(ping).await.is_err() {
-                    conn.close();
+                if conn.try_ping().is_err() {
                     return Some(Err(HopError::Lost("connection to the owner broke".into())));
                 }
                 continue;
@@ -671,6 +725,37 @@ mod tests {
         assert_eq!(a.body, Bytes::from(format!("|{}", big.len())));
         assert_eq!(h.forward(addr, b"small", None).await.unwrap().body.as_ref(), b"|small");
         assert_eq!(refusals.load(Ordering::SeqCst), 0, "a frame was cut");
+    }
+
+    /// An owner that completes the handshake and then reads nothing (a wedged process, a host
+    /// gone without a reset): forwards to it fail within a few seconds, big or small, instead
+    /// of waiting for TCP to give up.
+    #[tokio::test]
+    async fn an_owner_that_stops_reading_is_given_up() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let key = hop(KEY).key.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = l.accept().await {
+                let (rd, mut wr) = tcp.into_split();
+                let mut rd = BufReader::new(rd);
+                let Some((nc, _)) = read_hello(&key, &mut rd).await else { continue };
+                let ns = nonce();
+                let tag = hmac::sign(&key, &[b"welcome".as_slice(), &nc, &ns].concat());
+                wr.write_all(&[ns.as_slice(), tag.as_ref()].concat()).await.unwrap();
+                held.push((rd, wr)); // never read again
+            }
+        });
+        let h = hop(KEY);
+        let t0 = std::time::Instant::now();
+        let big = vec![b'x'; 32 << 20];
+        let e = h.forward(addr, &big, None).await.unwrap_err();
+        assert_eq!(e.result(), "lost", "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(5), "big: {:?}", t0.elapsed());
+        let t0 = std::time::Instant::now();
+        let e = h.forward(addr, b"small", None).await.unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(5), "small: {e} after {:?}", t0.elapsed());
     }
 
     #[tokio::test]

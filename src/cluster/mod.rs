@@ -96,8 +96,7 @@ impl Cluster {
         let peers = c.peer_cidrs.iter().filter_map(|p| config::parse_cidr(p)).collect();
         let mut epoch = [0u8; 8];
         getrandom::getrandom(&mut epoch).expect("the OS random source is unavailable");
-        // A forwarded request waits as long as the owner may hold it, plus a margin.
-        let answer_within = Duration::from_secs(max_wait + 15);
+        let answer_within = answer_within(max_wait);
         Ok(Some(Cluster {
             codec: SidCodec::new(&secret),
             advertise,
@@ -124,10 +123,15 @@ impl Cluster {
         if forwarded {
             return Owner::Refused(Refusal::ForwardedTwice);
         }
-        if !self.peers.iter().any(|n| config::cidr_contains(*n, addr.ip())) {
+        if !self.is_peer(addr.ip()) {
             return Owner::Refused(Refusal::OutsidePeerCidrs);
         }
         Owner::Peer(addr)
+    }
+
+    /// Is `ip` inside `cluster.peer_cidrs` (may it reach the internal listener)?
+    pub fn is_peer(&self, ip: IpAddr) -> bool {
+        self.peers.iter().any(|n| config::cidr_contains(*n, ip))
     }
 
     /// Note a peer (forwarded to, or heard from over the hop) for the peers-seen gauge.
@@ -137,6 +141,12 @@ impl Cluster {
             crate::metrics::metrics().cluster_peers_seen(seen.len());
         }
     }
+}
+
+/// How long a forwarded request waits for its answer: as long as the owner may hold it
+/// (`bosh.max_wait`), plus a margin.
+pub fn answer_within(max_wait: u64) -> Duration {
+    Duration::from_secs(max_wait + 15)
 }
 
 /// 32 bytes for one purpose (`info`) from the cluster secret: HKDF-SHA256 (RFC 5869).
