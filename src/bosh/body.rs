@@ -1,8 +1,6 @@
 //! The BOSH `<body/>` wrapper (XEP-0124 §6, XEP-0206 §2): parsing a request into a typed
 //! [`Request`], and writing response bodies. Pure: no IO, no async.
 
-use std::fmt::Write as _;
-
 use crate::error::Error;
 use crate::relay;
 use crate::xml::{ns, parse_document, Element, Limits, Node};
@@ -194,7 +192,11 @@ impl ResponseBody {
             s.push_str(" xmlns:xmpp='urn:xmpp:xbosh'");
         }
         for (n, v) in &self.attrs {
-            let _ = write!(s, " {n}='{}'", escape_attr(v));
+            s.push(' ');
+            s.push_str(n);
+            s.push_str("='");
+            crate::xml::element::escape_attr(v, &mut s);
+            s.push('\'');
         }
         if self.payload.is_empty() {
             s.push_str("/>");
@@ -205,25 +207,6 @@ impl ResponseBody {
         }
         s
     }
-}
-
-/// Escape an attribute value for single-quoted output.
-pub fn escape_attr(v: &str) -> std::borrow::Cow<'_, str> {
-    if !v.bytes().any(|b| matches!(b, b'&' | b'<' | b'>' | b'\'' | b'"')) {
-        return std::borrow::Cow::Borrowed(v);
-    }
-    let mut s = String::with_capacity(v.len() + 8);
-    for c in v.chars() {
-        match c {
-            '&' => s.push_str("&amp;"),
-            '<' => s.push_str("&lt;"),
-            '>' => s.push_str("&gt;"),
-            '\'' => s.push_str("&apos;"),
-            '"' => s.push_str("&quot;"),
-            c => s.push(c),
-        }
-    }
-    std::borrow::Cow::Owned(s)
 }
 
 #[cfg(test)]
