@@ -130,7 +130,6 @@ async fn answer(state: &Arc<AppState>, bytes: bytes::Bytes, req: body::Request, 
 /// died with it.
 async fn forward(c: &Cluster, owner: std::net::SocketAddr, bytes: &[u8], client: Option<std::net::SocketAddr>) -> Reply {
     let t0 = std::time::Instant::now();
-    c.saw_peer(owner);
     match c.hop.forward(owner, bytes, client).await {
         Ok(a) => {
             crate::metrics::metrics().cluster_forward("ok", t0.elapsed());
@@ -148,9 +147,6 @@ async fn forward(c: &Cluster, owner: std::net::SocketAddr, bytes: &[u8], client:
 /// A BOSH request a peer forwarded over the internal hop (already authenticated by
 /// [`crate::cluster::hop::serve`]): answered here, as if the client had sent it to us.
 pub async fn from_peer(state: Arc<AppState>, f: crate::cluster::hop::Forwarded) -> crate::cluster::hop::Answer {
-    if let (Some(c), Some(p)) = (&state.cluster, f.peer) {
-        c.saw_peer(p);
-    }
     let config = state.config();
     let l = &config.limits;
     let limits = crate::limits::client_xml(l, config.bosh.max_body_bytes);

@@ -119,7 +119,13 @@ pub struct Hop {
     /// follows reloads: [`Hop::set_answer_within`]).
     answer_within: std::sync::atomic::AtomicU64,
     pool: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// Peers dialled or heard from, for `xmpp_cm_cluster_peers_seen` (noted once per
+    /// connection, not per request).
+    seen: Mutex<std::collections::HashSet<SocketAddr>>,
 }
+
+/// Most distinct peers remembered for the peers-seen gauge (a bound, not a feature).
+const MAX_SEEN: usize = 4096;
 
 /// One owner's connection. Dialling holds the slot's lock, so the requests that arrive
 /// meanwhile wait for that one dial instead of each opening their own; after a failed dial
@@ -306,7 +312,14 @@ impl Hop {
     pub fn new(secret: &[u8], me: SocketAddr, connect_timeout: Duration, answer_within: Duration) -> Hop {
         let key = hmac::Key::new(hmac::HMAC_SHA256, &super::derive(secret, b"xmpp-cm hop v2"));
         let answer_within = std::sync::atomic::AtomicU64::new(answer_within.as_millis() as u64);
-        Hop { key, me, connect_timeout, answer_within, pool: Mutex::new(HashMap::new()) }
+        Hop { key, me, connect_timeout, answer_within, pool: Mutex::new(HashMap::new()), seen: Mutex::default() }
+    }
+
+    fn saw(&self, peer: SocketAddr) {
+        let Ok(mut seen) = self.seen.lock() else { return };
+        if seen.len() < MAX_SEEN && seen.insert(peer) {
+            crate::metrics::metrics().cluster_peers_seen(seen.len());
+        }
     }
 
     /// A reload changed `bosh.max_wait`: forwarded requests wait this long from now on.
@@ -356,19 +369,14 @@ impl Hop {
             return Err(HopError::Lost(e.to_string()));
         }
         let mut rx = rx;
-        let res = loop {
-            tokio::select! {
-                biased;
-                r = &mut rx => break r.map_err(|_| HopError::Lost("connection closed before the answer".into())),
-                rd = conn.reader.lock() => {
-                    let mut rd = rd;
-                    match read_until_mine(conn, &mut rd, id, &mut rx, deadline).await {
-                        Some(r) => break r,
-                        None => continue,
-                    }
-                }
-                _ = tokio::time::sleep_until(deadline) => break Err(HopError::Lost(format!("no answer within {within:?}"))),
+        let res = tokio::select! {
+            biased;
+            r = &mut rx => r.map_err(|_| HopError::Lost("connection closed before the answer".into())),
+            rd = conn.reader.lock() => {
+                let mut rd = rd;
+                read_until_mine(conn, &mut rd, id, &mut rx, deadline).await
             }
+            _ = tokio::time::sleep_until(deadline) => Err(HopError::Lost(format!("no answer within {within:?}"))),
         };
         res
     }
@@ -395,6 +403,7 @@ impl Hop {
         };
         match res {
             Ok(conn) => {
+                self.saw(owner);
                 slot.failed = None;
                 slot.conn = Some(conn.clone());
                 Ok((conn, true))
@@ -440,7 +449,6 @@ impl Hop {
 
 /// Read the connection for every waiting request until request `mine`'s answer arrives (or
 /// was handed over by an earlier reader: `rx`), the deadline passes, or the connection dies.
-/// `None`: stop reading without a result for `mine` (cannot happen today; the caller loops).
 /// While requests are in flight, silence for [`PING_EVERY`] sends a ping, and a second period
 /// without any frame drops the connection.
 async fn read_until_mine(
@@ -449,19 +457,19 @@ async fn read_until_mine(
     mine: u32,
     rx: &mut oneshot::Receiver<Answer>,
     deadline: tokio::time::Instant,
-) -> Option<Result<Answer, HopError>> {
+) -> Result<Answer, HopError> {
     let owner = conn.owner;
     let mut pinged = false;
     loop {
         if let Ok(a) = rx.try_recv() {
-            return Some(Ok(a));
+            return Ok(a);
         }
         if conn.closed.load(Ordering::Acquire) {
-            return Some(Err(HopError::Lost("connection closed before the answer".into())));
+            return Err(HopError::Lost("connection closed before the answer".into()));
         }
         let wait = deadline.saturating_duration_since(tokio::time::Instant::now()).min(PING_EVERY);
         if wait.is_zero() {
-            return Some(Err(HopError::Lost("no answer in time".into())));
+            return Err(HopError::Lost("no answer in time".into()));
         }
         let frame = match tokio::time::timeout(wait, rd.next()).await {
             Ok(Ok(f)) => f,
@@ -471,18 +479,18 @@ async fn read_until_mine(
                     ReadError::Io(e) => tracing::debug!(%owner, error = %e, "cluster hop connection ended"),
                 }
                 conn.close();
-                return Some(Err(HopError::Lost("connection to the owner broke".into())));
+                return Err(HopError::Lost("connection to the owner broke".into()));
             }
-            Err(_) if tokio::time::Instant::now() >= deadline => return Some(Err(HopError::Lost("no answer in time".into()))),
+            Err(_) if tokio::time::Instant::now() >= deadline => return Err(HopError::Lost("no answer in time".into())),
             Err(_) if pinged => {
                 tracing::info!(%owner, "cluster hop: the owner answers nothing, not even a ping; connection dropped");
                 conn.close();
-                return Some(Err(HopError::Lost("the owner answers nothing, not even a ping".into())));
+                return Err(HopError::Lost("the owner answers nothing, not even a ping".into()));
             }
             Err(_) => {
                 pinged = true;
                 if conn.try_ping().is_err() {
-                    return Some(Err(HopError::Lost("connection to the owner broke".into())));
+                    return Err(HopError::Lost("connection to the owner broke".into()));
                 }
                 continue;
             }
@@ -490,17 +498,17 @@ async fn read_until_mine(
         pinged = false;
         if frame.len() < 5 {
             conn.close();
-            return Some(Err(HopError::Lost("malformed frame".into())));
+            return Err(HopError::Lost("malformed frame".into()));
         }
         let id = u32::from_be_bytes(frame[1..5].try_into().unwrap_or_default());
         match frame[0] {
             ANSWER => {
                 let Some(a) = parse_answer(&frame[5..]) else {
                     conn.close();
-                    return Some(Err(HopError::Lost("malformed answer".into())));
+                    return Err(HopError::Lost("malformed answer".into()));
                 };
                 if id == mine {
-                    return Some(Ok(a));
+                    return Ok(a);
                 }
                 let waiting = conn.pending.lock().ok().and_then(|mut p| p.remove(&id));
                 if let Some(tx) = waiting {
@@ -510,7 +518,7 @@ async fn read_until_mine(
             PONG => {}
             _ => {
                 conn.close();
-                return Some(Err(HopError::Lost("unexpected frame".into())));
+                return Err(HopError::Lost("unexpected frame".into()));
             }
         }
     }
@@ -560,6 +568,9 @@ where
     let mut seal = Sealer { key: hop.key.clone(), salt, dir: TO_PEER, n: 0 };
     let mut reader = FrameReader::new(rd, Sealer { key: hop.key.clone(), salt, dir: TO_OWNER, n: 0 }, max_request + 1024);
     let peer_addr = peer.parse().ok();
+    if let Some(p) = peer_addr {
+        hop.saw(p);
+    }
     // The requests of this connection run here, not in tasks of their own: an answer wakes
     // this task, which writes it (as the HTTP/1.1 loop does for a client's own request).
     let mut inflight = futures_util::stream::FuturesUnordered::new();

@@ -19,9 +19,7 @@
 pub mod hop;
 pub mod sid;
 
-use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
 use std::time::Duration;
 
 pub use hop::Hop;
@@ -69,9 +67,6 @@ pub enum Owner {
     Refused(Refusal),
 }
 
-/// Most distinct peers remembered for `xmpp_cm_cluster_peers_seen` (a bound, not a feature).
-const MAX_SEEN: usize = 4096;
-
 /// This replica's place in the cluster.
 pub struct Cluster {
     codec: SidCodec,
@@ -82,7 +77,6 @@ pub struct Cluster {
     peers: Vec<(IpAddr, u8)>,
     /// The internal hop: authentication and the pooled connections to owners.
     pub hop: std::sync::Arc<Hop>,
-    seen: Mutex<HashSet<SocketAddr>>,
 }
 
 impl Cluster {
@@ -103,7 +97,6 @@ impl Cluster {
             epoch: u64::from_be_bytes(epoch),
             peers,
             hop: std::sync::Arc::new(Hop::new(&secret, advertise, Duration::from_millis(c.connect_timeout_ms), answer_within)),
-            seen: Mutex::new(HashSet::new()),
         }))
     }
 
@@ -132,14 +125,6 @@ impl Cluster {
     /// Is `ip` inside `cluster.peer_cidrs` (may it reach the internal listener)?
     pub fn is_peer(&self, ip: IpAddr) -> bool {
         self.peers.iter().any(|n| config::cidr_contains(*n, ip))
-    }
-
-    /// Note a peer (forwarded to, or heard from over the hop) for the peers-seen gauge.
-    pub fn saw_peer(&self, peer: SocketAddr) {
-        let Ok(mut seen) = self.seen.lock() else { return };
-        if seen.len() < MAX_SEEN && seen.insert(peer) {
-            crate::metrics::metrics().cluster_peers_seen(seen.len());
-        }
     }
 }
 
