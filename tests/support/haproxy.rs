@@ -156,7 +156,7 @@ fn config_text(port: u16, stats_port: u16, backends: &[Backend], opts: Opts) -> 
     let mut servers = String::new();
     for (i, b) in backends.iter().enumerate() {
         servers.push_str(&format!(
-            "    server r{i} {} check port {} inter 100ms fastinter 100ms downinter 100ms fall 1 rise 2\n",
+            "    server r{i} {} check port {} inter 100ms fastinter 100ms downinter 100ms fall 2 rise 2\n",
             b.addr, b.check_port
         ));
     }
@@ -181,6 +181,9 @@ defaults
     timeout http-request 10s
     timeout http-keep-alive 120s
     timeout tunnel 1h
+    # Without it a health check must finish within `inter` (100 ms), and on a loaded 2-core
+    # machine a slow /readyz then marks a healthy replica down (the front-page test saw 503s).
+    timeout check 2s
     # A replica that goes down mid-request is not retried elsewhere: a BOSH request must reach
     # exactly one replica (the client retransmits by itself).
     retries 0
