@@ -4,19 +4,22 @@
 //! `_xmpp-client` → domain:5222), opens TCP with a timeout, negotiates STARTTLS (or direct TLS
 //! for `_xmpps-client` targets) with verified certificates ([`tls`]), and returns a
 //! [`Connection`] whose stream is open and whose first post-TLS `<stream:features/>` has been
-//! read. Nothing here knows which transport the client uses. [`connect_observed`] is the same
-//! walk, reporting each step to an [`observe::Observer`] (`xmpp-cm check`).
+//! read ([`connect`](mod@connect): negotiation; [`stream`]: the open stream's reader and writer
+//! halves). Nothing here knows which transport the client uses. [`connect_observed`] is the
+//! same walk, reporting each step to an [`observe::Observer`] (`xmpp-cm check`).
 
 pub mod connect;
 pub mod observe;
 pub mod proxy;
 pub mod resolve;
+pub mod stream;
 pub mod tls;
 
 #[cfg(test)]
 mod tests;
 
-pub use connect::{connect, connect_observed, connect_via, Connection, UpstreamReader, UpstreamWriter};
+pub use connect::{connect, connect_observed, connect_via};
+pub use stream::{Connection, UpstreamReader, UpstreamWriter};
 pub use resolve::Target;
 
 /// What the client asked for when opening (or restarting) the stream.

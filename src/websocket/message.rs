@@ -5,6 +5,9 @@
 //! rewrite of what crosses the proxy is left to [`crate::relay`].
 
 use crate::error::Error;
+use crate::xml::element::{write_attr, Quote};
+use crate::xml::stream_error::{write_error, Scope};
+use crate::xml::stream_header::{self, write_open};
 use crate::xml::{ns, parse_document, Element, Limits, StreamHeader, XmlError};
 
 /// How a connection frames its stream; chosen by the first client message (WS-09).
@@ -44,7 +47,7 @@ pub enum Inbound {
 /// The byte-exact close strophe.js compares against (WS-27).
 pub const CLOSE: &str = r#"<close xmlns="urn:ietf:params:xml:ns:xmpp-framing" />"#;
 /// The footer of the legacy framing.
-pub const LEGACY_CLOSE: &str = "</stream:stream>";
+pub const LEGACY_CLOSE: &str = stream_header::CLOSE;
 
 /// Classify one text message. `framing` is `None` until the connection has opened; `legacy`
 /// says whether the legacy framing may be selected (`[websocket] legacy_framing`).
@@ -170,25 +173,29 @@ impl Reply {
 /// Our `<open/>`: starts with the literal `<open `, framing namespace as the unprefixed default,
 /// `version="1.0"` (WS-12; strophe.js and gloox check each of these).
 pub fn open(r: &Reply) -> String {
-    format!(
-        r#"<open xmlns="{}" from="{}" id="{}" version="1.0" xml:lang="{}"/>"#,
-        ns::FRAMING,
-        escape_attr(&r.from),
-        escape_attr(&r.id),
-        escape_attr(&r.lang)
-    )
+    let mut s = String::with_capacity(160);
+    s.push_str("<open");
+    write_attr(&mut s, "xmlns", ns::FRAMING, Quote::Double);
+    write_attr(&mut s, "from", &r.from, Quote::Double);
+    write_attr(&mut s, "id", &r.id, Quote::Double);
+    write_attr(&mut s, "version", "1.0", Quote::Double);
+    write_attr(&mut s, "xml:lang", &r.lang, Quote::Double);
+    s.push_str("/>");
+    s
 }
 
 /// Our legacy header: an unclosed start tag declaring `jabber:client` and the `stream` prefix.
 pub fn legacy_open(r: &Reply) -> String {
-    format!(
-        r#"<stream:stream xmlns="{}" xmlns:stream="{}" from="{}" id="{}" version="1.0" xml:lang="{}">"#,
-        ns::CLIENT,
-        ns::STREAM,
-        escape_attr(&r.from),
-        escape_attr(&r.id),
-        escape_attr(&r.lang)
-    )
+    let mut s = String::with_capacity(200);
+    let open = stream_header::Open {
+        from: Some(&r.from),
+        id: Some(&r.id),
+        version: Some("1.0"),
+        lang: Some(&r.lang),
+        ..Default::default()
+    };
+    write_open(&mut s, &open, Quote::Double);
+    s
 }
 
 /// The header message for a framing.
@@ -210,7 +217,13 @@ pub fn close_for(framing: Framing) -> &'static str {
 /// RFC 7395 §3.6.1 (WS-20): a `<close/>` that sends the client to another endpoint (a draining
 /// replica's peer). The URL comes from validated configuration (never a less secure scheme).
 pub fn close_redirect(uri: &str) -> String {
-    format!(r#"<close xmlns="{}" see-other-uri="{}" />"#, ns::FRAMING, escape_attr(uri))
+    // CLOSE's bytes, one attribute longer.
+    let mut s = String::with_capacity(CLOSE.len() + 20 + uri.len());
+    s.push_str("<close");
+    write_attr(&mut s, "xmlns", ns::FRAMING, Quote::Double);
+    write_attr(&mut s, "see-other-uri", uri, Quote::Double);
+    s.push_str(" />");
+    s
 }
 
 /// The drain's redirect for legacy `<stream:stream>` framing, which has no `see-other-uri`:
@@ -221,32 +234,18 @@ pub fn see_other_host(uri: &str) -> String {
     let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
     let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let host: String = host.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']')).collect();
-    format!(
-        r#"<stream:error xmlns:stream="{}"><see-other-host xmlns="{}">{host}</see-other-host></stream:error>"#,
-        ns::STREAM,
-        ns::STREAMS_ERR
-    )
+    let mut s = String::with_capacity(160 + host.len());
+    write_error(&mut s, "see-other-host", Some(&host), Scope::Standalone, Quote::Double);
+    s
 }
 
-/// A stream error xmpp-cm originates. `condition` comes from [`Error::stream_condition`], a
-/// closed set, but is checked anyway so that nothing but a name ever lands in the markup.
+/// A stream error xmpp-cm originates, as a message of its own. `condition` comes from
+/// [`Error::stream_condition`]; [`write_error`] writes anything but a plain name as
+/// `undefined-condition`.
 pub fn stream_error(condition: &str) -> String {
-    let c = if !condition.is_empty() && condition.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
-        condition
-    } else {
-        "undefined-condition"
-    };
-    format!(
-        r#"<stream:error xmlns:stream="{}"><{c} xmlns="{}"/></stream:error>"#,
-        ns::STREAM,
-        ns::STREAMS_ERR
-    )
-}
-
-fn escape_attr(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    crate::xml::element::escape_attr(s, &mut out);
-    out
+    let mut s = String::with_capacity(160);
+    write_error(&mut s, condition, None, Scope::Standalone, Quote::Double);
+    s
 }
 
 /// A fresh stream id for `<open/>` replies that have no upstream header (errors before the

@@ -172,6 +172,32 @@ fn close_is_byte_exact_ws27() {
     assert_eq!(message::close_for(Framing::Legacy), "</stream:stream>");
 }
 
+/// What xmpp-cm writes to WebSocket clients, byte for byte (double quotes, escaped values).
+#[test]
+fn originated_messages_are_byte_exact() {
+    let r = Reply { from: "example.com".into(), id: "a'b<c".into(), lang: "en".into() };
+    assert_eq!(
+        message::open(&r),
+        r#"<open xmlns="urn:ietf:params:xml:ns:xmpp-framing" from="example.com" id="a&apos;b&lt;c" version="1.0" xml:lang="en"/>"#
+    );
+    assert_eq!(
+        message::open_for(Framing::Legacy, &r),
+        r#"<stream:stream xmlns="jabber:client" xmlns:stream="http://etherx.jabber.org/streams" from="example.com" id="a&apos;b&lt;c" version="1.0" xml:lang="en">"#
+    );
+    assert_eq!(
+        message::close_redirect("wss://o.example/x?a=1&b=\"2\""),
+        r#"<close xmlns="urn:ietf:params:xml:ns:xmpp-framing" see-other-uri="wss://o.example/x?a=1&amp;b=&quot;2&quot;" />"#
+    );
+    assert_eq!(
+        message::stream_error("host-unknown"),
+        r#"<stream:error xmlns:stream="http://etherx.jabber.org/streams"><host-unknown xmlns="urn:ietf:params:xml:ns:xmpp-streams"/></stream:error>"#
+    );
+    assert_eq!(
+        message::see_other_host("wss://o.example:5281/ws"),
+        r#"<stream:error xmlns:stream="http://etherx.jabber.org/streams"><see-other-host xmlns="urn:ietf:params:xml:ns:xmpp-streams">o.example:5281</see-other-host></stream:error>"#
+    );
+}
+
 #[test]
 fn stream_errors_declare_stream_prefix_and_condition_ns_ws06_ws18() {
     let s = message::stream_error("host-unknown");

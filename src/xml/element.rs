@@ -322,6 +322,34 @@ pub fn escape_attr(s: &str, out: &mut String) {
     })
 }
 
+/// The quote around the attribute values of markup xmpp-cm writes itself (stream headers,
+/// stream errors, WebSocket framing elements). Each peer keeps the bytes it always got: single
+/// quotes on byte streams (upstream, Direct TLS), double quotes in WebSocket messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quote {
+    Single,
+    Double,
+}
+
+impl Quote {
+    fn char(self) -> char {
+        match self {
+            Quote::Single => '\'',
+            Quote::Double => '"',
+        }
+    }
+}
+
+/// Append ` name='value'` (or with `"`), the value escaped.
+pub fn write_attr(out: &mut String, name: &str, value: &str, q: Quote) {
+    out.push(' ');
+    out.push_str(name);
+    out.push('=');
+    out.push(q.char());
+    escape_attr(value, out);
+    out.push(q.char());
+}
+
 /// Copy `s` to `out` in runs, replacing the (ASCII) bytes `rep` maps. ASCII bytes never occur
 /// inside a multibyte UTF-8 sequence, so every cut is on a character boundary.
 #[inline]

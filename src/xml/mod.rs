@@ -1,10 +1,12 @@
 //! XML: the element tree ([`element`]), parsing a complete document ([`parse`]), splitting an
-//! endless XMPP stream into top-level elements ([`framing`]) and stream headers
-//! ([`stream_header`]). Everything here is pure: no IO, no async. Network input never panics.
+//! endless XMPP stream into top-level elements ([`framing`]), stream headers
+//! ([`stream_header`]) and the stream errors xmpp-cm writes ([`stream_error`]). Everything here
+//! is pure: no IO, no async. Network input never panics.
 
 pub mod element;
 pub mod framing;
 pub mod parse;
+pub mod stream_error;
 pub mod stream_header;
 
 pub use element::{Attr, Element, Node};

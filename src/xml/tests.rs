@@ -337,6 +337,96 @@ fn stream_header_helpers() {
     }
 }
 
+// ---------------------------------------------------------------- writers of stream markup
+
+#[test]
+fn write_attr_quotes_and_escapes() {
+    use element::{write_attr, Quote};
+    let mut s = String::new();
+    write_attr(&mut s, "a", "x'y\"z<&\t", Quote::Single);
+    write_attr(&mut s, "xml:lang", "en", Quote::Double);
+    assert_eq!(s, r#" a='x&apos;y&quot;z&lt;&amp;&#9;' xml:lang="en""#);
+}
+
+#[test]
+fn write_open_pins_every_header_form() {
+    use element::Quote;
+    use stream_header::{write_open, Open, CLOSE, DECLARATION};
+    let open = |h: Open<'_>, q| {
+        let mut s = String::new();
+        write_open(&mut s, &h, q);
+        s
+    };
+    // No attribute but the namespaces; every attribute, in the fixed order.
+    assert_eq!(
+        open(Open::default(), Quote::Single),
+        "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
+    );
+    let all = Open { to: Some("t"), from: Some("f"), id: Some("i"), version: Some("1.0"), lang: Some("en") };
+    assert_eq!(
+        open(all, Quote::Double),
+        r#"<stream:stream xmlns="jabber:client" xmlns:stream="http://etherx.jabber.org/streams" to="t" from="f" id="i" version="1.0" xml:lang="en">"#
+    );
+    // Direct TLS (passthrough::frame_text): the client's header back, without its id.
+    let h = StreamHeader { to: Some("d".into()), id: Some("x".into()), version: Some("1.0".into()), ..Default::default() };
+    assert_eq!(
+        open(Open { id: None, ..Open::from(&h) }, Quote::Single),
+        "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='d' version='1.0'>"
+    );
+    assert_eq!(DECLARATION, "<?xml version='1.0'?>");
+    assert_eq!(CLOSE, "</stream:stream>");
+    // What is written parses as a stream root.
+    let doc = format!("{DECLARATION}{}{CLOSE}", open(all, Quote::Single));
+    let el = parse(&doc).unwrap();
+    assert!(el.is("stream", ns::STREAM));
+    assert_eq!(StreamHeader::from_element(&el).id.as_deref(), Some("i"));
+}
+
+#[test]
+fn write_error_pins_both_scopes() {
+    use element::Quote;
+    use stream_error::{write_error, Scope};
+    let error = |c: &str, content, scope, q| {
+        let mut s = String::new();
+        write_error(&mut s, c, content, scope, q);
+        s
+    };
+    assert_eq!(
+        error("host-unknown", None, Scope::Standalone, Quote::Double),
+        r#"<stream:error xmlns:stream="http://etherx.jabber.org/streams"><host-unknown xmlns="urn:ietf:params:xml:ns:xmpp-streams"/></stream:error>"#
+    );
+    assert_eq!(
+        error("see-other-host", Some("h.example:5281"), Scope::Standalone, Quote::Double),
+        r#"<stream:error xmlns:stream="http://etherx.jabber.org/streams"><see-other-host xmlns="urn:ietf:params:xml:ns:xmpp-streams">h.example:5281</see-other-host></stream:error>"#
+    );
+    assert_eq!(
+        error("policy-violation", None, Scope::InStream, Quote::Single),
+        "<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>"
+    );
+    assert_eq!(error("a<b", Some("<&"), Scope::InStream, Quote::Single), "<stream:error><undefined-condition xmlns='urn:ietf:params:xml:ns:xmpp-streams'>&lt;&amp;</undefined-condition></stream:error>");
+    assert!(error("", None, Scope::InStream, Quote::Single).contains("<undefined-condition "));
+    let el = parse(&error("conflict", None, Scope::Standalone, Quote::Single)).unwrap();
+    assert!(el.is("error", ns::STREAM) && el.child("conflict", ns::STREAMS_ERR).is_some());
+}
+
+/// A Direct TLS refusal (`passthrough::refuse`): declaration, header, in-stream error, footer,
+/// byte for byte what it has always written.
+#[test]
+fn refusal_document_is_the_writers_composed() {
+    use element::Quote;
+    use stream_error::{write_error, Scope};
+    use stream_header::{write_open, Open, CLOSE, DECLARATION};
+    let mut s = String::from(DECLARATION);
+    write_open(&mut s, &Open { version: Some("1.0"), ..Default::default() }, Quote::Single);
+    write_error(&mut s, "policy-violation", None, Scope::InStream, Quote::Single);
+    s.push_str(CLOSE);
+    assert_eq!(
+        s,
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>\
+         <stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"
+    );
+}
+
 // ---------------------------------------------------------------- framer
 
 const HDR: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' from='example.com' id='s1' version='1.0' xml:lang='en'>";

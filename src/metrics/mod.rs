@@ -7,6 +7,10 @@
 //! ([`crate::admin`]) encodes the registry as OpenMetrics text. Grafana's dashboard
 //! (`dashboards/xmpp-cm.json`) queries only names defined here, and a test checks that.
 //!
+//! This file holds the labels, the registry and the counters API; the HTTP middleware that
+//! counts requests is `http.rs`'s ([`track_http`], [`HttpRoutes`]), the `/proc/self` collector
+//! `proc.rs`'s.
+//!
 //! Exported (OpenMetrics names):
 //! - `xmpp_cm_build_info{version}` — always 1.
 //! - `xmpp_cm_sessions_active{transport}` — gauge; `transport` is `bosh`, `websocket`, `direct_tls`
@@ -38,17 +42,21 @@
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::error::{ConnectKind, Error};
 use crate::Side;
+
+mod http;
+mod proc;
+
+pub use http::{track_http, HttpRoutes};
 
 /// Which client transport a session uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,7 +339,7 @@ impl Metrics {
             m.cluster_refused.clone(),
         );
         r.register("cluster_peers_seen", "Distinct peer replicas forwarded to or heard from", m.cluster_peers_seen.clone());
-        r.register_collector(Box::new(ProcessCollector));
+        r.register_collector(Box::new(proc::ProcessCollector));
         Metrics { registry: r, ..m }
     }
 
@@ -500,83 +508,10 @@ impl Drop for SessionGuard {
     }
 }
 
-/// The public paths, to name the route of a request from its matched path. Given as data by
-/// whoever composes the router (`crate::server`), so this module knows no handler.
-#[derive(Debug, Clone, Default)]
-pub struct HttpRoutes {
-    pub paths: Vec<(String, Route)>,
-}
-
-impl HttpRoutes {
-    fn classify(&self, matched: Option<&str>) -> Route {
-        let Some(m) = matched else { return Route::Other };
-        self.paths.iter().find(|(p, _)| p == m).map_or(Route::Other, |(_, r)| *r)
-    }
-}
-
-/// Middleware for the public router: counts every request by matched route and status and
-/// observes its duration (for a WebSocket, the handshake only).
-pub async fn track_http(
-    axum::extract::State(routes): axum::extract::State<std::sync::Arc<HttpRoutes>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let route = routes.classify(req.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str()));
-    let start = Instant::now();
-    let resp = next.run(req).await;
-    metrics().http_request(route, resp.status().as_u16(), start.elapsed());
-    resp
-}
-
 /// The process-wide registry.
 pub fn metrics() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
     M.get_or_init(Metrics::new)
-}
-
-/// CPU, memory and file descriptors of this process, read from `/proc/self` at scrape time.
-/// Nothing is exported where `/proc` is missing.
-#[derive(Debug)]
-struct ProcessCollector;
-
-impl Collector for ProcessCollector {
-    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(p) = read_proc() else { return Ok(()) };
-        let cpu = ConstCounter::new(p.cpu_seconds);
-        cpu.encode(enc.encode_descriptor("process_cpu", "User and system CPU time", Some(&Unit::Seconds), cpu.metric_type())?)?;
-        let rss = ConstGauge::new(p.rss_bytes as i64);
-        rss.encode(enc.encode_descriptor(
-            "process_resident_memory",
-            "Resident memory size",
-            Some(&Unit::Bytes),
-            rss.metric_type(),
-        )?)?;
-        let fds = ConstGauge::new(p.open_fds as i64);
-        fds.encode(enc.encode_descriptor("process_open_fds", "Open file descriptors", None, fds.metric_type())?)?;
-        Ok(())
-    }
-}
-
-struct ProcStats {
-    cpu_seconds: f64,
-    rss_bytes: u64,
-    open_fds: usize,
-}
-
-/// Linux `/proc/self/stat` fields 14/15 (utime/stime, clock ticks) and 24 (rss, pages).
-/// Ticks are 100 Hz and pages 4 KiB on every Linux this runs on; avoiding `libc` for two
-/// `sysconf` calls is worth that assumption.
-fn read_proc() -> Option<ProcStats> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name (field 2) may contain spaces; fields after it follow the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state), so field n is f[n - 3].
-    let utime: u64 = f.get(11)?.parse().ok()?;
-    let stime: u64 = f.get(12)?.parse().ok()?;
-    let rss_pages: u64 = f.get(21)?.parse().ok()?;
-    let open_fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
-    Some(ProcStats { cpu_seconds: (utime + stime) as f64 / 100.0, rss_bytes: rss_pages * 4096, open_fds })
 }
 
 #[cfg(test)]
@@ -636,17 +571,6 @@ mod tests {
         // Every metric name carries the prefix.
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(l.starts_with("xmpp_cm_"), "{l}");
-        }
-    }
-
-    #[test]
-    fn process_stats_are_read_on_linux() {
-        if std::path::Path::new("/proc/self/stat").exists() {
-            let p = read_proc().expect("parse /proc/self/stat");
-            assert!(p.rss_bytes > 0 && p.open_fds > 0);
-            let text = Metrics::new().encode();
-            assert!(text.contains("xmpp_cm_process_cpu_seconds_total "), "{text}");
-            assert!(text.contains("xmpp_cm_process_resident_memory_bytes "), "{text}");
         }
     }
 
