@@ -1,8 +1,8 @@
-//! The open upstream stream: the [`Connection`] that negotiation ([`super::connect`]) returns,
+//! The open upstream stream: the [`Connection`] that negotiation (`connect.rs`) returns,
 //! split into [`UpstreamReader`] (owns the framer and reads through a per-thread buffer, so a
 //! waiting reader holds none) and [`UpstreamWriter`] (serializes, queues and flushes elements;
-//! restart, close and abort), and the [`Wire`] both are cut from: the whole socket while the
-//! stream is still being negotiated. Why a read failed ([`ReadFail`]) is decided here, as a
+//! restart, close and abort), and the `Wire` both are cut from: the whole socket while the
+//! stream is still being negotiated. Why a read failed (`ReadFail`) is decided here, as a
 //! connect error during negotiation or as the loss of an open stream. Bytes never leave this
 //! file, `connect.rs` and `xml`.
 
