@@ -18,7 +18,7 @@ LAYERS = [
      "bosh/mod.rs", "bosh/body.rs", "bosh/body/", "bosh/window.rs", "bosh/exchange.rs", "bosh/registry.rs",
      "front/client_ip.rs", "front/tls.rs"],
     # The upstream stream and the cluster's sids and hop; the configuration in force.
-    ["upstream/", "cluster/", "live.rs"],
+    ["upstream/", "link.rs", "cluster/", "live.rs"],
     # What every transport shares.
     ["state.rs"],
     # Transports and the handlers of the public listeners; reload; the check command.

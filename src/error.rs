@@ -1,7 +1,9 @@
 //! The one error type every session end is expressed in, with the side that caused it and a
 //! closed `kind`. [`Error::bosh_condition`], [`Error::stream_condition`], [`Error::kind`] and
 //! [`Error::limit`] are the *only* places where a failure is mapped to a BOSH terminate
-//! condition, a WebSocket stream error, a metric label and the configured limit it hit.
+//! condition, a WebSocket stream error, a metric label and the configured limit it hit;
+//! [`Error::teardown`] is the one rule for what the upstream stream gets when a session ends,
+//! whatever the transport.
 
 use crate::xml::{Element, XmlError};
 
@@ -223,6 +225,26 @@ impl Error {
         }
     }
 
+    /// What the upstream stream gets when a session ends for this reason, on every transport
+    /// (`crate::link::Link::end` carries it out). `resumable`: the server enabled resumable
+    /// XEP-0198 stream management (`<enabled resume/>` or `<resumed/>`). `owed`: the session
+    /// holds stanzas from the server that the client was never given.
+    pub fn teardown(&self, resumable: bool, owed: bool) -> Teardown {
+        use Error::*;
+        match self {
+            // Nothing to write to.
+            Connect { .. } | UpstreamLost(_) => Teardown::Drop,
+            // The server ended the stream: answer its close with ours, nothing more.
+            UpstreamClosed | UpstreamStreamError(_) | UpstreamTooLarge => Teardown::Close,
+            // The client is absent, not finished. A resumable session must stay resumable, here
+            // or through another replica: no `</stream:stream>`, nothing bounced (XEP-0198 §5).
+            // A lost socket is an implicit close that is not a goodbye (WS-24): abortive too,
+            // unless stanzas are owed, which are bounced to their senders (XEP-0206 §7).
+            ClientGone | Shutdown | Redirect(_) if resumable || !owed => Teardown::Abort,
+            _ => Teardown::BounceThenClose,
+        }
+    }
+
     /// HTTP status for sessions created without `ver` (XEP-0124 §17.1), when one applies.
     pub fn legacy_http_status(&self) -> Option<u16> {
         match self.bosh_condition() {
@@ -238,6 +260,21 @@ impl From<XmlError> for Error {
     fn from(e: XmlError) -> Self {
         Error::ClientXml(e)
     }
+}
+
+/// How a session's upstream stream ends ([`Error::teardown`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Teardown {
+    /// The connection is already broken: release it.
+    Drop,
+    /// Write `</stream:stream>` (the server already closed or errored its side).
+    Close,
+    /// Shut the socket down *without* `</stream:stream>`, after what the client already
+    /// handed over, so the server keeps the XEP-0198 session resumable.
+    Abort,
+    /// Bounce what the client was never given (messages and iq requests, XEP-0206 §7), write
+    /// `</stream:stream>`, and give the server a moment to close its side.
+    BounceThenClose,
 }
 
 /// The rule a `PolicyViolation` broke.
@@ -338,6 +375,47 @@ impl Limit {
             Limit::BodyTimeout => "body_timeout",
             Limit::QueuedBytes => "queued_bytes",
             Limit::ClientRate => "client_rate",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One teardown rule for every transport (issue 15 §2; BOSH-T-21, WS-24, XEP-0198).
+    #[test]
+    fn teardown_table() {
+        use Teardown::*;
+        let lost = Error::UpstreamLost("reset".into());
+        let connect = Error::Connect { kind: ConnectKind::Tcp, detail: String::new() };
+        let stream_error = Error::UpstreamStreamError(Box::new(Element::new("error", crate::xml::ns::STREAM)));
+        let redirect = Error::Redirect("https://b.example/".into());
+        // (error, resumable, owed, teardown)
+        let cases: [(&Error, bool, bool, Teardown); 19] = [
+            (&lost, false, true, Drop),
+            (&lost, true, false, Drop),
+            (&connect, true, true, Drop),
+            (&Error::UpstreamClosed, true, true, Close),
+            (&stream_error, false, true, Close),
+            (&Error::UpstreamTooLarge, true, false, Close),
+            (&Error::ClientGone, true, true, Abort),
+            (&Error::Shutdown, true, true, Abort),
+            (&redirect, true, true, Abort),
+            (&Error::ClientGone, false, false, Abort),
+            (&Error::Shutdown, false, false, Abort),
+            (&Error::ClientGone, false, true, BounceThenClose),
+            (&Error::Shutdown, false, true, BounceThenClose),
+            (&redirect, false, true, BounceThenClose),
+            // A client that said goodbye, or broke a rule, ends the XMPP session for good.
+            (&Error::ClientTerminate, true, false, BounceThenClose),
+            (&Error::ClientTerminate, false, true, BounceThenClose),
+            (&Error::PolicyViolation(Policy::TooManyRequests), true, true, BounceThenClose),
+            (&Error::HostGone, true, false, BounceThenClose),
+            (&Error::ClientXml(XmlError::InvalidUtf8), false, false, BounceThenClose),
+        ];
+        for (err, resumable, owed, want) in cases {
+            assert_eq!(err.teardown(resumable, owed), want, "{err} (resumable {resumable}, owed {owed})");
         }
     }
 }

@@ -39,6 +39,7 @@ pub mod front;
 pub mod front_page;
 pub mod hostmeta;
 pub mod limits;
+pub mod link;
 pub mod live;
 pub mod metrics;
 pub mod passthrough;

@@ -2,11 +2,14 @@
 //! Dino) that offers ALPN `xmpp-client` gets its decrypted RFC 6120 stream relayed to the
 //! upstream server like any other session.
 //!
-//! No new session logic: [`TcpMessages`] presents the client's byte stream as the message
-//! stream of a legacy-framing WebSocket (`<stream:stream …>`, one element per message,
-//! `</stream:stream>`), and the WebSocket session task does the rest — upstream connect,
-//! feature filtering (no `<starttls/>`, no `-PLUS`), restarts, stream errors, XEP-0198 abortive
-//! close. Pings the session sends are answered locally; TCP has no frames to carry them.
+//! No new session logic: [`TcpMessages`] frames the client's byte stream (`xml::Framer`, under
+//! the client-side XML limits) and hands each frame to the WebSocket session task already
+//! classified, as a legacy-framing stream ([`FromClient::Parsed`]: the header is the `<open/>`,
+//! `</stream:stream>` the `<close/>`), with no text round trip; the session does the rest —
+//! upstream link, feature filtering (no `<starttls/>`, no `-PLUS`), restarts, stream errors,
+//! the teardown. What the session sends is written as it is (one element per message, the
+//! legacy framing's own header and footer). Pings the session sends are answered locally; TCP
+//! has no frames to carry them.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -19,6 +22,8 @@ use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 
 use crate::state::AppState;
+use crate::websocket::message::{Framing, Inbound, OpenRequest};
+use crate::websocket::FromClient;
 use crate::xml::{ns, Frame, Framer, Limits};
 
 /// Run one passthrough session over `io` (already decrypted).
@@ -67,14 +72,16 @@ async fn refuse<S: AsyncWrite + Unpin>(mut io: S, err: &crate::Error) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), write).await;
 }
 
-/// A raw XMPP byte stream seen as legacy-framing WebSocket messages.
+/// A raw XMPP byte stream seen as the client side of a legacy-framing session.
 pub struct TcpMessages<S> {
     rd: ReadHalf<S>,
     wr: WriteHalf<S>,
     framer: Framer,
     buf: Vec<u8>,
-    /// Messages to hand out before reading more (pongs for the session's pings).
-    pending: VecDeque<Message>,
+    /// Bytes read since the last item was handed out (the client rate limit counts them).
+    unclaimed: usize,
+    /// Items to hand out before reading more (pongs for the session's pings).
+    pending: VecDeque<FromClient>,
     out: Vec<u8>,
     reader: Option<Waker>,
     eof: bool,
@@ -83,36 +90,36 @@ pub struct TcpMessages<S> {
 impl<S: AsyncRead + AsyncWrite> TcpMessages<S> {
     pub fn new(io: S, limits: Limits) -> Self {
         let (rd, wr) = tokio::io::split(io);
-        TcpMessages { rd, wr, framer: Framer::new(limits), buf: vec![0; 4096], pending: VecDeque::new(), out: Vec::new(), reader: None, eof: false }
+        TcpMessages {
+            rd,
+            wr,
+            framer: Framer::new(limits),
+            buf: vec![0; 4096],
+            unclaimed: 0,
+            pending: VecDeque::new(),
+            out: Vec::new(),
+            reader: None,
+            eof: false,
+        }
+    }
+
+    fn parsed(&mut self, inbound: Result<Inbound, crate::Error>) -> FromClient {
+        FromClient::Parsed { inbound: Box::new(inbound), bytes: std::mem::take(&mut self.unclaimed) }
     }
 }
 
-/// Re-serialize a frame as the text of one legacy-framing message.
-fn frame_text(f: Frame) -> String {
+/// A frame of the client's stream as the session's input: the stream header opens the
+/// session's legacy framing, elements are stanzas (or SASL, SM …), the footer closes it.
+fn inbound(f: Frame) -> Inbound {
     match f {
-        Frame::StreamOpen(h) => {
-            let mut s = format!("<stream:stream xmlns='{}' xmlns:stream='{}'", ns::CLIENT, ns::STREAM);
-            let mut attr = |n: &str, v: &Option<String>| {
-                if let Some(v) = v {
-                    let mut e = String::new();
-                    crate::xml::element::escape_attr(v, &mut e);
-                    s.push_str(&format!(" {n}='{e}'"));
-                }
-            };
-            attr("to", &h.to);
-            attr("from", &h.from);
-            attr("version", &h.version);
-            attr("xml:lang", &h.lang);
-            s.push('>');
-            s
-        }
-        Frame::Element(el) => el.to_xml(""),
-        Frame::StreamClose => "</stream:stream>".into(),
+        Frame::StreamOpen(h) => Inbound::Open(OpenRequest { to: h.to, from: h.from, version: h.version, lang: h.lang }, Framing::Legacy),
+        Frame::Element(el) => Inbound::Element(el),
+        Frame::StreamClose => Inbound::Close,
     }
 }
 
 impl<S: AsyncRead + AsyncWrite> Stream for TcpMessages<S> {
-    type Item = Result<Message, axum::Error>;
+    type Item = Result<FromClient, axum::Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -121,13 +128,13 @@ impl<S: AsyncRead + AsyncWrite> Stream for TcpMessages<S> {
                 return Poll::Ready(Some(Ok(m)));
             }
             match this.framer.next_frame() {
-                Ok(Some(f)) => return Poll::Ready(Some(Ok(Message::Text(frame_text(f).into())))),
+                Ok(Some(f)) => return Poll::Ready(Some(Ok(this.parsed(Ok(inbound(f)))))),
                 Ok(None) => {}
-                // Bad XML: hand the session something that fails to parse, so the client gets
-                // the not-well-formed stream error like any other transport.
-                Err(_) => {
+                // Bad XML or a limit: the session ends with the stream error for it, like on
+                // any other transport.
+                Err(e) => {
                     this.eof = true;
-                    return Poll::Ready(Some(Ok(Message::Text("<".into()))));
+                    return Poll::Ready(Some(Ok(this.parsed(Err(e.into())))));
                 }
             }
             if this.eof {
@@ -138,6 +145,7 @@ impl<S: AsyncRead + AsyncWrite> Stream for TcpMessages<S> {
                 Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(None),
                 Poll::Ready(Ok(())) => {
                     let n = rb.filled().len();
+                    this.unclaimed += n;
                     this.framer.feed(&this.buf[..n]);
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(axum::Error::new(e)))),
@@ -166,7 +174,7 @@ impl<S: AsyncRead + AsyncWrite> Sink<Message> for TcpMessages<S> {
         match item {
             Message::Text(t) => this.out.extend_from_slice(t.as_str().as_bytes()),
             Message::Ping(p) => {
-                this.pending.push_back(Message::Pong(p));
+                this.pending.push_back(FromClient::Message(Message::Pong(p)));
                 if let Some(w) = this.reader.take() {
                     w.wake();
                 }

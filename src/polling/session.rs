@@ -19,20 +19,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::OptionFuture;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info};
 
 use super::wire::{self, Fault};
 use super::Hub;
 use crate::error::Error;
-use crate::metrics::{metrics, Direction, Transport};
+use crate::link::{Event, Link, Opened};
+use crate::metrics::{metrics, Transport};
 use crate::relay;
-use crate::upstream::{self, Connection, OpenParams, UpstreamReader, UpstreamWriter};
+use crate::upstream::OpenParams;
 use crate::websocket::message;
 use crate::xml::{ns, Element, Frame, Framer};
 
-/// How long a closing upstream stream is given to answer `</stream:stream>`.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// The stream footer, both ways.
 const STREAM_CLOSE: &str = "</stream:stream>";
 
@@ -72,21 +71,19 @@ struct Session {
     key: Option<String>,
     /// The client's stream, across requests.
     framer: Framer,
-    writer: Option<UpstreamWriter>,
-    reader: Option<UpstreamReader>,
+    /// The upstream stream; `None` once it ended.
+    link: Option<Link>,
     /// Serialized text for the next answer (already rewritten by relay).
     out: String,
-    /// The error replies owed to senders of what `out` holds, should it never be fetched.
-    bounces: Vec<Element>,
+    /// What `out` holds that is owed an error reply should it never be fetched (messages and
+    /// iq requests: `relay::bounce`).
+    owed: Vec<Element>,
     /// When the last good request arrived (inactivity clock).
     last_request: Instant,
     inactivity: Duration,
     /// The server's stream is over and `out` ends with `</stream:stream>`: the next good
     /// request takes it and the session ends.
     finished: bool,
-    /// The server enabled resumable XEP-0198 stream management: a client that is gone gets
-    /// its upstream dropped without `</stream:stream>` and nothing bounced, as BOSH does.
-    resumable: bool,
     /// `limits.client_bytes_per_sec`: while paused, no request is taken from the channel.
     throttle: Option<Box<crate::limits::Throttle>>,
     /// Counts the session in the metrics; records why it ended when dropped.
@@ -106,14 +103,12 @@ pub(super) async fn run(hub: Arc<Hub>, start: Start, mut rx: mpsc::Receiver<Box<
         id,
         framer,
         key,
-        writer: None,
-        reader: None,
+        link: None,
         out: String::new(),
-        bounces: Vec::new(),
+        owed: Vec::new(),
         last_request: Instant::now(),
         inactivity: Duration::from_secs(config.polling.inactivity),
         finished: false,
-        resumable: false,
         throttle: crate::limits::Throttle::new(config.limits.client_bytes_per_sec, config.upstream.max_stanza_bytes, std::time::Instant::now()),
         metrics: metrics().session_started(Transport::Polling),
         done: false,
@@ -122,12 +117,12 @@ pub(super) async fn run(hub: Arc<Hub>, start: Start, mut rx: mpsc::Receiver<Box<
         hub,
     };
     let conn = tokio::select! {
-        c = upstream::connect(&live.upstream, &s.open) => c,
+        c = Link::open(&live.upstream, &s.open, None) => c,
         _ = shutdown.cancelled() => Err(if s.hub.state.shutdown.is_cancelled() { Error::Shutdown } else { Error::HostGone }),
     };
     drop(live);
     match conn {
-        Ok(conn) => s.opened(conn, reply).await,
+        Ok((link, opened)) => s.opened(link, opened, reply).await,
         Err(e) => {
             tracing::warn!(domain = %s.open.domain, kind = e.kind(), error = %e, "upstream connect failed");
             // Whatever stopped it, the server side failed this client: §3.1.2.
@@ -148,14 +143,12 @@ pub(super) async fn run(hub: Arc<Hub>, start: Start, mut rx: mpsc::Receiver<Box<
 impl Session {
     /// The upstream stream is open: the creation answer carries its header and features,
     /// after whatever else the creation payload held went upstream.
-    async fn opened(&mut self, conn: Connection, reply: oneshot::Sender<Answer>) {
-        let Connection { header, features, writer, reader, .. } = conn;
+    async fn opened(&mut self, link: Link, opened: Opened, reply: oneshot::Sender<Answer>) {
         // The inactivity clock starts with the answer, not before the connect.
         self.last_request = Instant::now();
-        self.out.push_str(&stream_header(&header, &self.open.domain));
-        self.writer = Some(writer);
-        self.reader = Some(reader);
-        self.queue(features);
+        self.out.push_str(&stream_header(&opened.header, &self.open.domain));
+        self.link = Some(link);
+        self.queue(opened.features);
         match self.relay_client(&[]).await {
             Ok(false) => self.answer(reply),
             Ok(true) => {
@@ -174,7 +167,7 @@ impl Session {
             let idle_at = self.last_request + self.inactivity;
             // Backpressure: a client that does not come for its stanzas stops us reading.
             let room = self.out.len() < self.config.limits.max_queued_bytes;
-            let reading = OptionFuture::from(self.reader.as_mut().filter(|_| room).map(|r| r.next()));
+            let reading = OptionFuture::from(self.link.as_mut().filter(|_| room).map(|l| l.next()));
             let paused_until = self.throttle.as_ref().and_then(|t| t.paused_until());
             tokio::select! {
                 biased;
@@ -198,7 +191,7 @@ impl Session {
                         t.resume(std::time::Instant::now());
                     }
                 }
-                Some(frame) = reading => self.on_frame(frame).await,
+                Some(event) = reading => self.on_event(event).await,
                 _ = sleep_until(idle_at) => {
                     debug!("inactivity timeout");
                     self.end(Error::ClientGone).await;
@@ -252,7 +245,7 @@ impl Session {
     /// (through [`relay::from_client`]) and stream restarts. True when the client closed its
     /// stream (bytes after `</stream:stream>` are ignored).
     async fn relay_client(&mut self, payload: &[u8]) -> Result<bool, Error> {
-        let Some(writer) = self.writer.as_mut() else {
+        let Some(link) = self.link.as_mut() else {
             return Err(Error::UpstreamLost("upstream already closed".into()));
         };
         self.framer.feed(payload);
@@ -268,13 +261,12 @@ impl Session {
                         from: h.from,
                         ..self.open.clone()
                     };
-                    writer.restart(&params).await?;
+                    link.restart(&params).await?;
                 }
                 Frame::Element(el) => {
                     let el = relay::from_client(el)?;
-                    metrics().stanza(Direction::ToUpstream);
-                    if writer.queue(&el) {
-                        writer.flush_queued().await?;
+                    if link.queue(&el) {
+                        link.flush().await?;
                     }
                 }
                 Frame::StreamClose => {
@@ -283,48 +275,43 @@ impl Session {
                 }
             }
         }
-        writer.flush_queued().await?;
+        link.flush().await?;
         Ok(closed)
     }
 
     /// Answer with everything queued; what it carries is no longer owed a bounce.
     fn answer(&mut self, reply: oneshot::Sender<Answer>) {
-        self.bounces.clear();
+        self.owed.clear();
         let _ = reply.send(Answer::Data(std::mem::take(&mut self.out)));
     }
 
     // ------------------------------------------------------------------ upstream
 
-    /// Frames the reader already holds, without IO, so an answer carries all that arrived.
+    /// Events the link already holds, without IO, so an answer carries all that arrived.
     async fn take_buffered(&mut self) {
-        while let Some(f) = self.reader.as_mut().and_then(UpstreamReader::try_next_buffered) {
-            self.on_frame(f).await;
+        while let Some(e) = self.link.as_mut().and_then(Link::try_next_buffered) {
+            self.on_event(e).await;
         }
     }
 
-    async fn on_frame(&mut self, frame: Result<Frame, Error>) {
-        match frame {
-            Ok(Frame::StreamOpen(h)) => self.out.push_str(&stream_header(&h, &self.open.domain)),
-            Ok(Frame::Element(el)) if el.is("error", ns::STREAM) => self.upstream_ended(Error::UpstreamStreamError(Box::new(el))).await,
-            Ok(Frame::Element(el)) => self.queue(el),
-            Ok(Frame::StreamClose) => self.upstream_ended(Error::UpstreamClosed).await,
+    async fn on_event(&mut self, event: Result<Event, Error>) {
+        match event {
+            Ok(Event::Header(h)) => self.out.push_str(&stream_header(&h, &self.open.domain)),
+            Ok(Event::Element(el)) => self.queue(el),
             Err(e) => self.upstream_ended(e).await,
         }
     }
 
-    /// Take an element from upstream for the client, noting what it owes and what it enables.
+    /// Take an element from upstream (already rewritten by relay) for the client, noting
+    /// whether it is owed a bounce.
     fn queue(&mut self, el: Element) {
-        if el.is("enabled", ns::SM3) {
-            self.resumable = matches!(el.attr("resume"), Some("true" | "1"));
-        } else if el.is("resumed", ns::SM3) {
-            self.resumable = true;
+        if relay::bounce(&el).is_some() {
+            self.owed.push(el.clone());
         }
-        metrics().stanza(Direction::ToClient);
-        self.bounces.extend(relay::bounce(&el));
         let max = self.config.limits.max_queued_bytes;
         let before = self.out.len();
         // Written into the stream the header opened, where `jabber:client` is the default.
-        relay::from_upstream(el).write_xml(&mut self.out, ns::CLIENT);
+        el.write_xml(&mut self.out, ns::CLIENT);
         if before < max && self.out.len() >= max {
             metrics().limit_hit(crate::metrics::Limit::QueuedBytes);
         }
@@ -342,20 +329,17 @@ impl Session {
         self.out.push_str(STREAM_CLOSE);
         self.finished = true;
         // Nothing can be bounced through a stream that is gone.
-        self.bounces.clear();
-        self.reader = None;
-        if let Some(mut w) = self.writer.take() {
-            if !matches!(why, Error::UpstreamLost(_)) {
-                let _ = timeout(CLOSE_GRACE, w.close()).await;
-            }
+        self.owed.clear();
+        if let Some(link) = self.link.take() {
+            link.end(&why, &[], &self.hub.state.tracker).await;
         }
         self.metrics.end(&why);
     }
 
     // ------------------------------------------------------------------ the end
 
-    /// End the session for `why`: the upstream is closed in bounded time (in its own task),
-    /// after the bounces the client still owes (*owed-bounces*).
+    /// End the session for `why`: the upstream ends by the one teardown rule, the bounces the
+    /// client still owes first (*owed-bounces*).
     async fn end(&mut self, why: Error) {
         self.metrics.end(&why);
         match why.side() {
@@ -363,31 +347,9 @@ impl Session {
             _ => info!(kind = why.kind(), error = %why, "polling session ends"),
         }
         self.done = true;
-        let reader = self.reader.take();
-        let Some(mut writer) = self.writer.take() else { return };
-        if self.resumable && matches!(why, Error::ClientGone | Error::Shutdown) {
-            // XEP-0198: the server keeps the session for a resumption only if the stream is
-            // not closed.
-            return writer.abort().await;
+        if let Some(link) = self.link.take() {
+            link.end(&why, &std::mem::take(&mut self.owed), &self.hub.state.tracker).await;
         }
-        let bounces = std::mem::take(&mut self.bounces);
-        self.hub.state.tracker.spawn(async move {
-            let closed = async {
-                writer.send_all(&bounces).await?;
-                writer.close().await
-            };
-            if timeout(CLOSE_GRACE, closed).await.is_err() {
-                return;
-            }
-            // A moment for the server to close its side, so the last presence is processed.
-            let Some(mut reader) = reader else { return };
-            let deadline = Instant::now() + CLOSE_GRACE;
-            while let Ok(Ok(frame)) = tokio::time::timeout_at(deadline, reader.next()).await {
-                if frame == Frame::StreamClose {
-                    break;
-                }
-            }
-        });
     }
 }
 

@@ -11,6 +11,8 @@
 pub mod message;
 mod session;
 
+pub use session::FromClient;
+
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
@@ -63,6 +65,7 @@ pub async fn handler(State(state): State<Arc<AppState>>, ext: axum::http::Extens
             tracker.track_future(async move {
                 // The admission slot is held for the session's whole life.
                 let _permit = permit;
+                let socket = futures_util::StreamExt::map(socket, |m| m.map(FromClient::Message));
                 let mut s = session::Session::new(socket, state, Transport::WebSocket);
                 s.client = client;
                 s.run().await
@@ -70,11 +73,12 @@ pub async fn handler(State(state): State<Arc<AppState>>, ext: axum::http::Extens
         })
 }
 
-/// Run a Direct TLS passthrough session (see [`crate::passthrough`]) over a message adapter.
-/// `client` is the TCP peer (sent upstream in the PROXY header when configured).
+/// Run a Direct TLS passthrough session (see [`crate::passthrough`]) over its socket adapter,
+/// which yields the client's stream as [`FromClient::Parsed`] items. `client` is the TCP peer
+/// (sent upstream in the PROXY header when configured).
 pub async fn run_passthrough<S>(socket: S, state: Arc<AppState>, client: Option<std::net::SocketAddr>)
 where
-    S: futures_util::Stream<Item = Result<axum::extract::ws::Message, axum::Error>>
+    S: futures_util::Stream<Item = Result<FromClient, axum::Error>>
         + futures_util::Sink<axum::extract::ws::Message, Error = axum::Error>
         + Unpin
         + Send,

@@ -3,8 +3,11 @@
 //! `tokio::select!` loop (shutdown, client message, upstream frame, ping timer, ping deadline).
 //! Every way the loop can end is an [`Ending`] carrying a [`crate::Error`]; [`Session::finish`]
 //! turns it into what the client sees (stream error from `Error::stream_condition`, `<close/>`,
-//! WebSocket close code) and into what the upstream sees (graceful `</stream:stream>` or an
-//! abortive drop that keeps XEP-0198 sessions resumable).
+//! WebSocket close code) and hands it to [`Link::end`] for what the upstream sees.
+//!
+//! The same task runs XEP-0368 Direct TLS sessions (`crate::passthrough`): their socket yields
+//! [`FromClient::Parsed`] items, frames of the client's XML stream already classified, instead of
+//! WebSocket messages.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,11 +18,12 @@ use tokio::time::{sleep, sleep_until, timeout, Instant};
 
 use super::message::{self, Framing, Inbound, OpenRequest, Reply};
 use crate::error::Error;
-use crate::metrics::{metrics, Direction, SessionGuard, Transport};
+use crate::link::{Event, Link};
+use crate::metrics::{metrics, SessionGuard, Transport};
 use crate::relay;
 use crate::state::AppState;
-use crate::upstream::{self, OpenParams, UpstreamReader, UpstreamWriter};
-use crate::xml::{ns, Element, Frame, Limits, XmlError};
+use crate::upstream::OpenParams;
+use crate::xml::{ns, Element, Limits, XmlError};
 
 /// How long after a client `<close/>` we wait for the upstream's `</stream:stream>` (WS-16;
 /// xmpp.js gives up on our `<close/>` after 2 s).
@@ -96,12 +100,13 @@ pub(super) fn read_fault(e: &axum::Error) -> ReadFault {
     }
 }
 
-/// The upstream halves, present once the client has opened its stream.
-struct Up {
-    writer: UpstreamWriter,
-    reader: UpstreamReader,
-    /// The domain the stream was opened for; restarts keep it.
-    domain: String,
+/// One item from the client's socket.
+pub enum FromClient {
+    /// A WebSocket message (its text is classified by [`message::classify`]).
+    Message(Message),
+    /// The next item of a Direct TLS client's XML stream, framed and classified by
+    /// `crate::passthrough` (no text round trip), with the bytes it took on the wire.
+    Parsed { inbound: Box<Result<Inbound, Error>>, bytes: usize },
 }
 
 /// Liveness of the client: pings at `interval`, session over if nothing arrives `timeout`
@@ -146,7 +151,8 @@ pub(super) struct Session<S> {
     opened: bool,
     /// The domain the client asked for, for a fallback `from` on our `<open/>`.
     asked_domain: Option<String>,
-    up: Option<Up>,
+    /// The upstream stream, once the client has opened its own.
+    up: Option<Link>,
     limits: Limits,
     keepalive: Keepalive,
     /// Bound on one send to the client: a peer that stops reading must not hold the task.
@@ -168,7 +174,7 @@ enum Flow {
 
 impl<S> Session<S>
 where
-    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + Send,
+    S: Stream<Item = Result<FromClient, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin + Send,
 {
     pub(super) fn new(socket: S, state: Arc<AppState>, transport: Transport) -> Self {
         let c = state.config();
@@ -219,7 +225,7 @@ where
         loop {
             if !domain_watched {
                 if let Some(up) = &self.up {
-                    shutdown = self.state.domain_token(&up.domain);
+                    shutdown = self.state.domain_token(up.domain());
                     domain_watched = true;
                 }
             }
@@ -227,7 +233,7 @@ where
             // then written in one go: the server handles one read per batch, not per stanza.
             let paused_until = self.throttle.as_ref().and_then(|t| t.paused_until());
             let paused = paused_until.is_some();
-            if self.up.as_ref().is_some_and(|u| u.writer.has_queued()) {
+            if self.up.as_ref().is_some_and(Link::has_queued) {
                 let ready = if paused { None } else { futures_util::FutureExt::now_or_never(self.socket.next()) };
                 if let Some(msg) = ready {
                     self.keepalive.alive();
@@ -237,7 +243,7 @@ where
                     continue;
                 }
                 if let Some(up) = self.up.as_mut() {
-                    if let Err(e) = Box::pin(up.writer.flush_queued()).await {
+                    if let Err(e) = Box::pin(up.flush()).await {
                         return Ending::new(e);
                     }
                 }
@@ -255,7 +261,7 @@ where
                 (a, b) => a.or(b),
             };
             let waiting_open = self.up.is_none();
-            let up_reader = self.up.as_mut().map(|u| &mut u.reader);
+            let link = self.up.as_mut();
             tokio::select! {
                 _ = shutdown.cancelled(), if self.drain_at.is_none() => {
                     if !self.state.shutdown.is_cancelled() {
@@ -275,8 +281,8 @@ where
                         return e;
                     }
                 }
-                frame = next_frame(up_reader) => {
-                    if let Flow::End(e) = self.on_upstream(frame).await {
+                event = next_event(link) => {
+                    if let Flow::End(e) = self.on_upstream(event).await {
                         return e;
                     }
                 }
@@ -304,11 +310,37 @@ where
         }
     }
 
-    async fn on_client(&mut self, msg: Option<Result<Message, axum::Error>>) -> Flow {
+    async fn on_client(&mut self, msg: Option<Result<FromClient, axum::Error>>) -> Flow {
+        // Matched here rather than in a function of its own: an async fn keeps its arguments
+        // for its whole life, so a nested one would keep the `Inbound` in every idle session.
+        match self.client_inbound(msg) {
+            Ok(Inbound::Nothing) => Flow::Continue,
+            // Rare states are boxed so that their futures do not size every idle session.
+            Ok(Inbound::Open(req, framing)) => Box::pin(self.on_open(req, framing)).await,
+            Ok(Inbound::Close) => Flow::End(Box::pin(self.client_close()).await),
+            Ok(Inbound::Element(el)) => self.on_element(el).await,
+            Err(flow) => flow,
+        }
+    }
+
+    /// What a client item means: the next [`Inbound`], or how the session goes on without one
+    /// (a ping, or the end).
+    fn client_inbound(&mut self, msg: Option<Result<FromClient, axum::Error>>) -> Result<Inbound, Flow> {
+        let msg = match msg {
+            Some(Ok(FromClient::Parsed { inbound, bytes })) => {
+                if let Some(th) = self.throttle.as_mut() {
+                    th.take(bytes, std::time::Instant::now());
+                }
+                return (*inbound).map_err(|e| Flow::End(Ending::new(e)));
+            }
+            Some(Ok(FromClient::Message(m))) => Some(Ok(m)),
+            Some(Err(e)) => Some(Err(e)),
+            None => None,
+        };
         let text = match msg {
-            None => return Flow::End(Ending::gone("socket closed")),
+            None => return Err(Flow::End(Ending::gone("socket closed"))),
             Some(Err(e)) => {
-                return Flow::End(match read_fault(&e) {
+                return Err(Flow::End(match read_fault(&e) {
                     ReadFault::Utf8 => Ending::with_code(XmlError::InvalidUtf8.into(), code::INVALID_DATA),
                     ReadFault::TooBig => Ending::with_code(
                         XmlError::TooLarge(self.state.config().websocket.max_message_bytes).into(),
@@ -321,7 +353,7 @@ where
                         tell_client: false,
                     },
                     ReadFault::Lost => Ending::gone("read error"),
-                })
+                }))
             }
             Some(Ok(Message::Text(t))) => {
                 if let Some(th) = self.throttle.as_mut() {
@@ -330,19 +362,17 @@ where
                 t
             }
             Some(Ok(Message::Binary(_))) => {
-                return Flow::End(Ending::with_code(
+                return Err(Flow::End(Ending::with_code(
                     Error::ClientStream { condition: "unsupported-encoding", detail: "binary message".into() },
                     code::UNSUPPORTED,
-                ))
+                )))
             }
             // tungstenite queues the pong itself; any frame counts as a sign of life.
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Flow::Continue,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Err(Flow::Continue),
             // Closing the socket without `<close/>` is a lost client (WS-24), not a close.
-            Some(Ok(Message::Close(_))) => return Flow::End(Ending::gone("close frame without <close/>")),
+            Some(Ok(Message::Close(_))) => return Err(Flow::End(Ending::gone("close frame without <close/>"))),
         };
-        // A Direct TLS client relayed by `crate::passthrough` speaks the legacy framing (its
-        // native stream), whatever `[websocket] legacy_framing` says.
-        let legacy = self.state.config().websocket.legacy_framing || self.guard.transport() == Transport::DirectTls;
+        let legacy = self.state.config().websocket.legacy_framing;
         let inbound = match message::classify(text.as_str(), self.framing, legacy, &self.limits) {
             Ok(i) => i,
             Err(e) => {
@@ -350,16 +380,10 @@ where
                     Error::ClientXml(XmlError::TooLarge(_)) => code::TOO_BIG,
                     _ => code::NORMAL,
                 };
-                return Flow::End(Ending::with_code(e, code));
+                return Err(Flow::End(Ending::with_code(e, code)));
             }
         };
-        match inbound {
-            Inbound::Nothing => Flow::Continue,
-            // Rare states are boxed so that their futures do not size every idle session.
-            Inbound::Open(req, framing) => Box::pin(self.on_open(req, framing)).await,
-            Inbound::Close => Flow::End(Box::pin(self.client_close()).await),
-            Inbound::Element(el) => self.on_element(el).await,
-        }
+        Ok(inbound)
     }
 
     async fn on_open(&mut self, req: OpenRequest, framing: Framing) -> Flow {
@@ -382,8 +406,7 @@ where
         if let Some(up) = self.up.as_mut() {
             // Stream restart (WS-15): same TCP connection, same domain; our `<open/>` follows
             // when the upstream's new header arrives.
-            let params = OpenParams { domain: up.domain.clone(), ..params };
-            return match up.writer.restart(&params).await {
+            return match up.restart(&params).await {
                 Ok(()) => Flow::Continue,
                 Err(e) => Flow::End(Ending::new(e)),
             };
@@ -392,24 +415,23 @@ where
             return Flow::End(Ending::new(Error::HostUnknown));
         }
         let shutdown = self.state.shutdown.clone();
-        // Connect time and failures are counted by upstream::connect itself (both transports).
         let up_ctx = self.state.upstream();
-        let conn = tokio::select! {
-            c = upstream::connect(&up_ctx, &params) => c,
+        let opened = tokio::select! {
+            c = Link::open(&up_ctx, &params, None) => c,
             _ = shutdown.cancelled() => {
                 return Flow::End(Ending::with_code(self.state.drain_error(self.guard.transport()), code::GOING_AWAY));
             }
         };
-        let conn = match conn {
-            Ok(c) => c,
+        let (link, opened) = match opened {
+            Ok(o) => o,
             Err(e) => return Flow::End(Ending::new(e)),
         };
-        let reply = Reply::from_upstream(&conn.header, &params.domain, &message::local_id());
-        self.up = Some(Up { writer: conn.writer, reader: conn.reader, domain: params.domain });
+        let reply = Reply::from_upstream(&opened.header, &params.domain, &message::local_id());
+        self.up = Some(link);
         if let Err(e) = self.send_open(&reply).await {
             return Flow::End(e);
         }
-        self.relay_to_client(conn.features).await
+        self.relay_to_client(opened.features).await
     }
 
     async fn on_element(&mut self, el: Element) -> Flow {
@@ -431,32 +453,25 @@ where
             Ok(el) => el,
             Err(e) => return Flow::End(Ending::new(e)),
         };
-        metrics().stanza(Direction::ToUpstream);
-        if up.writer.queue(&el) {
-            if let Err(e) = Box::pin(up.writer.flush_queued()).await {
+        if up.queue(&el) {
+            if let Err(e) = Box::pin(up.flush()).await {
                 return Flow::End(Ending::new(e));
             }
         }
         Flow::Continue
     }
 
-    async fn on_upstream(&mut self, frame: Result<Frame, Error>) -> Flow {
-        match frame {
-            Ok(Frame::StreamOpen(h)) => {
-                let domain = self.up.as_ref().map(|u| u.domain.clone()).unwrap_or_default();
+    async fn on_upstream(&mut self, event: Result<Event, Error>) -> Flow {
+        match event {
+            Ok(Event::Header(h)) => {
+                let domain = self.up.as_ref().map(|u| u.domain().to_owned()).unwrap_or_default();
                 let reply = Reply::from_upstream(&h, &domain, &message::local_id());
                 match self.send_open(&reply).await {
                     Ok(()) => Flow::Continue,
                     Err(e) => Flow::End(e),
                 }
             }
-            Ok(Frame::Element(el)) => {
-                if el.is("error", ns::STREAM) {
-                    return Flow::End(Ending::new(Error::UpstreamStreamError(Box::new(el))));
-                }
-                Box::pin(self.on_upstream_elements(el)).await
-            }
-            Ok(Frame::StreamClose) => Flow::End(Ending::new(Error::UpstreamClosed)),
+            Ok(Event::Element(el)) => Box::pin(self.on_upstream_elements(el)).await,
             Err(e) => Flow::End(Ending::new(e)),
         }
     }
@@ -467,9 +482,9 @@ where
         // What arrived in the same read goes out with one flush (one message each).
         let mut batch: Vec<Element> = vec![el];
         let mut tail = None;
-        while let Some(next) = self.up.as_mut().and_then(|u| u.reader.try_next_buffered()) {
+        while let Some(next) = self.up.as_mut().and_then(Link::try_next_buffered) {
             match next {
-                Ok(Frame::Element(el)) if !el.is("error", ns::STREAM) && batch.len() < 64 => batch.push(el),
+                Ok(Event::Element(el)) if batch.len() < 64 => batch.push(el),
                 other => {
                     tail = Some(other);
                     break;
@@ -490,8 +505,7 @@ where
             let el = els.into_iter().next().expect("one element");
             return self.relay_to_client(el).await;
         }
-        let texts: Vec<String> = els.into_iter().filter_map(upstream_to_client).collect();
-        let n = texts.len();
+        let texts: Vec<String> = els.iter().map(to_client).collect();
         let socket = &mut self.socket;
         let work = async move {
             for t in texts {
@@ -500,25 +514,14 @@ where
             socket.flush().await
         };
         match sent(timeout(self.send_wait, work).await) {
-            Ok(()) => {
-                for _ in 0..n {
-                    metrics().stanza(Direction::ToClient);
-                }
-                Flow::Continue
-            }
+            Ok(()) => Flow::Continue,
             Err(e) => Flow::End(e),
         }
     }
 
     async fn relay_to_client(&mut self, el: Element) -> Flow {
-        let Some(text) = upstream_to_client(el) else {
-            return Flow::Continue;
-        };
-        match self.send(Message::Text(text.into())).await {
-            Ok(()) => {
-                metrics().stanza(Direction::ToClient);
-                Flow::Continue
-            }
+        match self.send(Message::Text(to_client(&el).into())).await {
+            Ok(()) => Flow::Continue,
             Err(e) => Flow::End(e),
         }
     }
@@ -527,22 +530,20 @@ where
     /// upstream's close while still relaying what it sends, then our `<close/>` (in `finish`).
     async fn client_close(&mut self) -> Ending {
         if let Some(mut up) = self.up.take() {
-            if timeout(CLOSE_WAIT, up.writer.close()).await.is_ok_and(|r| r.is_ok()) {
+            if timeout(CLOSE_WAIT, up.close()).await.is_ok_and(|r| r.is_ok()) {
                 let wait = sleep(CLOSE_WAIT);
                 tokio::pin!(wait);
                 loop {
                     tokio::select! {
                         _ = &mut wait => break,
-                        f = up.reader.next() => match f {
-                            Ok(Frame::Element(el)) if !el.is("error", ns::STREAM) => {
-                                // strophe.js drops the socket right after its `<close/>`;
-                                // a failed send only means nobody is listening any more.
-                                if let Some(text) = upstream_to_client(el) {
-                                    let _ = self.send(Message::Text(text.into())).await;
-                                }
+                        f = up.next() => match f {
+                            // strophe.js drops the socket right after its `<close/>`; a failed
+                            // send only means nobody is listening any more.
+                            Ok(Event::Element(el)) => {
+                                let _ = self.send(Message::Text(to_client(&el).into())).await;
                             }
-                            Ok(Frame::StreamOpen(_)) => {}
-                            Ok(_) | Err(_) => break,
+                            Ok(Event::Header(_)) => {}
+                            Err(_) => break,
                         },
                     }
                 }
@@ -565,16 +566,10 @@ where
     /// Tell the upstream and the client how the session ended.
     async fn finish(&mut self, ending: Ending) {
         let Ending { error, code, tell_client } = ending;
-        if let Some(mut up) = self.up.take() {
-            match &error {
-                // XEP-0198 stays resumable (WS-24) and a draining replica hands clients on.
-                Error::ClientGone | Error::Shutdown | Error::Redirect(_) => up.writer.abort().await,
-                // The upstream is gone or already closing; answer a close with a close.
-                Error::UpstreamLost(_) | Error::Connect { .. } => drop(up),
-                _ => {
-                    let _ = timeout(BYE_WAIT, up.writer.close()).await;
-                }
-            }
+        if let Some(up) = self.up.take() {
+            // Nothing the server sent is still held here: every element went to the client as
+            // it arrived, so there is nothing to bounce.
+            up.end(&error, &[], &self.state.tracker).await;
         }
         let bye = async {
             if tell_client {
@@ -618,10 +613,10 @@ where
     }
 }
 
-/// The upstream reader's next frame, or never when there is no upstream yet.
-async fn next_frame(reader: Option<&mut UpstreamReader>) -> Result<Frame, Error> {
-    match reader {
-        Some(r) => r.next().await,
+/// The upstream's next event, or never when there is no upstream yet.
+async fn next_event(link: Option<&mut Link>) -> Result<Event, Error> {
+    match link {
+        Some(l) => l.next().await,
         None => std::future::pending().await,
     }
 }
@@ -631,10 +626,10 @@ fn client_to_upstream(el: Element) -> Result<Element, Error> {
     relay::from_client(el)
 }
 
-/// An upstream element on its way to the client, as a standalone document (WS-06): relay
-/// rewrites it (feature filtering, SM `location`), the serializer declares every namespace.
-fn upstream_to_client(el: Element) -> Option<String> {
-    Some(relay::from_upstream(el).to_xml(""))
+/// An upstream element (already rewritten by relay: feature filtering, SM `location`) as the
+/// standalone document a message carries (WS-06): the serializer declares every namespace.
+fn to_client(el: &Element) -> String {
+    el.to_xml("")
 }
 
 /// The upstream's `<stream:error/>` as a standalone document: `xmlns:stream` declared and the
