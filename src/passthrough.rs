@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
 use crate::state::AppState;
 use crate::websocket::message::{Framing, Inbound, OpenRequest};
 use crate::websocket::FromClient;
-use crate::xml::{ns, Frame, Framer, Limits};
+use crate::xml::{Frame, Framer, Limits};
 
 /// Run one passthrough session over `io` (already decrypted).
 pub async fn serve<S>(io: S, peer: SocketAddr, state: Arc<AppState>)
@@ -57,14 +57,12 @@ where
 /// §4.9.1.1: the error comes after our header, whatever the client sent), bounded in time.
 async fn refuse<S: AsyncWrite + Unpin>(mut io: S, err: &crate::Error) {
     use tokio::io::AsyncWriteExt;
+    use crate::xml::{element::Quote, stream_error, stream_header};
     let condition = err.stream_condition().unwrap_or("policy-violation");
-    let text = format!(
-        "<?xml version='1.0'?><stream:stream xmlns='{}' xmlns:stream='{}' version='1.0'>\
-         <stream:error><{condition} xmlns='{}'/></stream:error></stream:stream>",
-        ns::CLIENT,
-        ns::STREAM,
-        ns::STREAMS_ERR
-    );
+    let mut text = String::from(stream_header::DECLARATION);
+    stream_header::write_open(&mut text, &stream_header::Open { version: Some("1.0"), ..Default::default() }, Quote::Single);
+    stream_error::write_error(&mut text, condition, None, stream_error::Scope::InStream, Quote::Single);
+    text.push_str(stream_header::CLOSE);
     let write = async {
         io.write_all(text.as_bytes()).await?;
         io.shutdown().await

@@ -30,10 +30,8 @@ use crate::metrics::{metrics, Transport};
 use crate::relay;
 use crate::upstream::OpenParams;
 use crate::websocket::message;
-use crate::xml::{ns, Element, Frame, Framer};
+use crate::xml::{ns, stream_header, Element, Frame, Framer};
 
-/// The stream footer, both ways.
-const STREAM_CLOSE: &str = "</stream:stream>";
 
 /// One request for the session, from the HTTP handler.
 pub(super) struct Poll {
@@ -227,7 +225,7 @@ impl Session {
             Ok(closed) => {
                 self.take_buffered().await;
                 if closed {
-                    self.out.push_str(STREAM_CLOSE);
+                    self.out.push_str(stream_header::CLOSE);
                 }
                 self.answer(reply);
                 if closed {
@@ -326,7 +324,7 @@ impl Session {
             Error::UpstreamStreamError(el) => el.write_xml(&mut self.out, ns::CLIENT),
             e => self.out.push_str(&e.stream_condition().map(message::stream_error).unwrap_or_default()),
         }
-        self.out.push_str(STREAM_CLOSE);
+        self.out.push_str(stream_header::CLOSE);
         self.finished = true;
         // Nothing can be bounced through a stream that is gone.
         self.owed.clear();
@@ -357,5 +355,5 @@ impl Session {
 /// starts every stream on TCP): the upstream's attributes, fallbacks for what it omitted.
 fn stream_header(h: &crate::xml::StreamHeader, domain: &str) -> String {
     let reply = message::Reply::from_upstream(h, domain, &message::local_id());
-    format!("<?xml version='1.0'?>{}", message::legacy_open(&reply))
+    format!("{}{}", stream_header::DECLARATION, message::legacy_open(&reply))
 }
