@@ -12,11 +12,13 @@
 //! - [`state`]: what every transport shares ([`state::AppState`]).
 //! - [`bosh`]: the BOSH transport (body parser, rid window, session task, registry, HTTP handler).
 //! - [`websocket`]: the RFC 7395 transport (and legacy `<stream:stream>` framing);
-//!   [`passthrough`]: XEP-0368 Direct TLS clients, relayed through the WebSocket session.
+//!   [`passthrough`]: XEP-0368 Direct TLS clients, framed and handed to the WebSocket session.
 //! - [`polling`]: legacy HTTP polling (XEP-0025, obsolete), served only with `[polling] enabled`.
 //! - [`cluster`]: several replicas sharing BOSH sessions: sids that name their owner, the
 //!   authenticated internal hop a non-owner forwards a request over.
 //! - [`relay`]: every rewrite of what crosses the proxy, shared by all transports.
+//! - [`link`]: one session's upstream stream, the same for every transport: open, restart,
+//!   batched writes, counting, rewrites on the way back, and the one teardown rule.
 //! - [`upstream`]: resolving, connecting, STARTTLS/direct TLS, the upstream XML stream.
 //! - [`xml`]: the element tree, the streaming framer, stream headers. No IO.
 //! - [`admin`]: the admin listener (/metrics, /healthz, /readyz); [`hostmeta`]: XEP-0156
