@@ -163,7 +163,7 @@ impl Link {
     /// End the stream because the session ends for `why`, by [`Error::teardown`]. `undelivered`
     /// is what the server sent that the client was never given (bounced by
     /// `BounceThenClose`). A drop or abort is done when this returns (an abort within about
-    /// 2 s); a close runs on `tracker`, bounded by [`CLOSE_GRACE`] twice, so the session ends
+    /// 2 s); a close runs on `tracker`, bounded by `CLOSE_GRACE` twice, so the session ends
     /// now and the drain still waits for it.
     pub async fn end(self, why: &Error, undelivered: &[Element], tracker: &TaskTracker) {
         let Link { mut writer, mut reader, resumable, .. } = self;
