@@ -232,7 +232,12 @@ impl<R> Core<R> {
     /// Frames from the upstream: the first one read and whatever was already buffered with it.
     /// Everything that arrived together leaves in the same response; `<stream:error/>`,
     /// `</stream:stream>` or a read error end the session (after answering what came before).
-    pub fn upstream(&mut self, frames: impl Iterator<Item = Result<Frame, Error>>, now: Instant, acts: &mut Vec<Action<R>>) {
+    pub fn upstream(
+        &mut self,
+        frames: impl Iterator<Item = Result<Frame, Error>>,
+        now: Instant,
+        acts: &mut Vec<Action<R>>,
+    ) {
         let mut queued = false;
         for frame in frames {
             let err = match frame {

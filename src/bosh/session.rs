@@ -65,7 +65,7 @@ pub fn start(state: &Arc<AppState>, inc: Incoming, client: Option<std::net::Sock
     let (tx, rx) = mpsc::channel(super::registry::SESSION_QUEUE);
     // In a cluster the sid names this replica (crate::cluster::sid).
     let sid = state.bosh.insert_new(|| state.cluster.as_ref().map_or_else(super::registry::new_sid, |cl| cl.mint()), tx);
-    let mut params = Params::negotiate(sid, &inc.req, &cfg.bosh, domain);
+    let mut params = Params::negotiate(sid, &inc.req, &cfg, domain);
     params.route = route;
     params.open.client = client;
     let st = state.clone();
@@ -97,19 +97,11 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub struct Params {
     pub sid: String,
-    pub wait: Duration,
-    pub hold: usize,
-    pub requests: u64,
-    pub inactivity: Duration,
-    pub polling: Duration,
-    /// `maxpause` in seconds; `None` when pause is off.
-    pub maxpause: Option<u64>,
+    /// What the session's rules read ([`Core`]): `wait`, `hold`, `requests`, … and the two
+    /// configured limits they apply.
+    pub rules: Rules,
     /// The client's `content` (validated once, here), else the default.
     pub content_type: HeaderValue,
-    /// Created without `ver`: binding errors use HTTP status codes (XEP-0124 §17.1).
-    pub legacy: bool,
-    /// Client asked for acks (`ack='1'` at creation).
-    pub ack_mode: bool,
     pub ver: (u32, u32),
     pub open: OpenParams,
     /// An allow-listed BOSH `route` to connect to instead of resolving the domain.
@@ -118,7 +110,8 @@ pub struct Params {
 
 impl Params {
     /// Derive the session values from the creation request and the config (CHECKLIST §0.5).
-    pub fn negotiate(sid: String, req: &Request, cfg: &crate::config::Bosh, domain: String) -> Params {
+    pub fn negotiate(sid: String, req: &Request, config: &crate::Config, domain: String) -> Params {
+        let cfg = &config.bosh;
         let wait = req.wait.unwrap_or(cfg.max_wait).min(cfg.max_wait);
         let hold = req.hold.unwrap_or(1).min(cfg.max_hold) as usize;
         let polling_session = wait == 0 || hold == 0;
@@ -132,19 +125,23 @@ impl Params {
         };
         Params {
             sid,
-            wait: Duration::from_secs(wait),
-            hold,
-            requests: hold as u64 + 1,
-            inactivity: Duration::from_secs(inactivity),
-            polling: Duration::from_secs(cfg.polling),
-            maxpause: (cfg.max_pause > 0).then_some(cfg.max_pause),
+            rules: Rules {
+                wait: Duration::from_secs(wait),
+                hold,
+                requests: hold as u64 + 1,
+                inactivity: Duration::from_secs(inactivity),
+                polling: Duration::from_secs(cfg.polling),
+                maxpause: (cfg.max_pause > 0).then_some(cfg.max_pause),
+                legacy: req.ver.is_none(),
+                ack_mode: req.ack.is_some(),
+                max_rid_repeats: cfg.max_rid_repeats,
+                max_queued_bytes: config.limits.max_queued_bytes,
+            },
             content_type: req
                 .content
                 .as_deref()
                 .and_then(|c| HeaderValue::from_str(c).ok())
                 .unwrap_or_else(|| HeaderValue::from_static(super::DEFAULT_CONTENT_TYPE)),
-            legacy: req.ver.is_none(),
-            ack_mode: req.ack.is_some(),
             ver,
             open: OpenParams {
                 domain,
@@ -155,22 +152,6 @@ impl Params {
                 client: None,
             },
             route: None,
-        }
-    }
-
-    /// The values the session's rules read, with the two configured limits they need.
-    fn rules(&self, cfg: &crate::Config) -> Rules {
-        Rules {
-            wait: self.wait,
-            hold: self.hold,
-            requests: self.requests,
-            inactivity: self.inactivity,
-            polling: self.polling,
-            maxpause: self.maxpause,
-            legacy: self.legacy,
-            ack_mode: self.ack_mode,
-            max_rid_repeats: cfg.bosh.max_rid_repeats,
-            max_queued_bytes: cfg.limits.max_queued_bytes,
         }
     }
 }
@@ -225,8 +206,7 @@ impl Session {
     fn new(state: Arc<AppState>, p: Params, creation: Incoming) -> Session {
         let live = state.live();
         let (up_ctx, config) = (live.upstream.clone(), live.config.clone());
-        let rules = p.rules(&config);
-        let Params { sid, content_type, open, route, ver, .. } = p;
+        let Params { sid, rules, content_type, open, route, ver } = p;
         let connect_open = open.clone();
         let connecting: ConnectFuture =
             Box::pin(async move { upstream::connect_via(&up_ctx, &connect_open, route).await });
@@ -588,7 +568,7 @@ mod tests {
 
     fn negotiate(attrs: &str) -> Params {
         let req = parse(format!("<body xmlns='http://jabber.org/protocol/httpbind' rid='1' to='x' {attrs}/>").as_bytes(), &Default::default()).unwrap();
-        Params::negotiate("sid".into(), &req, &crate::config::Bosh::default(), "x".into())
+        Params::negotiate("sid".into(), &req, &crate::Config::default(), "x".into())
     }
 
     /// Idle sessions stay small: the task's future lives as long as the session.
@@ -607,12 +587,12 @@ mod tests {
     fn session_future_size() {
         let state = crate::state::AppState::new(std::sync::Arc::new(crate::Config::default())).unwrap();
         let req = parse(b"<body xmlns='http://jabber.org/protocol/httpbind' rid='1' to='x'/>", &Default::default()).unwrap();
-        let p = Params::negotiate("sid".into(), &req, &crate::config::Bosh::default(), "x".into());
+        let p = Params::negotiate("sid".into(), &req, &crate::Config::default(), "x".into());
         let (tx, _rx) = oneshot::channel();
         let (_stx, srx) = mpsc::channel(1);
         let fut = Session::run(state, p, Incoming { req, reply: tx, bytes: 0 }, srx);
         let size = std::mem::size_of_val(&fut);
-        eprintln!("bosh session future: {size} bytes; Session {} Core {} Params {} reader {} writer {} framer {}", std::mem::size_of::<Session>(), std::mem::size_of::<Core<oneshot::Sender<Reply>>>(), std::mem::size_of::<Params>(), std::mem::size_of::<UpstreamReader>(), std::mem::size_of::<UpstreamWriter>(), std::mem::size_of::<crate::xml::Framer>());
+        eprintln!("bosh session future: {size} bytes; Session {} Core {} Action {} Params {} reader {} writer {} framer {}", std::mem::size_of::<Session>(), std::mem::size_of::<Core<oneshot::Sender<Reply>>>(), std::mem::size_of::<Action<oneshot::Sender<Reply>>>(), std::mem::size_of::<Params>(), std::mem::size_of::<UpstreamReader>(), std::mem::size_of::<UpstreamWriter>(), std::mem::size_of::<crate::xml::Framer>());
         assert!(size <= 4096, "bosh session future is {size} bytes");
     }
 
@@ -620,22 +600,22 @@ mod tests {
     #[test]
     fn negotiation_table() {
         let p = negotiate("wait='3600' hold='4' ver='1.6'");
-        assert_eq!((p.wait.as_secs(), p.hold, p.requests), (60, 1, 2));
+        assert_eq!((p.rules.wait.as_secs(), p.rules.hold, p.rules.requests), (60, 1, 2));
         assert_eq!(p.ver, (1, 6));
-        assert!(!p.legacy);
+        assert!(!p.rules.legacy);
         let p = negotiate("wait='5' hold='1' ver='1.10'");
-        assert_eq!((p.wait.as_secs(), p.ver), (5, (1, 10)));
+        assert_eq!((p.rules.wait.as_secs(), p.ver), (5, (1, 10)));
         let p = negotiate("wait='5' hold='1' ver='2.0'");
         assert_eq!(p.ver, VERSION);
         let p = negotiate("wait='5' hold='0'");
-        assert!(p.legacy && p.rules(&crate::Config::default()).polling_session());
-        assert_eq!(p.requests, 1);
-        assert!(p.inactivity > p.polling * 2);
+        assert!(p.rules.legacy && p.rules.polling_session());
+        assert_eq!(p.rules.requests, 1);
+        assert!(p.rules.inactivity > p.rules.polling * 2);
         let p = negotiate("wait='0' hold='1' content='text/plain; charset=utf-8'");
-        assert!(p.rules(&crate::Config::default()).polling_session());
+        assert!(p.rules.polling_session());
         assert_eq!(p.content_type, "text/plain; charset=utf-8");
         assert_eq!(negotiate("").content_type, "text/xml; charset=utf-8");
         assert_eq!(negotiate("xml:lang='de'").open.lang, "de");
-        assert!(negotiate("ack='1'").ack_mode);
+        assert!(negotiate("ack='1'").rules.ack_mode);
     }
 }

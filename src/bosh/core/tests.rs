@@ -103,7 +103,11 @@ fn run(case: Case) {
         core.connected(None, Some("id".into()), None, element(FEATURES));
         core.written(Ok(()), t0, &mut acts);
         let got: Vec<String> = acts.drain(..).map(|a| render(&a)).collect();
-        assert!(got.len() == 1 && got[0].starts_with("h0 200 <body") && got[0].contains("features"), "{}: {got:?}", case.name);
+        assert!(
+            got.len() == 1 && got[0].starts_with("h0 200 <body") && got[0].contains("features"),
+            "{}: {got:?}",
+            case.name
+        );
     }
     for (i, (ms, input, want)) in case.steps.into_iter().enumerate() {
         let (h, now) = (i + 1, at(ms));
@@ -254,7 +258,11 @@ fn repeats_of_a_held_rid_and_the_repeat_cap() {
             (
                 30,
                 In::Req(rid(2), ""),
-                vec!["h3 200 <body type='error'/>", "end PolicyViolation(RidRepeatedTooOften)", "h4 200 <body type='terminate' condition='policy-violation'/>"],
+                vec![
+                    "h3 200 <body type='error'/>",
+                    "end PolicyViolation(RidRepeatedTooOften)",
+                    "h4 200 <body type='terminate' condition='policy-violation'/>",
+                ],
             ),
         ],
     });
@@ -270,14 +278,25 @@ fn rid_too_high_or_no_longer_cached_is_item_not_found() {
         rules: rules(),
         create: String::new(),
         open: true,
-        steps: vec![(0, In::Req(rid(4), ""), vec!["end ItemNotFound(\"rid outside the window\")", "h1 200 <body type='terminate' condition='item-not-found'/>"])],
+        steps: vec![(
+            0,
+            In::Req(rid(4), ""),
+            vec![
+                "end ItemNotFound(\"rid outside the window\")",
+                "h1 200 <body type='terminate' condition='item-not-found'/>",
+            ],
+        )],
     });
     run(Case {
         name: "rid too high, legacy",
         rules: Rules { legacy: true, ..rules() },
         create: String::new(),
         open: true,
-        steps: vec![(0, In::Req(rid(4), ""), vec!["end ItemNotFound", "h1 404 <body type='terminate' condition='item-not-found'/>"])],
+        steps: vec![(
+            0,
+            In::Req(rid(4), ""),
+            vec!["end ItemNotFound", "h1 404 <body type='terminate' condition='item-not-found'/>"],
+        )],
     });
     run(Case {
         name: "no longer cached",
@@ -292,7 +311,11 @@ fn rid_too_high_or_no_longer_cached_is_item_not_found() {
             (
                 6200,
                 In::Req(rid(1), ""),
-                vec!["end ItemNotFound(\"response no longer cached\")", "h3 200 <body type='terminate' condition='other-request'/>", "h5 200 <body type='terminate' condition='item-not-found'/>"],
+                vec![
+                    "end ItemNotFound(\"response no longer cached\")",
+                    "h3 200 <body type='terminate' condition='other-request'/>",
+                    "h5 200 <body type='terminate' condition='item-not-found'/>",
+                ],
             ),
         ],
     });
@@ -315,7 +338,11 @@ fn key_sequence() {
         steps: vec![(0, In::Req(format!("rid='2' key='{k2}'"), ""), vec![]), (3000, last, want)],
     };
     run(ok_steps(In::Req(format!("rid='3' key='{k1}'"), ""), vec!["h1 200 <body/>"]));
-    let mismatch = vec!["end ItemNotFound(\"key sequence mismatch\")", "h1 200 <body type='terminate' condition='other-request'/>", "h2 200 <body type='terminate' condition='item-not-found'/>"];
+    let mismatch = vec![
+        "end ItemNotFound(\"key sequence mismatch\")",
+        "h1 200 <body type='terminate' condition='other-request'/>",
+        "h2 200 <body type='terminate' condition='item-not-found'/>",
+    ];
     run(ok_steps(In::Req(format!("rid='3' key='{k2}'"), ""), mismatch.clone()));
     run(ok_steps(In::Req(rid(3), ""), mismatch));
     run(Case {
@@ -327,7 +354,11 @@ fn key_sequence() {
             (0, In::Req(format!("rid='2' key='{k2}'"), ""), vec![]),
             (3000, In::Req(format!("rid='3' key='{k1}' newkey='{n2}'"), ""), vec!["h1 200 <body/>"]),
             (6000, In::Req(format!("rid='4' key='{n1}'"), ""), vec!["h2 200 <body/>"]),
-            (9000, In::Req(format!("rid='5' key='{k1}'"), ""), vec!["end ItemNotFound", "h3 200", "h4 200 <body type='terminate' condition='item-not-found'/>"]),
+            (
+                9000,
+                In::Req(format!("rid='5' key='{k1}'"), ""),
+                vec!["end ItemNotFound", "h3 200", "h4 200 <body type='terminate' condition='item-not-found'/>"],
+            ),
         ],
     });
 }
@@ -350,7 +381,11 @@ fn acks_and_reports() {
             (4500, In::Wrote, vec!["h3 200 <body ack='4'/>"]),
             (4999, In::Req(format!("{} ack='1'", rid(5)), "<message id='m5'/>"), vec!["write"]),
             (4999, In::Wrote, vec!["h4 200 <body ack='5'/>"]),
-            (5000, In::Req(format!("{} ack='1'", rid(6)), "<message id='m6'/>"), vec!["h8 200 <body report='2' time='2000'/>"]),
+            (
+                5000,
+                In::Req(format!("{} ack='1'", rid(6)), "<message id='m6'/>"),
+                vec!["h8 200 <body report='2' time='2000'/>"],
+            ),
         ],
     });
 }
@@ -382,7 +417,11 @@ fn pause_answers_everything_and_replaces_inactivity() {
             (0, In::Req(rid(2), "<message id='m2'/>"), vec!["write"]),
             (0, In::Wrote, vec![]),
             (10, In::Req(rid(4), "<message id='m4'/>"), vec![]),
-            (20, In::Req(format!("{} pause='60'", rid(3)), ""), vec!["h1 200 <body/>", "h4 200 <body/>", "write <message id='m4'"]),
+            (
+                20,
+                In::Req(format!("{} pause='60'", rid(3)), ""),
+                vec!["h1 200 <body/>", "h4 200 <body/>", "write <message id='m4'"],
+            ),
         ],
     });
 }
@@ -409,7 +448,13 @@ fn too_many_requests() {
     run(Case { name: "too many", rules: rules(), create: String::new(), open: true, steps: over });
     let mut terminate = steps("type='terminate'");
     terminate[3].2 = vec!["h1 200 <body type='terminate'/>", "h4 200 <body/>", "end ClientTerminate"];
-    run(Case { name: "terminate may be one over", rules: rules(), create: String::new(), open: true, steps: terminate });
+    run(Case {
+        name: "terminate may be one over",
+        rules: rules(),
+        create: String::new(),
+        open: true,
+        steps: terminate,
+    });
 }
 
 /// BOSH-R-16 b: in a long-polling session, an empty request while `requests` are open and the
@@ -425,7 +470,11 @@ fn two_empty_requests_too_soon() {
     };
     run(case(
         1999,
-        vec!["end PolicyViolation(EmptyRequestsTooFrequently)", "h1 200 <body type='terminate' condition='other-request'/>", "h2 200 <body type='terminate' condition='policy-violation'/>"],
+        vec![
+            "end PolicyViolation(EmptyRequestsTooFrequently)",
+            "h1 200 <body type='terminate' condition='other-request'/>",
+            "h2 200 <body type='terminate' condition='policy-violation'/>",
+        ],
     ));
     run(case(2000, vec!["h1 200 <body/>"]));
 }
@@ -439,9 +488,19 @@ fn polling_session_too_frequent() {
     let case = |steps| Case { name: "polling", rules: polling(), create: String::new(), open: true, steps };
     run(case(vec![
         (0, In::Req(rid(2), ""), vec!["h1 200 <body/>"]),
-        (1999, In::Req(rid(3), ""), vec!["end PolicyViolation(PollingTooFrequently)", "h2 200 <body type='terminate' condition='policy-violation'/>"]),
+        (
+            1999,
+            In::Req(rid(3), ""),
+            vec![
+                "end PolicyViolation(PollingTooFrequently)",
+                "h2 200 <body type='terminate' condition='policy-violation'/>",
+            ],
+        ),
     ]));
-    run(case(vec![(0, In::Req(rid(2), ""), vec!["h1 200 <body/>"]), (2000, In::Req(rid(3), ""), vec!["h2 200 <body/>"])]));
+    run(case(vec![
+        (0, In::Req(rid(2), ""), vec!["h1 200 <body/>"]),
+        (2000, In::Req(rid(3), ""), vec!["h2 200 <body/>"]),
+    ]));
     run(case(vec![
         (0, In::Up(MSG), vec![]),
         (0, In::Req(rid(2), ""), vec!["h2 200 <body><message"]),
@@ -461,7 +520,11 @@ fn terminate_fan_out() {
         open: true,
         steps: vec![
             (0, In::Req(rid(2), ""), vec![]),
-            (3000, In::Req(format!("{} type='terminate'", rid(3)), "<presence type='unavailable'/>"), vec!["write <presence"]),
+            (
+                3000,
+                In::Req(format!("{} type='terminate'", rid(3)), "<presence type='unavailable'/>"),
+                vec!["write <presence"],
+            ),
             (3001, In::WriteFailed, vec!["h1 200 <body type='terminate'/>", "h2 200 <body/>", "end ClientTerminate"]),
         ],
     });
@@ -470,7 +533,11 @@ fn terminate_fan_out() {
         rules: rules(),
         create: String::new(),
         open: true,
-        steps: vec![(0, In::Req(format!("{} type='terminate'", rid(2)), ""), vec!["h1 200 <body type='terminate'/>", "end ClientTerminate"])],
+        steps: vec![(
+            0,
+            In::Req(format!("{} type='terminate'", rid(2)), ""),
+            vec!["h1 200 <body type='terminate'/>", "end ClientTerminate"],
+        )],
     });
 }
 
@@ -496,7 +563,10 @@ fn terminal_body_is_kept_for_the_next_request() {
         rules: rules(),
         create: String::new(),
         open: true,
-        steps: vec![(0, In::UpClose, vec!["end UpstreamClosed"]), (10, In::Req(rid(2), ""), vec!["h2 200 <body type='terminate'/>"])],
+        steps: vec![
+            (0, In::UpClose, vec!["end UpstreamClosed"]),
+            (10, In::Req(rid(2), ""), vec!["h2 200 <body type='terminate'/>"]),
+        ],
     });
     run(Case {
         name: "kept body expires",
@@ -553,7 +623,11 @@ fn restart_only_after_sasl_success() {
         rules: rules(),
         create: String::new(),
         open: true,
-        steps: vec![(0, In::Req(format!("{} {RESTART}", rid(2)), ""), vec!["end BadRequest", "h1 200 <body type='terminate' condition='bad-request'/>"])],
+        steps: vec![(
+            0,
+            In::Req(format!("{} {RESTART}", rid(2)), ""),
+            vec!["end BadRequest", "h1 200 <body type='terminate' condition='bad-request'/>"],
+        )],
     });
     run(Case {
         name: "restart after success",
@@ -566,7 +640,11 @@ fn restart_only_after_sasl_success() {
             (20, In::Req(format!("{} {RESTART}", rid(3)), "<message id='ignored'/>"), vec!["restart rid 3"]),
             (30, In::Wrote, vec![]),
             (40, In::Up(FEATURES), vec!["h3 200 <body><stream:features"]),
-            (50, In::Req(format!("{} {RESTART}", rid(4)), ""), vec!["end BadRequest", "h6 200 <body type='terminate' condition='bad-request'/>"]),
+            (
+                50,
+                In::Req(format!("{} {RESTART}", rid(4)), ""),
+                vec!["end BadRequest", "h6 200 <body type='terminate' condition='bad-request'/>"],
+            ),
         ],
     });
 }
@@ -616,7 +694,11 @@ fn creation_waits_for_the_features() {
             (60000, In::Tick, vec!["h0 200 <body sid='sid'"]),
             (60010, In::Req(rid(2), "<message id='m2'/>"), vec!["write"]),
             (60010, In::Wrote, vec![]),
-            (60100, In::Connected(Some("example.com")), vec!["h3 200 <body from='example.com' authid='id' xmpp:version='1.0'><stream:features/>"]),
+            (
+                60100,
+                In::Connected(Some("example.com")),
+                vec!["h3 200 <body from='example.com' authid='id' xmpp:version='1.0'><stream:features/>"],
+            ),
         ],
     });
     run(Case {
@@ -624,7 +706,11 @@ fn creation_waits_for_the_features() {
         rules: rules(),
         create: String::new(),
         open: false,
-        steps: vec![(100, In::End(Error::UpstreamLost("refused".into())), vec!["end UpstreamLost", "h0 200 <body type='terminate' condition='remote-connection-failed' sid='sid'"])],
+        steps: vec![(
+            100,
+            In::End(Error::UpstreamLost("refused".into())),
+            vec!["end UpstreamLost", "h0 200 <body type='terminate' condition='remote-connection-failed' sid='sid'"],
+        )],
     });
 }
 
@@ -640,7 +726,15 @@ fn failed_write_ends_with_its_request_as_trigger() {
         steps: vec![
             (0, In::Req(rid(2), ""), vec![]),
             (3000, In::Req(rid(3), "<message id='m3'/>"), vec!["write"]),
-            (3001, In::WriteFailed, vec!["end UpstreamLost", "h1 200 <body type='terminate' condition='other-request'/>", "h2 200 <body type='terminate' condition='remote-connection-failed'/>"]),
+            (
+                3001,
+                In::WriteFailed,
+                vec![
+                    "end UpstreamLost",
+                    "h1 200 <body type='terminate' condition='other-request'/>",
+                    "h2 200 <body type='terminate' condition='remote-connection-failed'/>",
+                ],
+            ),
         ],
     });
 }
