@@ -25,7 +25,7 @@ use super::body::{Request, ResponseBody};
 use super::window::{Class, Window};
 use crate::error::{Error, Policy};
 use crate::relay;
-use crate::xml::{ns, Element, Frame};
+use crate::xml::{ns, Element, Frame, StreamHeader};
 
 /// After the client acknowledged less than we answered, how old the oldest unacknowledged
 /// response must be before we tell the client with `report`/`time` (XEP-0124 §9.2). Below this
@@ -218,14 +218,14 @@ impl<R> Core<R> {
     /// The upstream stream is open: its header's values go into the next response and its
     /// features are queued. The shell then writes what waited for the connection and reports
     /// with [`Core::written`], which answers.
-    pub fn connected(&mut self, from: Option<String>, id: Option<String>, version: Option<String>, features: Element) {
-        if let Some(from) = from {
+    pub fn connected(&mut self, header: StreamHeader, features: Element) {
+        if let Some(from) = header.from {
             self.next_attrs.push(("from", from));
         }
-        if let Some(id) = id {
+        if let Some(id) = header.id {
             self.next_attrs.push(("authid", id));
         }
-        self.next_attrs.push(("xmpp:version", version.unwrap_or_else(|| "1.0".into())));
+        self.next_attrs.push(("xmpp:version", header.version.unwrap_or_else(|| "1.0".into())));
         self.queue(features);
     }
 

@@ -418,7 +418,7 @@ impl Session {
         self.up = Up::Open(writer);
         self.reader = Some(reader);
         let had_room = self.core.has_room();
-        self.core.connected(header.from, header.id, header.version, features);
+        self.core.connected(header, features);
         self.count_queued(1, had_room);
         // What the client sent while we connected goes first; then the features are answered.
         let res = self.write_up_all(&backlog).await;

@@ -65,6 +65,11 @@ fn element(xml: &str) -> Element {
     crate::xml::parse_document(xml.as_bytes(), &crate::xml::Limits::default(), &[]).expect("test element parses")
 }
 
+/// An upstream stream header with `id='id'` and this `from`.
+fn header(from: Option<&str>) -> StreamHeader {
+    StreamHeader { from: from.map(Into::into), id: Some("id".into()), ..StreamHeader::default() }
+}
+
 fn rid(n: u64) -> String {
     format!("rid='{n}'")
 }
@@ -100,7 +105,7 @@ fn run(case: Case) {
     let mut core: Core<usize> = Core::new(case.rules, "sid", (1, 11), &creation, 0, t0);
     let mut acts = Vec::new();
     if case.open {
-        core.connected(None, Some("id".into()), None, element(FEATURES));
+        core.connected(header(None), element(FEATURES));
         core.written(Ok(()), t0, &mut acts);
         let got: Vec<String> = acts.drain(..).map(|a| render(&a)).collect();
         assert!(
@@ -118,7 +123,7 @@ fn run(case: Case) {
             In::Up(xml) => core.upstream(std::iter::once(Ok(Frame::Element(element(xml)))), now, &mut acts),
             In::UpClose => core.upstream(std::iter::once(Ok(Frame::StreamClose)), now, &mut acts),
             In::Connected(from) => {
-                core.connected(from.map(Into::into), Some("id".into()), None, element(FEATURES));
+                core.connected(header(from), element(FEATURES));
                 core.written(Ok(()), now, &mut acts);
             }
             In::Wrote => core.written(Ok(()), now, &mut acts),
