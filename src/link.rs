@@ -199,3 +199,130 @@ impl Link {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    //! The link over a scripted fake server (`upstream::tests`' helpers): the restart rule and
+    //! each teardown as the server sees it (issue 15 §2, §3; WS-24, BOSH-T-21, XEP-0198).
+
+    use super::*;
+    use crate::config::TlsMode;
+    use crate::upstream::tests::{fake, open, params, read_header, read_to_end, result_of, server_header, upstream, write, SASL_FEATURES, STEP};
+    use tokio::net::TcpStream;
+    use tokio::task::JoinHandle;
+
+    /// A link to a fake that opens the stream, then runs `then` on the socket (with what it
+    /// read so far) and returns what the script returns.
+    async fn linked<F, Fut>(then: F) -> (Link, JoinHandle<String>)
+    where
+        F: FnOnce(TcpStream, String) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = String> + Send,
+    {
+        let (addr, task) = fake(|mut s| async move {
+            let mut got = String::new();
+            open(&mut s, &mut got, "s1", SASL_FEATURES).await;
+            then(s, got).await
+        })
+        .await;
+        let (link, opened) = Link::open(&upstream(addr, TlsMode::None, None, 5), &params(), None).await.unwrap();
+        assert!(opened.features.is("features", ns::STREAM));
+        (link, task)
+    }
+
+    /// What the fake reads after the open, until the client's side ends.
+    async fn rest_of_stream(mut s: TcpStream, mut got: String) -> String {
+        let first = got.len();
+        let eof = read_to_end(&mut s, &mut got).await;
+        format!("EOF:{eof} GOT:{}", &got[first..])
+    }
+
+    async fn next(link: &mut Link) -> Result<Event, Error> {
+        tokio::time::timeout(STEP, link.next()).await.expect("the link answers in time")
+    }
+
+    fn element(xml: &str) -> Element {
+        crate::xml::parse_document(xml.as_bytes(), &crate::xml::Limits::default(), &[]).unwrap()
+    }
+
+    fn owed() -> Element {
+        element("<message xmlns='jabber:client' from='bob@example.test/r' to='alice@example.test/w' id='m1'><body>hi</body></message>")
+    }
+
+    async fn end_with(link: Link, why: Error, undelivered: &[Element]) {
+        let tracker = TaskTracker::new();
+        link.end(&why, undelivered, &tracker).await;
+        tracker.close();
+        tokio::time::timeout(STEP, tracker.wait()).await.expect("the teardown is bounded");
+    }
+
+    /// XBOSH-13, WS-15: one restart per SASL success, for the domain the stream was opened for.
+    #[tokio::test]
+    async fn restart_once_after_each_sasl_success_for_the_same_domain() {
+        let (mut link, task) = linked(|mut s, mut got| async move {
+            write(&mut s, "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>").await;
+            let first = got.len();
+            if read_header(&mut s, &mut got).await {
+                write(&mut s, &format!("{}{SASL_FEATURES}", server_header("s2", "1.0"))).await;
+            }
+            let _ = read_to_end(&mut s, &mut got).await;
+            got[first..].to_string()
+        })
+        .await;
+        // The success has not been read yet: no restart.
+        assert!(matches!(link.restart(&params()).await, Err(Error::BadRequest(_))));
+        assert!(matches!(next(&mut link).await, Ok(Event::Element(el)) if el.is("success", ns::SASL)));
+        let asked = OpenParams { domain: "other.test".into(), lang: "de".into(), ..params() };
+        link.restart(&asked).await.unwrap();
+        assert!(matches!(next(&mut link).await, Ok(Event::Header(h)) if h.id.as_deref() == Some("s2")));
+        assert!(matches!(next(&mut link).await, Ok(Event::Element(el)) if el.is("features", ns::STREAM)));
+        assert!(matches!(link.restart(&params()).await, Err(Error::BadRequest(_))), "a second restart without a new success");
+        drop(link);
+        let got = result_of(task).await;
+        assert_eq!(got.matches("<stream:stream").count(), 1, "{got}");
+        assert!(got.contains("example.test") && !got.contains("other.test") && got.contains("'de'"), "{got}");
+    }
+
+    /// Teardown::BounceThenClose: a client gone with stanzas owed gets them bounced to their
+    /// senders, then `</stream:stream>` (XEP-0206 §7, BOSH-T-21).
+    #[tokio::test]
+    async fn a_gone_client_owed_stanzas_gets_them_bounced_then_the_stream_closed() {
+        let (link, task) = linked(rest_of_stream).await;
+        end_with(link, Error::ClientGone, &[owed()]).await;
+        let got = result_of(task).await;
+        assert!(got.starts_with("EOF:true GOT:<message"), "{got}");
+        assert!(got.contains("type='error'") && got.contains("recipient-unavailable") && got.contains("to='bob@example.test/r'"), "{got}");
+        assert!(got.ends_with("</stream:stream>"), "{got}");
+    }
+
+    /// Teardown::Abort: a lost client owed nothing is an implicit close, not a goodbye (WS-24).
+    #[tokio::test]
+    async fn a_gone_client_owed_nothing_is_dropped_without_the_stream_footer() {
+        let (link, task) = linked(rest_of_stream).await;
+        end_with(link, Error::ClientGone, &[]).await;
+        assert_eq!(result_of(task).await, "EOF:true GOT:");
+    }
+
+    /// Teardown::Abort for a resumable session even when stanzas are owed: the server keeps
+    /// them for the resumption (XEP-0198).
+    #[tokio::test]
+    async fn a_resumable_session_is_dropped_with_nothing_bounced() {
+        let (mut link, task) = linked(|mut s, got| async move {
+            write(&mut s, "<enabled xmlns='urn:xmpp:sm:3' id='sm1' resume='true' location='10.0.0.1:5222'/>").await;
+            rest_of_stream(s, got).await
+        })
+        .await;
+        let Ok(Event::Element(enabled)) = next(&mut link).await else { panic!("enabled") };
+        assert_eq!(enabled.attr("location"), None, "relay rewrites what comes back");
+        assert!(link.resumable());
+        end_with(link, Error::Shutdown, &[owed()]).await;
+        assert_eq!(result_of(task).await, "EOF:true GOT:");
+    }
+
+    /// Teardown::BounceThenClose for a client's own goodbye: the stream footer, nothing owed.
+    #[tokio::test]
+    async fn a_client_terminate_closes_the_stream() {
+        let (link, task) = linked(rest_of_stream).await;
+        end_with(link, Error::ClientTerminate, &[]).await;
+        assert_eq!(result_of(task).await, "EOF:true GOT:</stream:stream>");
+    }
+}

@@ -24,8 +24,7 @@ use sha1::{Digest, Sha1};
 use super::body::{Request, ResponseBody};
 use super::window::{Class, Window};
 use crate::error::{Error, Policy};
-use crate::relay;
-use crate::xml::{ns, Element, Frame, StreamHeader};
+use crate::xml::{ns, Element, StreamHeader};
 
 /// After the client acknowledged less than we answered, how old the oldest unacknowledged
 /// response must be before we tell the client with `report`/`time` (XEP-0124 §9.2). Below this
@@ -66,11 +65,13 @@ pub enum Action<R> {
     Reply(R, u16, Bytes),
     /// Write these payloads upstream in one write, then report with [`Core::written`].
     Write(Vec<Element>),
-    /// XBOSH restart: open a new upstream stream with this request's `to`, `xml:lang` and
-    /// `from`, then report with [`Core::written`]. Boxed: rare, and it keeps `Action` small.
+    /// XBOSH restart: restart the upstream stream with this request's `xml:lang` and `from`,
+    /// then report with [`Core::written`] (the link refuses a restart before SASL success:
+    /// that report ends the session, this request the trigger). Boxed: rare, and it keeps
+    /// `Action` small.
     Restart(Box<Request>),
-    /// The session ends for this reason: record it first, close the upstream after the replies
-    /// pushed with it are out ([`Core::resumable`] and [`Core::take_undelivered`] say how).
+    /// The session ends for this reason: record it first, end the upstream after the replies
+    /// pushed with it are out, bouncing [`Core::take_undelivered`] (`crate::link::Link::end`).
     End(Error),
 }
 
@@ -113,11 +114,6 @@ pub struct Core<R> {
     prev_new: Option<(Instant, bool)>,
     /// When an empty request of a polling session was last answered empty (BOSH-R-16 a).
     last_empty_poll: Option<Instant>,
-    /// The upstream said `<success/>`: a restart is now expected (XBOSH-13).
-    sasl_success: bool,
-    /// The server enabled resumable XEP-0198 stream management (`<enabled resume/>` or
-    /// `<resumed/>`).
-    resumable: bool,
     /// Set when the session is over but the client has not fetched the final body yet.
     terminal: Option<Bytes>,
     done: bool,
@@ -158,8 +154,6 @@ impl<R> Core<R> {
             repeats: (0, 0),
             prev_new: None,
             last_empty_poll: None,
-            sasl_success: false,
-            resumable: false,
             terminal: None,
             done: false,
             rules,
@@ -179,12 +173,6 @@ impl<R> Core<R> {
     /// reading, so the server (not xmpp-cm) buffers or applies its own policy.
     pub fn has_room(&self) -> bool {
         self.out.len() < self.rules.max_queued_bytes
-    }
-
-    /// XEP-0198 resumption is on: a session that ends without the client's terminate drops the
-    /// upstream without `</stream:stream>` and bounces nothing.
-    pub fn resumable(&self) -> bool {
-        self.resumable
     }
 
     /// What no response carried (serialized stanzas), for bounces when the client is gone.
@@ -229,33 +217,24 @@ impl<R> Core<R> {
         self.queue(features);
     }
 
-    /// Frames from the upstream: the first one read and whatever was already buffered with it.
-    /// Everything that arrived together leaves in the same response; `<stream:error/>`,
-    /// `</stream:stream>` or a read error end the session (after answering what came before).
-    pub fn upstream(
-        &mut self,
-        frames: impl Iterator<Item = Result<Frame, Error>>,
-        now: Instant,
-        acts: &mut Vec<Action<R>>,
-    ) {
+    /// Elements from the upstream (already rewritten by relay), the first one read and whatever
+    /// was already buffered with it; the end of the server's stream (`<stream:error/>`,
+    /// `</stream:stream>`, a read error) is an `Err`. Everything that arrived together leaves in
+    /// the same response; an end ends the session after answering what came before.
+    pub fn upstream(&mut self, items: impl Iterator<Item = Result<Element, Error>>, now: Instant, acts: &mut Vec<Action<R>>) {
         let mut queued = false;
-        for frame in frames {
-            let err = match frame {
-                Ok(Frame::Element(el)) if !el.is("error", ns::STREAM) => {
+        for item in items {
+            match item {
+                Ok(el) => {
                     self.queue(el);
                     queued = true;
-                    continue;
                 }
-                Ok(Frame::StreamOpen(_)) => None, // the new header after a restart; features follow
-                Ok(Frame::Element(el)) => Some(Error::UpstreamStreamError(Box::new(el))),
-                Ok(Frame::StreamClose) => Some(Error::UpstreamClosed),
-                Err(e) => Some(e),
-            };
-            if std::mem::take(&mut queued) {
-                self.flush(now, acts);
-            }
-            if let Some(e) = err {
-                return self.end(e, None, now, acts);
+                Err(e) => {
+                    if queued {
+                        self.flush(now, acts);
+                    }
+                    return self.end(e, None, now, acts);
+                }
             }
         }
         if queued {
@@ -263,22 +242,15 @@ impl<R> Core<R> {
         }
     }
 
-    /// Take an element from upstream for the client (and note SASL success and XEP-0198).
+    /// Take an element from upstream (already rewritten by relay) for the client.
     fn queue(&mut self, el: Element) {
-        if el.is("success", ns::SASL) {
-            self.sasl_success = true;
-        } else if el.is("enabled", ns::SM3) {
-            self.resumable = matches!(el.attr("resume"), Some("true" | "1"));
-        } else if el.is("resumed", ns::SM3) {
-            self.resumable = true;
-        }
         // `out` starts empty after every response: one allocation of a typical batch's size
         // rather than a string doubling from 8 bytes.
         if self.out.capacity() == 0 {
             self.out.reserve(1024);
         }
         // Serialized now (self-contained), so its size counts against `max_queued_bytes`.
-        relay::from_upstream(el).write_xml(&mut self.out, "");
+        el.write_xml(&mut self.out, "");
     }
 
     /// The write (or restart) asked for by the last [`Action::Write`]/[`Action::Restart`] is
@@ -429,10 +401,6 @@ impl<R> Core<R> {
 
         let held = Held { rid: req.rid, reply, deadline: now + self.rules.wait, empty: req.is_empty() };
         if req.restart {
-            if !self.sasl_success {
-                return self.end(Error::BadRequest("restart before SASL success".into()), Some(held.reply), now, acts);
-            }
-            self.sasl_success = false;
             // Stanzas inside a restart body are ignored (XBOSH-10).
             req.payloads.clear();
             self.pending = Some(Pending::Hold(held));

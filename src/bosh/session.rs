@@ -23,10 +23,10 @@ use tracing::{debug, info, warn};
 use super::body::{Request, ResponseBody, VERSION};
 use super::core::{Action, Core, Rules};
 use crate::error::Error;
-use crate::relay;
+use crate::link::{Event, Link, Opened};
 use crate::state::AppState;
-use crate::upstream::{self, Connection, OpenParams, UpstreamReader, UpstreamWriter};
-use crate::xml::{ns, Element, Frame};
+use crate::upstream::{self, OpenParams};
+use crate::xml::Element;
 
 pub use super::exchange::{Incoming, Reply};
 
@@ -89,9 +89,6 @@ pub fn allowed_route(allow: &[String], route: &str) -> Option<crate::upstream::T
     let (host, port) = crate::config::split_host_port(rest)?;
     Some(crate::upstream::Target { host, port, direct_tls: false, trusted: true })
 }
-
-/// How long a closing upstream stream is given to answer `</stream:stream>`.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Values fixed when the session is created (XEP-0124 §7.2).
 #[derive(Debug, Clone)]
@@ -159,11 +156,11 @@ impl Params {
 enum Up {
     /// Connecting; client payloads that arrive meanwhile wait here, in rid order.
     Connecting(Vec<Element>),
-    Open(UpstreamWriter),
+    Open(Link),
     Closed,
 }
 
-type ConnectFuture = Pin<Box<dyn Future<Output = Result<Connection, Error>> + Send>>;
+type ConnectFuture = Pin<Box<dyn Future<Output = Result<(Link, Opened), Error>> + Send>>;
 type Acts = Vec<Action<oneshot::Sender<Reply>>>;
 
 pub struct Session {
@@ -178,7 +175,6 @@ pub struct Session {
     /// The core's actions, carried out in order; one buffer for the session's life.
     acts: Acts,
     up: Up,
-    reader: Option<UpstreamReader>,
     connecting: Option<ConnectFuture>,
     /// Cluster mode, draining: when this session is ended ([`AppState::drain_at`]).
     drain_at: Option<Instant>,
@@ -209,14 +205,13 @@ impl Session {
         let Params { sid, rules, content_type, open, route, ver } = p;
         let connect_open = open.clone();
         let connecting: ConnectFuture =
-            Box::pin(async move { upstream::connect_via(&up_ctx, &connect_open, route).await });
+            Box::pin(async move { Link::open(&up_ctx, &connect_open, route).await });
         // The creation request waits for the upstream features, at most `wait` (BOSH-S-31).
         let core = Core::new(rules, &sid, ver, &creation.req, creation.reply, std::time::Instant::now());
         Session {
             core,
             acts: Vec::new(),
             up: Up::Connecting(Vec::new()),
-            reader: None,
             connecting: Some(connecting),
             drain_at: None,
             metrics: crate::metrics::metrics().session_started(crate::metrics::Transport::Bosh),
@@ -249,7 +244,11 @@ impl Session {
             let connecting = OptionFuture::from(self.connecting.as_mut());
             // Backpressure: a client that does not fetch its stanzas stops us reading upstream.
             let room = self.core.has_room();
-            let reading = OptionFuture::from(self.reader.as_mut().filter(|_| room).map(|r| r.next()));
+            let link = match &mut self.up {
+                Up::Open(link) if room => Some(link),
+                _ => None,
+            };
+            let reading = OptionFuture::from(link.map(Link::next));
             let paused_until = self.throttle.as_ref().and_then(|t| t.paused_until());
             tokio::select! {
                 biased;
@@ -286,8 +285,8 @@ impl Session {
                     self.connecting = None;
                     self.on_connected(res).await;
                 }
-                Some(frame) = reading => {
-                    self.on_frame(frame);
+                Some(event) = reading => {
+                    self.on_event(event);
                     self.execute().await;
                 }
                 _ = self.timer.as_mut(), if deadline.is_some() => {
@@ -397,13 +396,13 @@ impl Session {
     // ------------------------------------------------------------------ upstream IO
 
     /// Boxed: a rare path must not size the future every idle session keeps.
-    async fn on_connected(&mut self, res: Result<Connection, Error>) {
+    async fn on_connected(&mut self, res: Result<(Link, Opened), Error>) {
         Box::pin(self.on_connected_inner(res)).await
     }
 
-    async fn on_connected_inner(&mut self, res: Result<Connection, Error>) {
-        let conn = match res {
-            Ok(conn) => conn,
+    async fn on_connected_inner(&mut self, res: Result<(Link, Opened), Error>) {
+        let (link, opened) = match res {
+            Ok(o) => o,
             Err(e) => {
                 warn!(sid = %short(&self.sid), domain = %self.open.domain, kind = e.kind(), error = %e, "upstream connect failed");
                 self.up = Up::Closed;
@@ -414,38 +413,38 @@ impl Session {
             Up::Connecting(b) => b,
             _ => Vec::new(),
         };
-        let Connection { header, features, writer, reader, .. } = conn;
-        self.up = Up::Open(writer);
-        self.reader = Some(reader);
+        self.up = Up::Open(link);
         let had_room = self.core.has_room();
-        self.core.connected(header, features);
-        self.count_queued(1, had_room);
+        self.core.connected(opened.header, opened.features);
+        self.note_room(had_room);
         // What the client sent while we connected goes first; then the features are answered.
         let res = self.write_up_all(&backlog).await;
         self.core.written(res, std::time::Instant::now(), &mut self.acts);
         self.execute().await;
     }
 
-    /// A frame from the upstream, and everything already buffered with it, for the core
-    /// (synchronous, like `on_request`).
-    fn on_frame(&mut self, frame: Result<Frame, Error>) {
+    /// An event from the upstream, and everything already buffered with it, for the core
+    /// (synchronous, like `on_request`). A new stream header (after a restart) needs nothing:
+    /// its features follow.
+    fn on_event(&mut self, event: Result<Event, Error>) {
         let had_room = self.core.has_room();
-        let mut stanzas = 0;
-        let Session { core, acts, reader, .. } = self;
-        let buffered = std::iter::from_fn(|| reader.as_mut().and_then(UpstreamReader::try_next_buffered));
-        let frames = std::iter::once(frame).chain(buffered).inspect(|f| {
-            stanzas += usize::from(matches!(f, Ok(Frame::Element(el)) if !el.is("error", ns::STREAM)));
+        let Session { core, acts, up, .. } = self;
+        let buffered = std::iter::from_fn(|| match up {
+            Up::Open(link) => link.try_next_buffered(),
+            _ => None,
         });
-        core.upstream(frames, std::time::Instant::now(), acts);
-        self.count_queued(stanzas, had_room);
+        let elements = std::iter::once(event).chain(buffered).filter_map(|e| match e {
+            Ok(Event::Element(el)) => Some(Ok(el)),
+            Ok(Event::Header(_)) => None,
+            Err(e) => Some(Err(e)),
+        });
+        core.upstream(elements, std::time::Instant::now(), acts);
+        self.note_room(had_room);
     }
 
-    /// Count what the core queued for the client, and the queue reaching its limit (upstream
-    /// reads pause from there until the client fetches: main_loop's `room`).
-    fn count_queued(&self, stanzas: usize, had_room: bool) {
-        for _ in 0..stanzas {
-            crate::metrics::metrics().stanza(crate::metrics::Direction::ToClient);
-        }
+    /// Count the queue for the client reaching its limit (upstream reads pause from there until
+    /// the client fetches: main_loop's `room`).
+    fn note_room(&self, had_room: bool) {
         if had_room && !self.core.has_room() {
             crate::metrics::metrics().limit_hit(crate::metrics::Limit::QueuedBytes);
         }
@@ -454,13 +453,7 @@ impl Session {
     /// Write a request's payloads upstream in one write (or keep them while connecting).
     async fn write_up_all(&mut self, els: &[Element]) -> Result<(), Error> {
         match &mut self.up {
-            Up::Open(w) => {
-                w.send_all(els).await?;
-                for _ in els {
-                    crate::metrics::metrics().stanza(crate::metrics::Direction::ToUpstream);
-                }
-                Ok(())
-            }
+            Up::Open(link) => link.send_all(els).await,
             Up::Connecting(backlog) => {
                 backlog.extend_from_slice(els);
                 Ok(())
@@ -470,12 +463,10 @@ impl Session {
         }
     }
 
-    /// XBOSH restart: a new stream header, with what the restart request changed.
+    /// XBOSH restart: a new stream header (for the domain the stream was opened for), with the
+    /// `xml:lang` and `from` the restart request carries.
     async fn restart(&mut self, req: &Request) -> Result<(), Error> {
         let mut open = self.open.clone();
-        if let Some(to) = &req.to {
-            open.domain.clone_from(to);
-        }
         if let Some(lang) = &req.lang {
             open.lang.clone_from(lang);
         }
@@ -483,46 +474,17 @@ impl Session {
             open.from.clone_from(&req.from);
         }
         match &mut self.up {
-            Up::Open(w) => w.restart(&open).await,
+            Up::Open(link) => link.restart(&open).await,
             _ => Err(Error::BadRequest("restart before the upstream stream is open".into())),
         }
     }
 
-    /// Tear the upstream down in bounded time. For a client that is gone, the stanzas it never
-    /// received are bounced before the stream is closed (XEP-0206 §7, BOSH-T-21). The rest runs
-    /// in its own task so the session ends now.
+    /// End the upstream by the one teardown rule (`Link::end`): what no response carried is
+    /// bounced when the client will not come for it (XEP-0206 §7, BOSH-T-21).
     async fn close_upstream(&mut self, why: Error) {
         self.connecting = None;
-        let up = std::mem::replace(&mut self.up, Up::Closed);
-        let reader = self.reader.take();
-        let Up::Open(mut writer) = up else { return };
-        if matches!(why, Error::UpstreamClosed | Error::UpstreamLost(_) | Error::UpstreamStreamError(_)) {
-            let _ = writer.close().await;
-            return;
-        }
-        if self.core.resumable() && matches!(why, Error::ClientGone | Error::Shutdown | Error::Redirect(_)) {
-            // XEP-0198: the server keeps the session (and what the client has not acked) for
-            // a resumption, through this replica or another, only if the stream is not closed.
-            writer.abort().await;
-            return;
-        }
-        let bounces: Vec<Element> = undelivered(&self.core.take_undelivered()).iter().filter_map(relay::bounce).collect();
-        self.state.tracker.spawn(async move {
-            for b in &bounces {
-                if writer.send(b).await.is_err() {
-                    return;
-                }
-            }
-            let _ = writer.close().await;
-            // Give the server a moment to close its side, so the last presence is processed.
-            let Some(mut reader) = reader else { return };
-            let deadline = Instant::now() + CLOSE_GRACE;
-            while let Ok(Ok(frame)) = tokio::time::timeout_at(deadline, reader.next()).await {
-                if frame == Frame::StreamClose {
-                    break;
-                }
-            }
-        });
+        let Up::Open(link) = std::mem::replace(&mut self.up, Up::Closed) else { return };
+        link.end(&why, &undelivered(&self.core.take_undelivered()), &self.state.tracker).await;
     }
 }
 
@@ -592,7 +554,7 @@ mod tests {
         let (_stx, srx) = mpsc::channel(1);
         let fut = Session::run(state, p, Incoming { req, reply: tx, bytes: 0 }, srx);
         let size = std::mem::size_of_val(&fut);
-        eprintln!("bosh session future: {size} bytes; Session {} Core {} Action {} Params {} reader {} writer {} framer {}", std::mem::size_of::<Session>(), std::mem::size_of::<Core<oneshot::Sender<Reply>>>(), std::mem::size_of::<Action<oneshot::Sender<Reply>>>(), std::mem::size_of::<Params>(), std::mem::size_of::<UpstreamReader>(), std::mem::size_of::<UpstreamWriter>(), std::mem::size_of::<crate::xml::Framer>());
+        eprintln!("bosh session future: {size} bytes; Session {} Core {} Action {} Params {} link {} framer {}", std::mem::size_of::<Session>(), std::mem::size_of::<Core<oneshot::Sender<Reply>>>(), std::mem::size_of::<Action<oneshot::Sender<Reply>>>(), std::mem::size_of::<Params>(), std::mem::size_of::<Link>(), std::mem::size_of::<crate::xml::Framer>());
         assert!(size <= 4096, "bosh session future is {size} bytes");
     }
 

@@ -16,7 +16,7 @@ pub mod stream;
 pub mod tls;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use connect::{connect, connect_observed, connect_via};
 pub use stream::{Connection, UpstreamReader, UpstreamWriter};

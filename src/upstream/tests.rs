@@ -1,6 +1,7 @@
 //! Loopback tests for [`super::connect`] and the reader/writer halves, against scripted fake
 //! upstreams on `127.0.0.1:0`: one tokio task per fake that reads and writes raw XMPP (and TLS
-//! with certificates minted by rcgen). Every wait is bounded by [`STEP`].
+//! with certificates minted by rcgen). Every wait is bounded by [`STEP`]. The fake's helpers
+//! are `pub(crate)` for the tests of `crate::link`, which runs over the same streams.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -20,14 +21,14 @@ use crate::error::{ConnectKind, Error};
 use crate::xml::{ns, Element, Frame};
 
 /// Upper bound for any single wait in a fake or a test.
-const STEP: Duration = Duration::from_secs(5);
+pub(crate) const STEP: Duration = Duration::from_secs(5);
 const DOMAIN: &str = "example.test";
-const SASL_FEATURES: &str = "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
+pub(crate) const SASL_FEATURES: &str = "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
     <mechanism>PLAIN</mechanism></mechanisms></stream:features>";
 const TLS_FEATURES: &str = "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>\
     <required/></starttls></stream:features>";
 
-fn server_header(id: &str, version: &str) -> String {
+pub(crate) fn server_header(id: &str, version: &str) -> String {
     format!(
         "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
          xmlns:stream='http://etherx.jabber.org/streams' id='{id}' from='{DOMAIN}' \
@@ -35,7 +36,7 @@ fn server_header(id: &str, version: &str) -> String {
     )
 }
 
-fn params() -> OpenParams {
+pub(crate) fn params() -> OpenParams {
     OpenParams {
         domain: DOMAIN.into(),
         lang: "en".into(),
@@ -46,7 +47,7 @@ fn params() -> OpenParams {
 }
 
 /// An `Upstream` whose only route for [`DOMAIN`] is `addr`.
-fn upstream(addr: SocketAddr, tls: TlsMode, ca_file: Option<&std::path::Path>, timeout: u64) -> Upstream {
+pub(crate) fn upstream(addr: SocketAddr, tls: TlsMode, ca_file: Option<&std::path::Path>, timeout: u64) -> Upstream {
     let mut cfg = crate::Config::default();
     cfg.upstream.domains = vec![DOMAIN.into()];
     cfg.upstream.routes = BTreeMap::from([(DOMAIN.to_string(), addr.to_string())]);
@@ -102,7 +103,7 @@ impl Pki {
 // ---------------------------------------------------------------- the fake upstream
 
 /// Append to `got` until `needle` appears in the newly read part (bounded by [`STEP`]).
-async fn read_until<S: AsyncRead + Unpin>(s: &mut S, got: &mut String, needle: &str) -> bool {
+pub(crate) async fn read_until<S: AsyncRead + Unpin>(s: &mut S, got: &mut String, needle: &str) -> bool {
     let start = got.len();
     let deadline = Instant::now() + STEP;
     let mut buf = [0u8; 4096];
@@ -117,7 +118,7 @@ async fn read_until<S: AsyncRead + Unpin>(s: &mut S, got: &mut String, needle: &
 }
 
 /// Read a client stream header (through its closing `>`).
-async fn read_header<S: AsyncRead + Unpin>(s: &mut S, got: &mut String) -> bool {
+pub(crate) async fn read_header<S: AsyncRead + Unpin>(s: &mut S, got: &mut String) -> bool {
     if !read_until(s, got, "<stream:stream").await {
         return false;
     }
@@ -126,21 +127,21 @@ async fn read_header<S: AsyncRead + Unpin>(s: &mut S, got: &mut String) -> bool 
 }
 
 /// Read until EOF (bounded), e.g. to see what the client wrote last.
-async fn read_to_end<S: AsyncRead + Unpin>(s: &mut S, got: &mut String) -> bool {
+pub(crate) async fn read_to_end<S: AsyncRead + Unpin>(s: &mut S, got: &mut String) -> bool {
     let mut rest = Vec::new();
     let ok = matches!(tokio::time::timeout(STEP, s.read_to_end(&mut rest)).await, Ok(Ok(_)));
     got.push_str(&String::from_utf8_lossy(&rest));
     ok
 }
 
-async fn write<S: AsyncWrite + Unpin>(s: &mut S, data: &str) {
+pub(crate) async fn write<S: AsyncWrite + Unpin>(s: &mut S, data: &str) {
     let _ = s.write_all(data.as_bytes()).await;
     let _ = s.flush().await;
 }
 
 /// A fake server accepting one connection and running `script` on it; the task's result is
 /// whatever the script returns (typically the bytes it received).
-async fn fake<F, Fut>(script: F) -> (SocketAddr, JoinHandle<String>)
+pub(crate) async fn fake<F, Fut>(script: F) -> (SocketAddr, JoinHandle<String>)
 where
     F: FnOnce(TcpStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = String> + Send,
@@ -157,7 +158,7 @@ where
 }
 
 /// Plaintext open: read the header, answer with header `id` and `features`.
-async fn open<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, got: &mut String, id: &str, features: &str) {
+pub(crate) async fn open<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, got: &mut String, id: &str, features: &str) {
     if read_header(s, got).await {
         write(s, &format!("{}{features}", server_header(id, "1.0"))).await;
     }
@@ -181,7 +182,7 @@ async fn starttls_script(mut s: TcpStream, tls: Arc<rustls::ServerConfig>) -> St
     format!("PLAIN:{plain}\nTLS:{secure}")
 }
 
-async fn result_of(task: JoinHandle<String>) -> String {
+pub(crate) async fn result_of(task: JoinHandle<String>) -> String {
     tokio::time::timeout(STEP, task).await.expect("fake finishes").expect("fake task")
 }
 
