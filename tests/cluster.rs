@@ -1042,7 +1042,7 @@ async fn draining_replica_serves_its_sessions_and_spreads_their_ends() {
         let mut w = WsClient::logged_in(&ws_url, D, &format!("user{i}"), &format!("pass{i}")).await;
         let term = term.clone();
         ws.push(tokio::spawn(async move {
-            let (texts, code) = w.to_close().await;
+            let (texts, code) = w.read_to_close().await;
             (term.lock().unwrap().expect("a WebSocket closed before SIGTERM").elapsed(), texts, code)
         }));
     }

@@ -253,7 +253,7 @@ async fn ws_without_open_is_dropped_after_30_s() {
     let t0 = Instant::now();
     let early = tokio::time::timeout(Duration::from_secs(29), ws.ws.next()).await;
     assert!(early.is_err(), "ended before 30 s: {early:?}");
-    let (texts, code) = ws.to_close().await;
+    let (texts, code) = ws.read_to_close().await;
     on_time(t0.elapsed(), Duration::from_secs(30), "end of the wait for <open/>");
     // WS-19: our `<open/>` (none was sent yet), `connection-timeout`, `<close/>`, close 1000.
     assert_eq!(texts.len(), 3, "{texts:?}");

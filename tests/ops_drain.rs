@@ -75,7 +75,7 @@ async fn sigterm_drains_100_bosh_and_websocket_sessions() {
         held.push(tokio::spawn(async move { b.send("", "").await }));
     }
     let mut ws_sender = ws.pop().expect("a WS sender");
-    let ws_ends: Vec<_> = ws.into_iter().map(|mut w| tokio::spawn(async move { w.to_close().await })).collect();
+    let ws_ends: Vec<_> = ws.into_iter().map(|mut w| tokio::spawn(async move { w.read_to_close().await })).collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Messages handed over just before SIGTERM.
@@ -160,7 +160,7 @@ async fn sigterm_with_redirect_sends_clients_to_the_peer() {
     let (mut b, _) = Bosh::login(&cm.bosh_url(), &d, "alice", "alicepass", 30).await;
     let mut w = WsClient::logged_in(&cm.ws_url(), &d, "bob", "bobpass").await;
     let held = tokio::spawn(async move { b.send("", "").await });
-    let ws_end = tokio::spawn(async move { w.to_close().await });
+    let ws_end = tokio::spawn(async move { w.read_to_close().await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     cm.signal("TERM");
     let a = held.await.unwrap();

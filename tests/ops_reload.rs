@@ -101,7 +101,7 @@ async fn sighup_applies_domains_routes_limits_and_log_level_to_a_running_process
     let a = tokio::time::timeout(T, held).await.expect("held request not answered after the reload").unwrap();
     assert_eq!((a.is_terminate(), a.condition().as_deref()), (true, Some("host-gone")), "{}", a.raw);
     // The WebSocket one: the host-gone stream error, then the close.
-    let (texts, _code) = w.to_close().await;
+    let (texts, _code) = w.read_to_close().await;
     assert!(texts.iter().any(|t| t.contains("<host-gone")), "{texts:?}");
     // New sessions: `localhost` is host-unknown, `other.test` reaches Prosody (its stream
     // header is answered; Prosody itself serves only `localhost`, so it says host-unknown in

@@ -67,7 +67,7 @@ fn stream_error_condition(text: &str) -> Option<String> {
 /// After a fault: `<open/>` (when asked), the stream error, the exact `<close/>`, then a close
 /// frame with `code`.
 async fn expect_error_end(ws: &mut Ws, condition: &str, code: u16, open_first: bool) {
-    let (texts, got_code) = ws.to_close().await;
+    let (texts, got_code) = ws.read_to_close().await;
     let mut it = texts.iter();
     if open_first {
         let o = it.next().unwrap_or_else(|| panic!("no <open/> in {texts:?}"));
@@ -168,7 +168,7 @@ async fn ws_login_restart_bind_message_close_prosody() {
 
     // WS-16/WS-27: <close/> → exact <close/> back, then close 1000.
     alice.send(CLOSE).await;
-    let (texts, code) = alice.to_close().await;
+    let (texts, code) = alice.read_to_close().await;
     assert_eq!(texts.last().map(String::as_str), Some(CLOSE), "{texts:?}");
     assert_eq!(code, Some(1000));
 
@@ -226,7 +226,7 @@ async fn ws_faults_end_only_their_session_prosody() {
     let mut ws = connect(&url).await;
     open_stream(&mut ws, &d).await;
     ws.send("<!DOCTYPE x [<!ENTITY a 'aaaa'>]><presence>&a;</presence>").await;
-    let (texts, code) = ws.to_close().await;
+    let (texts, code) = ws.read_to_close().await;
     let c = texts.first().and_then(|t| stream_error_condition(t));
     assert!(matches!(c.as_deref(), Some("restricted-xml" | "not-well-formed")), "{texts:?}");
     assert_eq!(code, Some(1000));
@@ -257,7 +257,7 @@ async fn ws_faults_end_only_their_session_prosody() {
     let mut ws = connect(&url).await;
     open_stream(&mut ws, &d).await;
     ws.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await;
-    let (texts, _) = ws.to_close().await;
+    let (texts, _) = ws.read_to_close().await;
     assert!(texts.first().and_then(|t| stream_error_condition(t)).is_some(), "{texts:?}");
 
     // WS-26: after <close/> nothing more: a later <open/> gets no new session.
@@ -265,7 +265,7 @@ async fn ws_faults_end_only_their_session_prosody() {
     open_stream(&mut ws, &d).await;
     ws.send(CLOSE).await;
     let _ = ws.try_send(&open(&d)).await;
-    let (texts, code) = ws.to_close().await;
+    let (texts, code) = ws.read_to_close().await;
     assert_eq!(texts, vec![CLOSE.to_string()]);
     assert_eq!(code, Some(1000));
 
@@ -297,7 +297,7 @@ async fn ws_legacy_framing_login_prosody() {
     let r = el(&recv(&mut ws).await);
     assert_eq!(r.attr("type"), Some("result"));
     ws.send("</stream:stream>").await;
-    let (texts, code) = ws.to_close().await;
+    let (texts, code) = ws.read_to_close().await;
     assert_eq!(texts.last().map(String::as_str), Some("</stream:stream>"), "{texts:?}");
     assert_eq!(code, Some(1000));
 }
@@ -340,7 +340,7 @@ async fn ws18_ws21_upstream_whitespace_dropped_and_stream_error_relayed() {
     let m = recv(&mut ws).await;
     assert!(m.starts_with("<message xmlns='jabber:client'"), "{m}");
     conn.send("<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>").await;
-    let (texts, code) = ws.to_close().await;
+    let (texts, code) = ws.read_to_close().await;
     assert_eq!(texts.len(), 2, "{texts:?}");
     assert_eq!(stream_error_condition(&texts[0]).as_deref(), Some("conflict"));
     assert_eq!(texts[1], CLOSE);
@@ -354,7 +354,7 @@ async fn ws17_upstream_close_is_relayed() {
     let cm = XmppCm::start(&fake.config(&[]));
     let (mut ws, mut conn) = fake_session(&cm, &mut fake).await;
     conn.send("</stream:stream>").await;
-    let (texts, code) = ws.to_close().await;
+    let (texts, code) = ws.read_to_close().await;
     assert_eq!(texts, vec![CLOSE.to_string()]);
     assert_eq!(code, Some(1000));
 }
@@ -368,7 +368,7 @@ async fn ws16_client_close_closes_upstream_stream() {
     ws.send(CLOSE).await;
     assert!(conn.wait_for("</stream:stream>").await, "{}", conn.seen());
     conn.send("</stream:stream>").await;
-    let (texts, code) = ws.to_close().await;
+    let (texts, code) = ws.read_to_close().await;
     assert_eq!(texts, vec![CLOSE.to_string()]);
     assert_eq!(code, Some(1000));
 }
@@ -420,7 +420,7 @@ async fn ws03_fragments_reassembled_ws04_invalid_utf8_is_1007() {
     ws.ws.send(Message::Frame(Frame::message(b"<presence>\xff\xfe</presence>".to_vec(), OpCode::Data(Data::Text), true)))
         .await
         .expect("send");
-    let (_texts, code) = ws.to_close().await;
+    let (_texts, code) = ws.read_to_close().await;
     assert_eq!(code, Some(1007));
 }
 
@@ -435,7 +435,7 @@ async fn ws18_resource_conflict_is_relayed_prosody() {
     login(&mut first, &d, "alice", "alicepass", "dup").await;
     let mut second = connect(&cm.ws_url()).await;
     login(&mut second, &d, "alice", "alicepass", "dup").await;
-    let (texts, code) = first.to_close().await;
+    let (texts, code) = first.read_to_close().await;
     let err = texts.iter().find_map(|t| stream_error_condition(t));
     assert_eq!(err.as_deref(), Some("conflict"), "{texts:?}");
     assert_eq!(texts.last().map(String::as_str), Some(CLOSE), "{texts:?}");
@@ -489,7 +489,7 @@ async fn ws19_shutdown_sends_system_shutdown() {
     let mut ws = connect(&cm.ws_url()).await;
     login(&mut ws, &d, "alice", "alicepass", "bye").await;
     cm.signal("TERM");
-    let (texts, code) = ws.to_close().await;
+    let (texts, code) = ws.read_to_close().await;
     let err = texts.iter().find_map(|t| stream_error_condition(t));
     assert_eq!(err.as_deref(), Some("system-shutdown"), "{texts:?}");
     assert_eq!(texts.last().map(String::as_str), Some(CLOSE), "{texts:?}");
@@ -507,7 +507,7 @@ async fn ws20_drain_redirects_with_see_other_uri() {
     let mut ws = connect(&cm.ws_url()).await;
     login(&mut ws, &d, "alice", "alicepass", "moved").await;
     cm.signal("TERM");
-    let (texts, code) = ws.to_close().await;
+    let (texts, code) = ws.read_to_close().await;
     assert_eq!(texts.len(), 1, "{texts:?}");
     let c = el(&texts[0]);
     assert!(c.is("close", ns::FRAMING), "{texts:?}");
@@ -526,7 +526,7 @@ async fn ws_login_restart_bind_close_ejabberd() {
     login(&mut ws, &d, "alice", "alicepass", "ws").await;
     ping_server(&mut ws, &d, "ej1").await;
     ws.send(CLOSE).await;
-    let (texts, code) = ws.to_close().await;
+    let (texts, code) = ws.read_to_close().await;
     assert_eq!(texts.last().map(String::as_str), Some(CLOSE), "{texts:?}");
     assert_eq!(code, Some(1000));
 }
@@ -609,7 +609,7 @@ async fn ws_legacy_framing_drain_redirect_is_see_other_host() {
     assert!(recv(&mut ws).await.starts_with("<stream:stream "));
     recv(&mut ws).await; // features
     cm.signal("TERM");
-    let (texts, code) = ws.to_close().await;
+    let (texts, code) = ws.read_to_close().await;
     let e = texts.iter().find(|t| t.contains("stream:error")).unwrap_or_else(|| panic!("no stream error: {texts:?}"));
     let el = el(e);
     let soh = el.elements().find(|c| c.name == "see-other-host").unwrap_or_else(|| panic!("{e}"));

@@ -151,7 +151,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsClient<S> {
 
     /// Everything until the close frame: (texts, close code; `None` when the socket ended
     /// without one). Panics when nothing comes for [`T`].
-    pub async fn to_close(&mut self) -> (Vec<String>, Option<u16>) {
+    pub async fn read_to_close(&mut self) -> (Vec<String>, Option<u16>) {
         let mut texts = Vec::new();
         loop {
             match self.next_frame().await {
@@ -165,7 +165,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsClient<S> {
 
     /// The texts until the socket closes.
     pub async fn recv_all(&mut self) -> Vec<String> {
-        self.to_close().await.0
+        self.read_to_close().await.0
     }
 
     /// On an open socket: `<open/>`, SASL PLAIN, restart, up to the bind feature.
