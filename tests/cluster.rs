@@ -1039,7 +1039,7 @@ async fn draining_replica_serves_its_sessions_and_spreads_their_ends() {
     }
     let mut ws = Vec::new();
     for i in EACH + 1..=2 * EACH {
-        let mut w = WsClient::logged_in(&ws_url, D, &format!("user{i}"), &format!("pass{i}")).await;
+        let w = WsClient::logged_in(&ws_url, D, &format!("user{i}"), &format!("pass{i}")).await;
         let term = term.clone();
         ws.push(tokio::spawn(async move {
             let (texts, code) = w.read_to_close().await;

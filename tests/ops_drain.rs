@@ -75,7 +75,7 @@ async fn sigterm_drains_100_bosh_and_websocket_sessions() {
         held.push(tokio::spawn(async move { b.send("", "").await }));
     }
     let mut ws_sender = ws.pop().expect("a WS sender");
-    let ws_ends: Vec<_> = ws.into_iter().map(|mut w| tokio::spawn(async move { w.read_to_close().await })).collect();
+    let ws_ends: Vec<_> = ws.into_iter().map(|w| tokio::spawn(w.read_to_close())).collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Messages handed over just before SIGTERM.
@@ -158,9 +158,9 @@ async fn sigterm_with_redirect_sends_clients_to_the_peer() {
     let mut cm = XmppCm::start(&XmppCm::config_with(&p, &[("drain.redirect_url", "\"https://peer.example.test\"")]));
     let d = p.domain().to_string();
     let (mut b, _) = Bosh::login(&cm.bosh_url(), &d, "alice", "alicepass", 30).await;
-    let mut w = WsClient::logged_in(&cm.ws_url(), &d, "bob", "bobpass").await;
+    let w = WsClient::logged_in(&cm.ws_url(), &d, "bob", "bobpass").await;
     let held = tokio::spawn(async move { b.send("", "").await });
-    let ws_end = tokio::spawn(async move { w.read_to_close().await });
+    let ws_end = tokio::spawn(w.read_to_close());
     tokio::time::sleep(Duration::from_millis(300)).await;
     cm.signal("TERM");
     let a = held.await.unwrap();

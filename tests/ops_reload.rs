@@ -60,7 +60,7 @@ async fn sighup_applies_domains_routes_limits_and_log_level_to_a_running_process
     // Live sessions on `localhost`: a BOSH one with a held request, and two WebSocket ones.
     let (mut b, _) = Bosh::login(&cm.bosh_url(), &d, "alice", "alicepass", 30).await;
     let held = tokio::spawn(async move { b.send("", "").await });
-    let mut w = WsClient::logged_in(&cm.ws_url(), &d, "bob", "bobpass").await;
+    let w = WsClient::logged_in(&cm.ws_url(), &d, "bob", "bobpass").await;
     // `other.test`: nothing there yet.
     let a = bosh_client::post(&cm.bosh_url(), &creation("other.test"), T).await;
     assert_eq!(a.condition().as_deref(), Some("remote-connection-failed"), "{}", a.raw);

@@ -66,7 +66,7 @@ fn stream_error_condition(text: &str) -> Option<String> {
 
 /// After a fault: `<open/>` (when asked), the stream error, the exact `<close/>`, then a close
 /// frame with `code`.
-async fn expect_error_end(ws: &mut Ws, condition: &str, code: u16, open_first: bool) {
+async fn expect_error_end(ws: Ws, condition: &str, code: u16, open_first: bool) {
     let (texts, got_code) = ws.read_to_close().await;
     let mut it = texts.iter();
     if open_first {
@@ -209,18 +209,18 @@ async fn ws_faults_end_only_their_session_prosody() {
     let mut ws = connect(&url).await;
     open_stream(&mut ws, &d).await;
     ws.ws.send(Message::Binary(b"<presence/>".to_vec().into())).await.expect("send");
-    expect_error_end(&mut ws, "unsupported-encoding", 1003, false).await;
+    expect_error_end(ws, "unsupported-encoding", 1003, false).await;
 
     // WS-04: binary frame as the very first message: <open/> first.
     let mut ws = connect(&url).await;
     ws.ws.send(Message::Binary(b"<open/>".to_vec().into())).await.expect("send");
-    expect_error_end(&mut ws, "unsupported-encoding", 1003, true).await;
+    expect_error_end(ws, "unsupported-encoding", 1003, true).await;
 
     // WS-07: two elements in one message; nothing of it is forwarded.
     let mut ws = connect(&url).await;
     open_stream(&mut ws, &d).await;
     ws.send("<presence/><presence/>").await;
-    expect_error_end(&mut ws, "not-well-formed", 1000, false).await;
+    expect_error_end(ws, "not-well-formed", 1000, false).await;
 
     // WS-07: forbidden constructs.
     let mut ws = connect(&url).await;
@@ -236,22 +236,22 @@ async fn ws_faults_end_only_their_session_prosody() {
     open_stream(&mut ws, &d).await;
     let big = format!("<message><body>{}</body></message>", "x".repeat(20_000));
     ws.send(&big).await;
-    expect_error_end(&mut ws, "policy-violation", 1009, false).await;
+    expect_error_end(ws, "policy-violation", 1009, false).await;
 
     // WS-10: the first message must be <open/>.
     let mut ws = connect(&url).await;
     ws.send("<message to='bob@localhost'><body>x</body></message>").await;
-    expect_error_end(&mut ws, "bad-format", 1000, true).await;
+    expect_error_end(ws, "bad-format", 1000, true).await;
 
     // WS-09: <open/> in the wrong namespace.
     let mut ws = connect(&url).await;
     ws.send(&format!("<open xmlns='jabber:client' to='{d}' version='1.0'/>")).await;
-    expect_error_end(&mut ws, "invalid-namespace", 1000, true).await;
+    expect_error_end(ws, "invalid-namespace", 1000, true).await;
 
     // WS-11: a domain not served → <open/>, host-unknown, <close/>.
     let mut ws = connect(&url).await;
     ws.send(&open("not-served.test")).await;
-    expect_error_end(&mut ws, "host-unknown", 1000, true).await;
+    expect_error_end(ws, "host-unknown", 1000, true).await;
 
     // WS-14: starttls is never relayed.
     let mut ws = connect(&url).await;
@@ -309,7 +309,7 @@ async fn ws19_dead_upstream_is_remote_connection_failed() {
     let cm = XmppCm::start(&fake.config(&[]));
     let mut ws = connect(&cm.ws_url()).await;
     ws.send(&open(DOMAIN)).await;
-    expect_error_end(&mut ws, "remote-connection-failed", 1000, true).await;
+    expect_error_end(ws, "remote-connection-failed", 1000, true).await;
 }
 
 // ---------------------------------------------------------------- scripted fake upstream
@@ -352,7 +352,7 @@ async fn ws18_ws21_upstream_whitespace_dropped_and_stream_error_relayed() {
 async fn ws17_upstream_close_is_relayed() {
     let mut fake = FakeUpstream::start().await;
     let cm = XmppCm::start(&fake.config(&[]));
-    let (mut ws, mut conn) = fake_session(&cm, &mut fake).await;
+    let (ws, mut conn) = fake_session(&cm, &mut fake).await;
     conn.send("</stream:stream>").await;
     let (texts, code) = ws.read_to_close().await;
     assert_eq!(texts, vec![CLOSE.to_string()]);
@@ -581,7 +581,7 @@ async fn configured_xml_limits_apply_to_websocket() {
         let mut ws = connect(&strict.ws_url()).await;
         open_stream(&mut ws, "localhost").await;
         ws.send(&stanza).await;
-        expect_error_end(&mut ws, "policy-violation", 1000, false).await;
+        expect_error_end(ws, "policy-violation", 1000, false).await;
         // With the defaults the same element passes the parser (the server answers it).
         let lax = XmppCm::start(&XmppCm::config_for(&p));
         let mut ws = connect(&lax.ws_url()).await;

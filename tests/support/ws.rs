@@ -150,8 +150,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsClient<S> {
     }
 
     /// Everything until the close frame: (texts, close code; `None` when the socket ended
-    /// without one). Panics when nothing comes for [`T`].
-    pub async fn read_to_close(&mut self) -> (Vec<String>, Option<u16>) {
+    /// without one). The socket is dropped then, so the server's session ends at once.
+    /// Panics when nothing comes for [`T`].
+    pub async fn read_to_close(mut self) -> (Vec<String>, Option<u16>) {
         let mut texts = Vec::new();
         loop {
             match self.next_frame().await {
@@ -164,7 +165,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsClient<S> {
     }
 
     /// The texts until the socket closes.
-    pub async fn recv_all(&mut self) -> Vec<String> {
+    pub async fn recv_all(self) -> Vec<String> {
         self.read_to_close().await.0
     }
 
