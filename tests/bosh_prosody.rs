@@ -83,7 +83,9 @@ async fn held_request_is_released_by_an_incoming_message() {
     let cm = XmppCm::start(&XmppCm::config_for(&p));
     let url = cm.bosh_url();
     let (mut alice, alice_jid) = Bosh::login(&url, "localhost", "alice", "alicepass", 30).await;
-    let (mut bob, _bob_jid) = Bosh::login(&url, "localhost", "bob", "bobpass", 30).await;
+    // bob's own requests are answered within his `wait`: his message's request returns in 2 s,
+    // not after alice's 30.
+    let (mut bob, _bob_jid) = Bosh::login(&url, "localhost", "bob", "bobpass", 2).await;
     // alice holds an empty request (wait=30); bob's message must release it at once.
     let held_body = alice.next_body("", "");
     let url2 = url.clone();
