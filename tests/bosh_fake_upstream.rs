@@ -2,7 +2,8 @@
 //! UP-FAKE), for what a real server will not do on demand: whitespace keepalives, a stream error
 //! right after a message, a clean close, restarts at the wrong moment. The real-server behaviour
 //! is proven in `bosh_prosody.rs`; this file never replaces it. Timer rules against the fake
-//! (a slow stream open, stanzas for a client gone idle) run in virtual time in `inproc.rs`.
+//! (a slow stream open, stanzas for a client gone idle, the `polling` interval) run in virtual
+//! time in `inproc.rs`.
 
 mod bosh_client;
 mod support;
@@ -131,50 +132,4 @@ async fn acks_report_unacknowledged_responses() {
     let again = post(&cm.bosh_url(), &b.body_for(creation_rid + 2, &format!("ack='{}'", creation_rid + 1), ""), Duration::from_secs(5)).await;
     assert_eq!(again.raw, r2.raw);
     let _ = NS;
-}
-
-/// BOSH-R-15 / R-16 (b): a client with two connections sends its next empty poll (rid n) and a
-/// stanza (rid n+1) right after a response; when n+1 arrives first it is parked, and the empty
-/// poll must not count as "the last two requests empty" (the last one in rid order carries a
-/// stanza). Seen with the load generator before the fix.
-#[tokio::test]
-async fn empty_poll_overtaken_by_a_stanza_is_not_too_frequent() {
-    let fake = FakeUpstream::opening().await;
-    let cm = cm_for(&fake, &[("bosh.polling", "5")]);
-    let url = cm.bosh_url();
-    let mut b = Bosh::create(&url, "fake.test", 1, "").await;
-    for round in 0..3 {
-        // An empty poll held for `wait` (1 s) and answered empty: "the previous request was empty".
-        let a = b.send("", "").await;
-        assert!(!a.is_terminate(), "round {round}: {}", a.raw);
-        let n = b.next_body("", "");
-        let n1 = b.next_body("", &format!("<message xmlns='jabber:client' to='x@fake.test'><body>r{round}</body></message>"));
-        let u = url.clone();
-        let stanza = tokio::spawn(async move { post(&u, &n1, Duration::from_secs(10)).await });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let poll = post(&url, &n, Duration::from_secs(10)).await;
-        let stanza = stanza.await.unwrap();
-        assert!(!poll.is_terminate(), "round {round}: empty poll refused: {}", poll.raw);
-        assert!(!stanza.is_terminate(), "round {round}: {}", stanza.raw);
-    }
-    assert!(fake.seen().contains("r2"));
-}
-
-/// BOSH-R-16 (b): on a long-poll session, `requests` unanswered requests whose last two are
-/// empty and closer together than `polling` end the session with policy-violation; the request
-/// held at that moment gets other-request (BOSH-T-11).
-#[tokio::test]
-async fn two_empty_requests_faster_than_polling_are_a_policy_violation() {
-    let fake = FakeUpstream::opening().await;
-    let cm = cm_for(&fake, &[("bosh.polling", "5")]);
-    let url = cm.bosh_url();
-    let mut b = Bosh::create(&url, "fake.test", 10, "").await;
-    let first = b.next_body("", "");
-    let u = url.clone();
-    let held = tokio::spawn(async move { post(&u, &first, Duration::from_secs(20)).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let second = b.send("", "").await;
-    assert_eq!(second.condition().as_deref(), Some("policy-violation"), "{}", second.raw);
-    let h = held.await.unwrap();
-    assert_eq!(h.condition().as_deref(), Some("other-request"), "{}", h.raw);
 }

@@ -216,6 +216,66 @@ async fn slow_upstream_features_come_in_a_later_response() {
     assert!(seen.starts_with("<?xml"), "{seen}");
 }
 
+/// BOSH-R-15 / R-16 (b): a client with two connections sends its next empty poll (rid n) and a
+/// stanza (rid n+1) right after a response; when n+1 arrives first it is parked, and the empty
+/// poll must not count as "the last two requests empty" (the last one in rid order carries a
+/// stanza). Seen with the load generator before the fix.
+#[tokio::test(start_paused = true)]
+async fn empty_poll_overtaken_by_a_stanza_is_not_too_frequent() {
+    let mut fake = FakeUpstream::start().await;
+    let cm = InProc::for_fake(&fake, &[("bosh.polling", "5")]).await;
+    let url = cm.bosh_url();
+    let (mut b, mut up) = bosh_session(&cm, &mut fake, 1, "").await;
+    for round in 0..3 {
+        // An empty poll held for `wait` (1 s) and answered empty: "the previous request was empty".
+        let a = b.send("", "").await;
+        assert!(!a.is_terminate(), "round {round}: {}", a.raw);
+        let n = b.next_body("", "");
+        let n1 = b.next_body("", &format!("<message xmlns='jabber:client' to='x@fake.test'><body>r{round}</body></message>"));
+        let u = url.clone();
+        let stanza = tokio::spawn(async move { post(&u, &n1, WAIT).await });
+        // Virtual: the stanza's request has reached the session (and been parked) by then.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let poll = post(&url, &n, WAIT).await;
+        let stanza = stanza.await.expect("stanza request");
+        assert!(!poll.is_terminate(), "round {round}: empty poll refused: {}", poll.raw);
+        assert!(!stanza.is_terminate(), "round {round}: {}", stanza.raw);
+    }
+    up.expect("r2").await;
+}
+
+/// BOSH-R-16 (b), BOSH-T-11: on a long-poll session, `requests` unanswered requests whose last
+/// two are empty and closer together than `polling` end the session with policy-violation, and
+/// the request held at that moment gets other-request; the same two requests `polling` apart
+/// are fine (the older one is answered).
+#[tokio::test(start_paused = true)]
+async fn two_empty_requests_faster_than_polling_are_a_policy_violation() {
+    let mut fake = FakeUpstream::start().await;
+    let cm = InProc::for_fake(&fake, &[("bosh.polling", "5")]).await;
+    for (gap, too_soon) in [(Duration::from_millis(300), true), (Duration::from_secs(5), false)] {
+        let (mut b, _up) = bosh_session(&cm, &mut fake, 10, "").await;
+        let first = b.next_body("", "");
+        let url = cm.bosh_url();
+        let held = tokio::spawn(async move { post(&url, &first, Duration::from_secs(20)).await });
+        tokio::time::sleep(gap).await;
+        let second = tokio::spawn({
+            let body = b.next_body("", "");
+            let url = cm.bosh_url();
+            async move { post(&url, &body, Duration::from_secs(20)).await }
+        });
+        let h = held.await.expect("held request");
+        if too_soon {
+            let second = second.await.expect("second request");
+            assert_eq!(second.condition().as_deref(), Some("policy-violation"), "{}", second.raw);
+            assert_eq!(h.condition().as_deref(), Some("other-request"), "{}", h.raw);
+        } else {
+            assert!(!h.is_terminate(), "{gap:?} apart: {}", h.raw);
+            let second = second.await.expect("second request");
+            assert!(!second.is_terminate(), "{gap:?} apart: {}", second.raw);
+        }
+    }
+}
+
 /// WS-22: xmpp-cm pings every `ping_interval`; a client that answers (tungstenite pongs while
 /// reading) keeps its session through several intervals; one that stops answering is dropped
 /// `ping_timeout` after the unanswered ping, and its upstream socket is freed abortively (no
