@@ -30,7 +30,7 @@ use xmpp_cm::xml::{parse_document, Element, Limits};
 use support::c2s::{collect_until, direct_recipient};
 use support::haproxy::{Backend, HaProxy};
 use support::process::port_open;
-use support::ws::{ws_try_authenticate, ws_try_recv, ws_try_recv_until, ws_try_send, Ws};
+use support::ws::{Ws, WsClient};
 use support::xmpp_cm::toml_str;
 use support::{free_port, http_request, node, tail, Prosody, ProsodyOpts, XmppCm};
 
@@ -788,17 +788,17 @@ struct SmWs {
 
 impl SmWs {
     async fn login(url: &str, user: &str, pass: &str, track: Arc<Mutex<Track>>) -> SmWs {
-        let mut ws = with_retry("WebSocket login", || ws_try_authenticate(url, D, user, pass)).await;
-        ws_try_send(&mut ws, "<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>").await.unwrap();
-        let r = ws_try_recv_until(&mut ws, "<jid>").await.unwrap();
+        let mut ws = with_retry("WebSocket login", || WsClient::try_authenticate(url, D, user, pass)).await;
+        ws.try_send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>").await.unwrap();
+        let r = ws.try_recv_until("<jid>").await.unwrap();
         let jid = r.split("<jid>").nth(1).and_then(|s| s.split("</jid>").next()).unwrap_or_default().to_string();
         let mut s = SmWs { url: url.into(), ws, sm: Sm::new(user, track), jid };
-        ws_try_send(&mut s.ws, Sm::enable()).await.unwrap();
+        s.ws.try_send(Sm::enable()).await.unwrap();
         while !s.sm.counting {
-            let f = ws_try_recv(&mut s.ws).await.unwrap();
+            let f = s.ws.try_recv().await.unwrap();
             s.frame(&f).await.unwrap();
         }
-        ws_try_send(&mut s.ws, "<presence/>").await.unwrap();
+        s.ws.try_send("<presence/>").await.unwrap();
         s
     }
 
@@ -806,7 +806,7 @@ impl SmWs {
         match parse_document(f.as_bytes(), &Limits::default(), &[]) {
             Ok(e) => {
                 if self.sm.element(&e) {
-                    ws_try_send(&mut self.ws, &self.sm.ack()).await?;
+                    self.ws.try_send(&self.sm.ack()).await?;
                 }
             }
             Err(_) if f.contains("stream:error") || f.starts_with("<close") => {}
@@ -816,13 +816,13 @@ impl SmWs {
     }
 
     async fn close(mut self) {
-        let _ = ws_try_send(&mut self.ws, "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>").await;
-        let _ = self.ws.close(None).await;
+        let _ = self.ws.try_send("<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>").await;
+        let _ = self.ws.ws.close(None).await;
     }
 
     async fn run(mut self, user: &str, pass: &str, stop: Arc<AtomicBool>) {
         while !stop.load(Ordering::Relaxed) {
-            match tokio::time::timeout(Duration::from_millis(200), ws_try_recv(&mut self.ws)).await {
+            match tokio::time::timeout(Duration::from_millis(200), self.ws.try_recv()).await {
                 Err(_) => continue,
                 Ok(Ok(f)) => {
                     if f.contains("stream:error") {
@@ -836,12 +836,12 @@ impl SmWs {
                 Ok(Err(e)) => self.sm.event(format!("WebSocket ended: {e}; resuming with h={}", self.sm.h)),
             }
             // The connection is gone (or going): resume through a new one.
-            let mut ws = with_retry("WebSocket reconnect", || ws_try_authenticate(&self.url, D, user, pass)).await;
+            let mut ws = with_retry("WebSocket reconnect", || WsClient::try_authenticate(&self.url, D, user, pass)).await;
             self.sm.counting = false;
-            ws_try_send(&mut ws, &self.sm.resume()).await.unwrap();
+            ws.try_send(&self.sm.resume()).await.unwrap();
             self.ws = ws;
             while !self.sm.counting {
-                let f = ws_try_recv(&mut self.ws).await.unwrap_or_else(|e| panic!("{user}: waiting for <resumed/>: {e}"));
+                let f = self.ws.try_recv().await.unwrap_or_else(|e| panic!("{user}: waiting for <resumed/>: {e}"));
                 self.frame(&f).await.unwrap();
             }
             self.sm.event(format!("WebSocket resumed as {}", self.jid));
@@ -1039,10 +1039,10 @@ async fn draining_replica_serves_its_sessions_and_spreads_their_ends() {
     }
     let mut ws = Vec::new();
     for i in EACH + 1..=2 * EACH {
-        let w = support::ws::ws_login(&ws_url, D, &format!("user{i}"), &format!("pass{i}")).await;
+        let w = WsClient::logged_in(&ws_url, D, &format!("user{i}"), &format!("pass{i}")).await;
         let term = term.clone();
         ws.push(tokio::spawn(async move {
-            let (texts, code) = support::ws::ws_to_close(w).await;
+            let (texts, code) = w.read_to_close().await;
             (term.lock().unwrap().expect("a WebSocket closed before SIGTERM").elapsed(), texts, code)
         }));
     }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bosh_client::{Bosh, NS};
 use edge_common::*;
 use futures_util::{SinkExt, StreamExt};
+use support::ws::WsClient;
 use support::{http_request, Prosody, ProsodyOpts, XmppCm};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -166,13 +167,11 @@ async fn ws_attempt(
     url: &str,
     xff: Option<&str>,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut req = url.into_client_request().unwrap();
-    req.headers_mut().insert("sec-websocket-protocol", "xmpp".parse().unwrap());
+    let mut req = support::ws::request(url, Some("xmpp"));
     if let Some(ip) = xff {
         req.headers_mut().insert("x-forwarded-for", ip.parse().unwrap());
     }
-    tokio_tungstenite::connect_async(req).await.map(|_| ())
+    WsClient::try_connect_request(req).await.map(|_| ())
 }
 
 /// SEC-04: a flood of 40 simultaneous session creations from one IP with
@@ -233,7 +232,7 @@ async fn max_sessions_gives_503_and_frees_slots() {
     let p = prosody();
     let cm = cm(&p, &[("limits.max_sessions", "3")]);
     let (mut alice, alice_jid) = Bosh::login(&cm.bosh_url(), p.domain(), "alice", "alicepass", 5).await;
-    let mut bob = ws_plain(&cm.ws_url()).await;
+    let mut bob = WsClient::connect(&cm.ws_url()).await;
     let bob_jid = bob.login(p.domain(), "bob", "bobpass").await;
     let (st, third) = create_rid(&cm, p.domain(), &[], 5000).await;
     assert_eq!(st, 200, "{third}");
@@ -331,7 +330,7 @@ async fn hostile_bodies_are_refused_fast_with_flat_memory() {
     let cm = cm(&p, &[]);
     let d = p.domain();
     let (mut alice, alice_jid) = Bosh::login(&cm.bosh_url(), d, "alice", "alicepass", 5).await;
-    let mut bob = ws_plain(&cm.ws_url()).await;
+    let mut bob = WsClient::connect(&cm.ws_url()).await;
     bob.login(d, "bob", "bobpass").await;
     let pid = cm.pid();
     let hwm0 = proc_kb(pid, "VmHWM");
@@ -384,7 +383,7 @@ async fn hostile_bodies_are_refused_fast_with_flat_memory() {
         ("10,000-deep", format!("<message xmlns='jabber:client'>{}</message>", deep(10_000)), &["policy-violation"][..]),
         ("10 MB message", format!("<message xmlns='jabber:client'><body>{}</body></message>", "x".repeat(10 << 20)), &[][..]),
     ] {
-        let mut ws = ws_plain(&cm.ws_url()).await;
+        let mut ws = WsClient::connect(&cm.ws_url()).await;
         ws.login(d, "carol", "carolpass").await;
         let t0 = Instant::now();
         let _ = ws.ws.send(Message::Text(msg.into())).await;
@@ -579,11 +578,11 @@ async fn websocket_slow_reader_keeps_memory_bounded() {
     // Bob floods as fast as he can: his own rate limit (limits.client_bytes_per_sec) is off.
     let cm = cm(&p, &[("websocket.ping_interval", "5"), ("websocket.ping_timeout", "5"), ("limits.client_bytes_per_sec", "0")]);
     let d = p.domain().to_string();
-    let mut alice = ws_plain(&cm.ws_url()).await;
+    let mut alice = WsClient::connect(&cm.ws_url()).await;
     let alice_jid = alice.login(&d, "alice", "alicepass").await;
-    let mut carol = ws_plain(&cm.ws_url()).await;
+    let mut carol = WsClient::connect(&cm.ws_url()).await;
     carol.login(&d, "carol", "carolpass").await;
-    let mut bob = ws_plain(&cm.ws_url()).await;
+    let mut bob = WsClient::connect(&cm.ws_url()).await;
     bob.login(&d, "bob", "bobpass").await;
     let pid = cm.pid();
     let rss0 = rss_kb(pid);
@@ -648,7 +647,7 @@ async fn bosh_client_that_stops_polling_gets_backpressure() {
     let d = p.domain().to_string();
     let (mut alice, alice_jid) = Bosh::login(&cm.bosh_url(), &d, "alice", "alicepass", 5).await;
     let (mut carol, carol_jid) = Bosh::login(&cm.bosh_url(), &d, "carol", "carolpass", 5).await;
-    let mut bob = ws_plain(&cm.ws_url()).await;
+    let mut bob = WsClient::connect(&cm.ws_url()).await;
     bob.login(&d, "bob", "bobpass").await;
     let pid = cm.pid();
     let rss0 = rss_kb(pid);
@@ -719,11 +718,11 @@ async fn oversized_stanza_from_upstream_is_refused() {
     let small = cm(&p, &[]);
     let big = cm(&p, &[("upstream.max_stanza_bytes", "1048576"), ("websocket.max_message_bytes", "1048576"), ("limits.max_queued_bytes", "1048576")]);
     let d = p.domain();
-    let mut alice = ws_plain(&small.ws_url()).await;
+    let mut alice = WsClient::connect(&small.ws_url()).await;
     let alice_jid = alice.login(d, "alice", "alicepass").await;
-    let mut carol = ws_plain(&small.ws_url()).await;
+    let mut carol = WsClient::connect(&small.ws_url()).await;
     carol.login(d, "carol", "carolpass").await;
-    let mut bob = ws_plain(&big.ws_url()).await;
+    let mut bob = WsClient::connect(&big.ws_url()).await;
     bob.login(d, "bob", "bobpass").await;
     let before = limit_hits(&small, "stanza_size").await;
     bob.send(&chat(&alice_jid, &"w".repeat(300 * 1024))).await;
@@ -760,7 +759,7 @@ fn rate_payloads(tag: &str, to: &str, n: usize) -> Vec<String> {
 
 /// The next `n` bodies of [`rate_payloads`] with `tag` that `ws` receives: each one's `i` and
 /// when it arrived, in arrival order.
-async fn recv_tagged<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(ws: &mut WsXmpp<S>, tag: &str, n: usize) -> Vec<(usize, Instant)> {
+async fn recv_tagged<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(ws: &mut WsClient<S>, tag: &str, n: usize) -> Vec<(usize, Instant)> {
     let start = format!("<body>{tag}");
     let mut got = Vec::new();
     while got.len() < n {
@@ -781,11 +780,11 @@ async fn fast_websocket_client_is_slowed_not_cut_ws25() {
     let p = prosody();
     let cm = cm(&p, &[("limits.client_bytes_per_sec", "20000"), ("upstream.max_stanza_bytes", "16384")]);
     let d = p.domain().to_string();
-    let mut alice = ws_plain(&cm.ws_url()).await;
+    let mut alice = WsClient::connect(&cm.ws_url()).await;
     alice.login(&d, "alice", "alicepass").await;
-    let mut bob = ws_plain(&cm.ws_url()).await;
+    let mut bob = WsClient::connect(&cm.ws_url()).await;
     let bob_jid = bob.login(&d, "bob", "bobpass").await;
-    let mut carol = ws_plain(&cm.ws_url()).await;
+    let mut carol = WsClient::connect(&cm.ws_url()).await;
     carol.login(&d, "carol", "carolpass").await;
     let hits0 = limit_hits(&cm, "client_rate").await;
 
@@ -819,7 +818,7 @@ async fn fast_bosh_client_is_slowed_not_cut_ws25() {
     let cm = cm(&p, &[("limits.client_bytes_per_sec", "20000"), ("upstream.max_stanza_bytes", "16384")]);
     let d = p.domain().to_string();
     let (mut alice, _) = Bosh::login(&cm.bosh_url(), &d, "alice", "alicepass", 5).await;
-    let mut bob = ws_plain(&cm.ws_url()).await;
+    let mut bob = WsClient::connect(&cm.ws_url()).await;
     let bob_jid = bob.login(&d, "bob", "bobpass").await;
     let hits0 = limit_hits(&cm, "client_rate").await;
 

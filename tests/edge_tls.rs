@@ -16,6 +16,7 @@ use base64::Engine as _;
 use edge_common::*;
 use support::certs::TestCa;
 use support::node::node_env;
+use support::ws::WsClient;
 use support::{Prosody, ProsodyOpts, XmppCm};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -302,9 +303,9 @@ async fn websocket_over_http2_extended_connect() {
     // One ordinary request first, so the server's SETTINGS (ENABLE_CONNECT_PROTOCOL) are in.
     let (st, _, _) = h2_post(&mut h2, &format!("{base}/http-bind"), "<body/>").await;
     assert_eq!(st, 200);
-    let mut alice = WsXmpp::from(h2_websocket(&mut h2, &format!("{base}/xmpp-websocket")).await);
+    let mut alice = WsClient::from(h2_websocket(&mut h2, &format!("{base}/xmpp-websocket")).await);
     let alice_jid = alice.login(p.domain(), "alice", "alicepass").await;
-    let mut carol = WsXmpp::from(h2_websocket(&mut h2, &format!("{base}/xmpp-websocket")).await);
+    let mut carol = WsClient::from(h2_websocket(&mut h2, &format!("{base}/xmpp-websocket")).await);
     carol.login(p.domain(), "carol", "carolpass").await;
     let mut bob = ws_tls(&cm.http_addr(), "/xmpp-websocket", &front.ca.ca_cert).await;
     let bob_jid = bob.login(p.domain(), "bob", "bobpass").await;

@@ -11,11 +11,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bosh_client::Bosh;
-use futures_util::SinkExt;
-use tokio_tungstenite::tungstenite::Message;
 
 use support::c2s::{collect_until, direct_recipient};
-use support::ws::{ws_login, ws_to_close};
+use support::ws::WsClient;
 use support::{http_request, Prosody, ProsodyOpts, XmppCm};
 
 const T: Duration = Duration::from_secs(20);
@@ -52,7 +50,7 @@ async fn sigterm_drains_100_bosh_and_websocket_sessions() {
                 if i <= half {
                     (Some(Bosh::login(&bu, &d, &format!("user{i}"), &format!("pass{i}"), 60).await.0), None)
                 } else {
-                    (None, Some(ws_login(&wu, &d, &format!("user{i}"), &format!("pass{i}")).await))
+                    (None, Some(WsClient::logged_in(&wu, &d, &format!("user{i}"), &format!("pass{i}")).await))
                 }
             }));
         }
@@ -77,16 +75,13 @@ async fn sigterm_drains_100_bosh_and_websocket_sessions() {
         held.push(tokio::spawn(async move { b.send("", "").await }));
     }
     let mut ws_sender = ws.pop().expect("a WS sender");
-    let ws_ends: Vec<_> = ws.into_iter().map(|w| tokio::spawn(ws_to_close(w))).collect();
+    let ws_ends: Vec<_> = ws.into_iter().map(|w| tokio::spawn(w.read_to_close())).collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Messages handed over just before SIGTERM.
     let bosh_msg = format!("<message xmlns='jabber:client' to='{carol_jid}' type='chat' id='mb'><body>bosh-before-term</body></message>");
     let sender_task = tokio::spawn(async move { sender.send("", &bosh_msg).await });
-    ws_sender
-        .send(Message::Text(format!("<message to='{carol_jid}' type='chat' id='mw'><body>ws-before-term</body></message>").into()))
-        .await
-        .unwrap();
+    ws_sender.send(&format!("<message to='{carol_jid}' type='chat' id='mw'><body>ws-before-term</body></message>")).await;
     tokio::time::sleep(Duration::from_millis(30)).await;
     let carol_reader = std::thread::spawn(move || {
         collect_until(carol, vec!["bosh-before-term".into(), "ws-before-term".into()], Duration::from_secs(15))
@@ -163,9 +158,9 @@ async fn sigterm_with_redirect_sends_clients_to_the_peer() {
     let mut cm = XmppCm::start(&XmppCm::config_with(&p, &[("drain.redirect_url", "\"https://peer.example.test\"")]));
     let d = p.domain().to_string();
     let (mut b, _) = Bosh::login(&cm.bosh_url(), &d, "alice", "alicepass", 30).await;
-    let w = ws_login(&cm.ws_url(), &d, "bob", "bobpass").await;
+    let w = WsClient::logged_in(&cm.ws_url(), &d, "bob", "bobpass").await;
     let held = tokio::spawn(async move { b.send("", "").await });
-    let ws_end = tokio::spawn(ws_to_close(w));
+    let ws_end = tokio::spawn(w.read_to_close());
     tokio::time::sleep(Duration::from_millis(300)).await;
     cm.signal("TERM");
     let a = held.await.unwrap();

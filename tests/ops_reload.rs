@@ -12,10 +12,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bosh_client::{Bosh, NS};
-use futures_util::SinkExt;
-use support::ws::{ws_login, ws_recv_until, ws_to_close};
+use support::ws::WsClient;
 use support::{http_request, Prosody, ProsodyOpts, XmppCm};
-use tokio_tungstenite::tungstenite::Message;
 
 const T: Duration = Duration::from_secs(15);
 /// Prosody's domain.
@@ -62,7 +60,7 @@ async fn sighup_applies_domains_routes_limits_and_log_level_to_a_running_process
     // Live sessions on `localhost`: a BOSH one with a held request, and two WebSocket ones.
     let (mut b, _) = Bosh::login(&cm.bosh_url(), &d, "alice", "alicepass", 30).await;
     let held = tokio::spawn(async move { b.send("", "").await });
-    let w = ws_login(&cm.ws_url(), &d, "bob", "bobpass").await;
+    let w = WsClient::logged_in(&cm.ws_url(), &d, "bob", "bobpass").await;
     // `other.test`: nothing there yet.
     let a = bosh_client::post(&cm.bosh_url(), &creation("other.test"), T).await;
     assert_eq!(a.condition().as_deref(), Some("remote-connection-failed"), "{}", a.raw);
@@ -103,7 +101,7 @@ async fn sighup_applies_domains_routes_limits_and_log_level_to_a_running_process
     let a = tokio::time::timeout(T, held).await.expect("held request not answered after the reload").unwrap();
     assert_eq!((a.is_terminate(), a.condition().as_deref()), (true, Some("host-gone")), "{}", a.raw);
     // The WebSocket one: the host-gone stream error, then the close.
-    let (texts, _code) = ws_to_close(w).await;
+    let (texts, _code) = w.read_to_close().await;
     assert!(texts.iter().any(|t| t.contains("<host-gone")), "{texts:?}");
     // New sessions: `localhost` is host-unknown, `other.test` reaches Prosody (its stream
     // header is answered; Prosody itself serves only `localhost`, so it says host-unknown in
@@ -131,7 +129,7 @@ async fn a_changed_file_is_reloaded_and_a_broken_one_refused() {
         &p,
         &[("http.tls.reload_interval", "1"), ("http.cors_allowed_origins", "[\"https://old.example\"]")],
     ));
-    let mut w = ws_login(&cm.ws_url(), &d, "bob", "bobpass").await;
+    let mut w = WsClient::logged_in(&cm.ws_url(), &d, "bob", "bobpass").await;
     let preflight = |origin: &'static str| {
         let url = cm.bosh_url();
         async move {
@@ -168,8 +166,8 @@ async fn a_changed_file_is_reloaded_and_a_broken_one_refused() {
     assert!(line.contains("http.listen"), "{line}");
     assert_eq!(cm.http_addr(), listen_now);
     // The live WebSocket session still chats.
-    w.send(Message::Text("<iq type='get' id='ping1'><ping xmlns='urn:xmpp:ping'/></iq>".into())).await.unwrap();
-    ws_recv_until(&mut w, "ping1").await;
+    w.send("<iq type='get' id='ping1'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    w.recv_until("ping1").await;
 
     // A broken file: refused with its reason, nothing changes.
     std::fs::write(cm.config_path(), "[http\nlisten = ").unwrap();

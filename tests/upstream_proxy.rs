@@ -10,11 +10,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message;
 
+use support::ws::{self, WsClient};
 use support::{http_request, Ejabberd, EjabberdOpts, XmppCm};
 
 const NS: &str = "xmlns='http://jabber.org/protocol/httpbind'";
@@ -96,42 +94,20 @@ async fn proxy_v1_bosh_client_ip_reaches_ejabberd() {
     let _ = bosh(&url, xff, &format!("<body {NS} rid='{rid}' sid='{sid}' type='terminate'/>")).await;
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn recv_until(ws: &mut Ws, needle: &str) -> String {
-    let mut seen = String::new();
-    for _ in 0..10 {
-        match tokio::time::timeout(WAIT, ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => {
-                seen.push_str(&t);
-                seen.push('\n');
-                if t.contains(needle) {
-                    return seen;
-                }
-            }
-            Ok(Some(Ok(_))) => {}
-            other => panic!("waiting for {needle}: {other:?}; so far: {seen}"),
-        }
-    }
-    panic!("no {needle} in: {seen}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_v2_websocket_ipv6_client_ip_reaches_ejabberd() {
     let (e, cm) = setup("v2");
     let xff = "2001:db8::66";
-    let mut req = cm.ws_url().into_client_request().expect("request");
-    req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static("xmpp"));
+    let mut req = ws::request(&cm.ws_url(), Some("xmpp"));
     req.headers_mut().insert("x-forwarded-for", HeaderValue::from_static("2001:db8::66"));
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("websocket handshake");
-    let open = "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='localhost' version='1.0'/>";
-    ws.send(Message::Text(open.into())).await.expect("send open");
-    recv_until(&mut ws, "PLAIN").await;
+    let (mut ws, _) = WsClient::try_connect_request(req).await.expect("websocket handshake");
+    ws.send(&ws::open("localhost")).await;
+    ws.recv_until("PLAIN").await;
     let auth = format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>", plain("bob", "bobpass"));
-    ws.send(Message::Text(auth.into())).await.expect("send auth");
-    recv_until(&mut ws, "<success").await;
+    ws.send(&auth).await;
+    ws.recv_until("<success").await;
     let diag = || format!("--- xmpp-cm ---\n{}\n--- ejabberd ---\n{}", support::tail(cm.log_path(), 40), support::tail(e.log_path(), 40));
     let line = ejabberd_line(&e, "bob", xff).unwrap_or_else(|| panic!("ejabberd never logged bob's login from {xff}\n{}", diag()));
     eprintln!("ejabberd: {line}");
-    let _ = ws.send(Message::Text("<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>".into())).await;
+    let _ = ws.try_send("<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>").await;
 }

@@ -1,7 +1,8 @@
-//! XMPP over WebSocket through the xmpp-cm binary: a raw tokio-tungstenite client (exact bytes,
-//! close codes) against real Prosody, and against a scripted fake upstream for what a real
-//! server will not do on demand (whitespace keepalives, stream errors, closing, watching for
-//! `</stream:stream>` after the client vanished). Test names carry checklist IDs (WS-xx).
+//! XMPP over WebSocket through the xmpp-cm binary: the harness' raw client (support::ws: exact
+//! bytes, close codes) against real Prosody, and against the scripted fake upstream
+//! (support::fake) for what a real server will not do on demand (whitespace keepalives, stream
+//! errors, closing, watching for `</stream:stream>` after the client vanished). The ping
+//! timeout runs in virtual time in `inproc.rs`. Test names carry checklist IDs (WS-xx).
 
 mod support;
 
@@ -10,16 +11,12 @@ use std::time::Duration;
 use base64::Engine as _;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use xmpp_cm::xml::{ns, parse_document, Element, Limits};
 
-use support::{free_port, Prosody, ProsodyOpts, XmppCm};
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use support::fake::{FakeConn, FakeUpstream, DOMAIN};
+use support::ws::{open, request, Ws, WsClient};
+use support::{Prosody, ProsodyOpts, XmppCm};
 
 const CLOSE: &str = r#"<close xmlns="urn:ietf:params:xml:ns:xmpp-framing" />"#;
 const WAIT: Duration = Duration::from_secs(10);
@@ -27,11 +24,7 @@ const WAIT: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------- raw client helpers
 
 async fn connect_with(url: &str, protocol: Option<&str>) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-    let mut req = url.into_client_request().expect("request");
-    if let Some(p) = protocol {
-        req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_str(p).expect("header"));
-    }
-    let (ws, resp) = tokio_tungstenite::connect_async(req).await?;
+    let (ws, resp) = WsClient::try_connect_request(request(url, protocol)).await?;
     if protocol.is_some() {
         // WS-01: only `xmpp` is ever selected, whatever else was offered.
         assert_eq!(resp.headers().get("sec-websocket-protocol").map(|v| v.as_bytes()), Some(&b"xmpp"[..]));
@@ -43,47 +36,19 @@ async fn connect(url: &str) -> Ws {
     connect_with(url, Some("xmpp")).await.expect("websocket handshake")
 }
 
-async fn send(ws: &mut Ws, text: &str) {
-    ws.send(Message::Text(text.into())).await.expect("send");
-}
-
 /// The next text message; every one must be a standalone document (WS-05, WS-06, WS-08).
 async fn recv(ws: &mut Ws) -> String {
-    loop {
-        let m = tokio::time::timeout(WAIT, ws.next()).await.expect("timed out waiting for a message");
-        match m {
-            Some(Ok(Message::Text(t))) => {
-                let t = t.to_string();
-                assert!(!t.starts_with("<?xml"), "xmpp-cm sent an XML declaration: {t}");
-                assert!(!t.trim().is_empty(), "whitespace-only message (WS-21)");
-                if !t.starts_with("<stream:stream ") && t != "</stream:stream>" {
-                    parse_document(t.as_bytes(), &Limits::default(), &[])
-                        .unwrap_or_else(|e| panic!("message is not one standalone element ({e}): {t}"));
-                }
-                return t;
-            }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            other => panic!("expected a text message, got {other:?}"),
-        }
+    let t = ws.recv().await;
+    assert!(!t.starts_with("<?xml"), "xmpp-cm sent an XML declaration: {t}");
+    assert!(!t.trim().is_empty(), "whitespace-only message (WS-21)");
+    if !t.starts_with("<stream:stream ") && t != "</stream:stream>" {
+        parse_document(t.as_bytes(), &Limits::default(), &[]).unwrap_or_else(|e| panic!("message is not one standalone element ({e}): {t}"));
     }
+    t
 }
 
 fn el(text: &str) -> Element {
     parse_document(text.as_bytes(), &Limits::default(), &[]).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
-/// Read the rest of the session: text messages, then the close frame's code.
-async fn recv_to_close(ws: &mut Ws) -> (Vec<String>, Option<u16>) {
-    let mut texts = Vec::new();
-    loop {
-        let m = tokio::time::timeout(WAIT, ws.next()).await.expect("timed out waiting for the close");
-        match m {
-            Some(Ok(Message::Text(t))) => texts.push(t.to_string()),
-            Some(Ok(Message::Close(f))) => return (texts, f.map(|f| u16::from(f.code))),
-            Some(Ok(_)) => {}
-            None | Some(Err(_)) => return (texts, None),
-        }
-    }
 }
 
 /// The stream error condition in a message, if it is a `<stream:error/>` whose condition
@@ -101,8 +66,8 @@ fn stream_error_condition(text: &str) -> Option<String> {
 
 /// After a fault: `<open/>` (when asked), the stream error, the exact `<close/>`, then a close
 /// frame with `code`.
-async fn expect_error_end(ws: &mut Ws, condition: &str, code: u16, open_first: bool) {
-    let (texts, got_code) = recv_to_close(ws).await;
+async fn expect_error_end(ws: Ws, condition: &str, code: u16, open_first: bool) {
+    let (texts, got_code) = ws.read_to_close().await;
     let mut it = texts.iter();
     if open_first {
         let o = it.next().unwrap_or_else(|| panic!("no <open/> in {texts:?}"));
@@ -115,13 +80,9 @@ async fn expect_error_end(ws: &mut Ws, condition: &str, code: u16, open_first: b
     assert_eq!(got_code, Some(code), "{texts:?}");
 }
 
-fn open(to: &str) -> String {
-    format!("<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='{to}' version='1.0'/>")
-}
-
 /// `<open/>` and its features; returns the features message.
 async fn open_stream(ws: &mut Ws, to: &str) -> String {
-    send(ws, &open(to)).await;
+    ws.send(&open(to)).await;
     let o = recv(ws).await;
     // WS-12: literal `<open `, framing xmlns, version 1.0, from, id, xml:lang.
     assert!(o.starts_with("<open "), "{o}");
@@ -143,13 +104,13 @@ async fn login(ws: &mut Ws, domain: &str, user: &str, pass: &str, resource: &str
     assert!(!f.contains("starttls"), "{f}");
     assert!(f.contains(">PLAIN<"), "{f}");
     let creds = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"));
-    send(ws, &format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>")).await;
+    ws.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>")).await;
     let s = recv(ws).await;
     assert!(el(&s).is("success", ns::SASL), "{s}");
     // WS-15: a new <open/> without <close/>.
     let f = open_stream(ws, domain).await;
     assert!(f.contains("urn:ietf:params:xml:ns:xmpp-bind"), "{f}");
-    send(ws, &format!("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>")).await;
+    ws.send(&format!("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>")).await;
     let r = recv(ws).await;
     let re = el(&r);
     assert!(re.is("iq", ns::CLIENT) && re.attr("type") == Some("result"), "{r}");
@@ -172,7 +133,7 @@ async fn recv_matching(ws: &mut Ws, pred: impl Fn(&Element) -> bool) -> Element 
 
 /// An XMPP ping to the server answers (the session is alive and working).
 async fn ping_server(ws: &mut Ws, domain: &str, id: &str) {
-    send(ws, &format!("<iq xmlns='jabber:client' type='get' to='{domain}' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>")).await;
+    ws.send(&format!("<iq xmlns='jabber:client' type='get' to='{domain}' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>")).await;
     let r = recv_matching(ws, |e| e.name == "iq" && e.attr("id") == Some(id)).await;
     assert_eq!(r.attr("type"), Some("result"));
 }
@@ -195,19 +156,19 @@ async fn ws_login_restart_bind_message_close_prosody() {
     let mut bob = connect(&url).await;
     let bob_jid = login(&mut bob, &d, "bob", "bobpass", "ws").await;
     assert!(bob_jid.starts_with("bob@"), "{bob_jid}");
-    send(&mut bob, "<presence/>").await;
+    bob.send("<presence/>").await;
 
     let mut alice = connect(&url).await;
     let alice_jid = login(&mut alice, &d, "alice", "alicepass", "ws").await;
-    send(&mut alice, &format!("<message to='{bob_jid}' type='chat' id='m1'><body>hello over ws</body></message>")).await;
+    alice.send(&format!("<message to='{bob_jid}' type='chat' id='m1'><body>hello over ws</body></message>")).await;
     let m = recv_matching(&mut bob, |e| e.name == "message").await;
     assert_eq!(m.ns, ns::CLIENT);
     assert!(m.attr("from").is_some_and(|f| f == alice_jid), "{m:?}");
     assert_eq!(m.child("body", ns::CLIENT).map(|b| b.text()).as_deref(), Some("hello over ws"));
 
     // WS-16/WS-27: <close/> → exact <close/> back, then close 1000.
-    send(&mut alice, CLOSE).await;
-    let (texts, code) = recv_to_close(&mut alice).await;
+    alice.send(CLOSE).await;
+    let (texts, code) = alice.read_to_close().await;
     assert_eq!(texts.last().map(String::as_str), Some(CLOSE), "{texts:?}");
     assert_eq!(code, Some(1000));
 
@@ -247,25 +208,25 @@ async fn ws_faults_end_only_their_session_prosody() {
     // WS-04: binary frame after opening.
     let mut ws = connect(&url).await;
     open_stream(&mut ws, &d).await;
-    ws.send(Message::Binary(b"<presence/>".to_vec().into())).await.expect("send");
-    expect_error_end(&mut ws, "unsupported-encoding", 1003, false).await;
+    ws.ws.send(Message::Binary(b"<presence/>".to_vec().into())).await.expect("send");
+    expect_error_end(ws, "unsupported-encoding", 1003, false).await;
 
     // WS-04: binary frame as the very first message: <open/> first.
     let mut ws = connect(&url).await;
-    ws.send(Message::Binary(b"<open/>".to_vec().into())).await.expect("send");
-    expect_error_end(&mut ws, "unsupported-encoding", 1003, true).await;
+    ws.ws.send(Message::Binary(b"<open/>".to_vec().into())).await.expect("send");
+    expect_error_end(ws, "unsupported-encoding", 1003, true).await;
 
     // WS-07: two elements in one message; nothing of it is forwarded.
     let mut ws = connect(&url).await;
     open_stream(&mut ws, &d).await;
-    send(&mut ws, "<presence/><presence/>").await;
-    expect_error_end(&mut ws, "not-well-formed", 1000, false).await;
+    ws.send("<presence/><presence/>").await;
+    expect_error_end(ws, "not-well-formed", 1000, false).await;
 
     // WS-07: forbidden constructs.
     let mut ws = connect(&url).await;
     open_stream(&mut ws, &d).await;
-    send(&mut ws, "<!DOCTYPE x [<!ENTITY a 'aaaa'>]><presence>&a;</presence>").await;
-    let (texts, code) = recv_to_close(&mut ws).await;
+    ws.send("<!DOCTYPE x [<!ENTITY a 'aaaa'>]><presence>&a;</presence>").await;
+    let (texts, code) = ws.read_to_close().await;
     let c = texts.first().and_then(|t| stream_error_condition(t));
     assert!(matches!(c.as_deref(), Some("restricted-xml" | "not-well-formed")), "{texts:?}");
     assert_eq!(code, Some(1000));
@@ -274,37 +235,37 @@ async fn ws_faults_end_only_their_session_prosody() {
     let mut ws = connect(&url).await;
     open_stream(&mut ws, &d).await;
     let big = format!("<message><body>{}</body></message>", "x".repeat(20_000));
-    send(&mut ws, &big).await;
-    expect_error_end(&mut ws, "policy-violation", 1009, false).await;
+    ws.send(&big).await;
+    expect_error_end(ws, "policy-violation", 1009, false).await;
 
     // WS-10: the first message must be <open/>.
     let mut ws = connect(&url).await;
-    send(&mut ws, "<message to='bob@localhost'><body>x</body></message>").await;
-    expect_error_end(&mut ws, "bad-format", 1000, true).await;
+    ws.send("<message to='bob@localhost'><body>x</body></message>").await;
+    expect_error_end(ws, "bad-format", 1000, true).await;
 
     // WS-09: <open/> in the wrong namespace.
     let mut ws = connect(&url).await;
-    send(&mut ws, &format!("<open xmlns='jabber:client' to='{d}' version='1.0'/>")).await;
-    expect_error_end(&mut ws, "invalid-namespace", 1000, true).await;
+    ws.send(&format!("<open xmlns='jabber:client' to='{d}' version='1.0'/>")).await;
+    expect_error_end(ws, "invalid-namespace", 1000, true).await;
 
     // WS-11: a domain not served → <open/>, host-unknown, <close/>.
     let mut ws = connect(&url).await;
-    send(&mut ws, &open("not-served.test")).await;
-    expect_error_end(&mut ws, "host-unknown", 1000, true).await;
+    ws.send(&open("not-served.test")).await;
+    expect_error_end(ws, "host-unknown", 1000, true).await;
 
     // WS-14: starttls is never relayed.
     let mut ws = connect(&url).await;
     open_stream(&mut ws, &d).await;
-    send(&mut ws, "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await;
-    let (texts, _) = recv_to_close(&mut ws).await;
+    ws.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await;
+    let (texts, _) = ws.read_to_close().await;
     assert!(texts.first().and_then(|t| stream_error_condition(t)).is_some(), "{texts:?}");
 
     // WS-26: after <close/> nothing more: a later <open/> gets no new session.
     let mut ws = connect(&url).await;
     open_stream(&mut ws, &d).await;
-    send(&mut ws, CLOSE).await;
-    let _ = ws.send(Message::Text(open(&d).into())).await;
-    let (texts, code) = recv_to_close(&mut ws).await;
+    ws.send(CLOSE).await;
+    let _ = ws.try_send(&open(&d)).await;
+    let (texts, code) = ws.read_to_close().await;
     assert_eq!(texts, vec![CLOSE.to_string()]);
     assert_eq!(code, Some(1000));
 
@@ -321,22 +282,22 @@ async fn ws_legacy_framing_login_prosody() {
         "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{d}' version='1.0'>"
     );
     let mut ws = connect(&cm.ws_url()).await;
-    send(&mut ws, &header).await;
+    ws.send(&header).await;
     let h = recv(&mut ws).await;
     assert!(h.starts_with("<stream:stream ") && h.contains("version=\"1.0\""), "{h}");
     let f = recv(&mut ws).await;
     assert!(f.contains(">PLAIN<") && !f.contains("starttls"), "{f}");
     let creds = base64::engine::general_purpose::STANDARD.encode("\0alice\0alicepass");
-    send(&mut ws, &format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>")).await;
+    ws.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>")).await;
     assert!(recv(&mut ws).await.contains("<success"));
-    send(&mut ws, &header).await;
+    ws.send(&header).await;
     assert!(recv(&mut ws).await.starts_with("<stream:stream "));
     assert!(recv(&mut ws).await.contains("urn:ietf:params:xml:ns:xmpp-bind"));
-    send(&mut ws, "<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>").await;
+    ws.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>").await;
     let r = el(&recv(&mut ws).await);
     assert_eq!(r.attr("type"), Some("result"));
-    send(&mut ws, "</stream:stream>").await;
-    let (texts, code) = recv_to_close(&mut ws).await;
+    ws.send("</stream:stream>").await;
+    let (texts, code) = ws.read_to_close().await;
     assert_eq!(texts.last().map(String::as_str), Some("</stream:stream>"), "{texts:?}");
     assert_eq!(code, Some(1000));
 }
@@ -347,143 +308,18 @@ async fn ws19_dead_upstream_is_remote_connection_failed() {
     let fake = FakeUpstream::dead();
     let cm = XmppCm::start(&fake.config(&[]));
     let mut ws = connect(&cm.ws_url()).await;
-    send(&mut ws, &open(FAKE_DOMAIN)).await;
-    expect_error_end(&mut ws, "remote-connection-failed", 1000, true).await;
+    ws.send(&open(DOMAIN)).await;
+    expect_error_end(ws, "remote-connection-failed", 1000, true).await;
 }
 
 // ---------------------------------------------------------------- scripted fake upstream
 
-const FAKE_DOMAIN: &str = "fake.test";
-const FAKE_HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' from='fake.test' id='fake-id-1' version='1.0' xml:lang='en'>";
-const FAKE_FEATURES: &str = "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>PLAIN</mechanism><mechanism>SCRAM-SHA-1-PLUS</mechanism></mechanisms><compression xmlns='http://jabber.org/features/compress'><method>zlib</method></compression></stream:features>";
-
-/// A TCP peer that answers one stream header and then does what the test says, recording
-/// everything xmpp-cm writes. No TLS (xmpp-cm runs with `upstream.tls = "none"`).
-struct FakeUpstream {
-    port: u16,
-    /// One per accepted connection: (bytes from xmpp-cm as they come, None at EOF; writer).
-    conns: Option<mpsc::UnboundedReceiver<FakeConn>>,
-}
-
-struct FakeConn {
-    rx: mpsc::UnboundedReceiver<Option<Vec<u8>>>,
-    tx: mpsc::UnboundedSender<Vec<u8>>,
-    /// Everything received so far.
-    seen: Vec<u8>,
-}
-
-impl support::Upstream for FakeUpstream {
-    fn domain(&self) -> &str {
-        FAKE_DOMAIN
-    }
-    fn c2s_port(&self) -> u16 {
-        self.port
-    }
-    fn ca_file(&self) -> &std::path::Path {
-        std::path::Path::new("")
-    }
-}
-
-impl FakeUpstream {
-    /// Nothing listens on the port.
-    fn dead() -> Self {
-        FakeUpstream { port: free_port(), conns: None }
-    }
-
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let (ctx, crx) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok((sock, _)) = listener.accept().await {
-                let (in_tx, in_rx) = mpsc::unbounded_channel();
-                let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-                if ctx.send(FakeConn { rx: in_rx, tx: out_tx, seen: Vec::new() }).is_err() {
-                    return;
-                }
-                let (mut r, mut w) = sock.into_split();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 8192];
-                    loop {
-                        match r.read(&mut buf).await {
-                            Ok(0) | Err(_) => {
-                                let _ = in_tx.send(None);
-                                return;
-                            }
-                            Ok(n) => {
-                                let _ = in_tx.send(Some(buf[..n].to_vec()));
-                            }
-                        }
-                    }
-                });
-                tokio::spawn(async move {
-                    while let Some(b) = out_rx.recv().await {
-                        if w.write_all(&b).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        FakeUpstream { port, conns: Some(crx) }
-    }
-
-    fn config(&self, extra: &[(&str, &str)]) -> String {
-        let mut o: Vec<(&str, &str)> = vec![("upstream.tls", "\"none\""), ("upstream.ca_file", "\"\"")];
-        o.extend_from_slice(extra);
-        XmppCm::config_with(self, &o)
-    }
-
-    async fn accept(&mut self) -> FakeConn {
-        let rx = self.conns.as_mut().expect("fake upstream not started");
-        tokio::time::timeout(WAIT, rx.recv()).await.expect("no upstream connection").expect("listener gone")
-    }
-}
-
-impl FakeConn {
-    /// Read until `needle` has been seen (in everything received so far); false at EOF.
-    async fn wait_for(&mut self, needle: &str) -> bool {
-        loop {
-            if String::from_utf8_lossy(&self.seen).contains(needle) {
-                return true;
-            }
-            match tokio::time::timeout(WAIT, self.rx.recv()).await.expect("fake upstream: timed out") {
-                Some(Some(b)) => self.seen.extend_from_slice(&b),
-                _ => return false,
-            }
-        }
-    }
-    /// Wait for EOF; true if it came within `within`.
-    async fn wait_eof(&mut self, within: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Err(_) => return false,
-                Ok(Some(Some(b))) => self.seen.extend_from_slice(&b),
-                Ok(_) => return true,
-            }
-        }
-    }
-    fn write(&self, s: &str) {
-        let _ = self.tx.send(s.as_bytes().to_vec());
-    }
-    fn seen(&self) -> String {
-        String::from_utf8_lossy(&self.seen).into_owned()
-    }
-    /// Answer the stream header xmpp-cm sends.
-    async fn handshake(&mut self) {
-        assert!(self.wait_for("<stream:stream").await && self.wait_for(">").await, "no header: {}", self.seen());
-        self.write(FAKE_HEADER);
-        self.write(FAKE_FEATURES);
-    }
-}
-
 /// A client through xmpp-cm to the fake, stream open; features checked (WS-12, WS-13).
 async fn fake_session(cm: &XmppCm, fake: &mut FakeUpstream) -> (Ws, FakeConn) {
     let mut ws = connect(&cm.ws_url()).await;
-    send(&mut ws, &open(FAKE_DOMAIN)).await;
+    ws.send(&open(DOMAIN)).await;
     let mut conn = fake.accept().await;
-    conn.handshake().await;
+    conn.open().await;
     let o = recv(&mut ws).await;
     assert!(o.starts_with("<open "), "{o}");
     assert_eq!(el(&o).attr("id"), Some("fake-id-1"));
@@ -498,13 +334,13 @@ async fn fake_session(cm: &XmppCm, fake: &mut FakeUpstream) -> (Ws, FakeConn) {
 async fn ws18_ws21_upstream_whitespace_dropped_and_stream_error_relayed() {
     let mut fake = FakeUpstream::start().await;
     let cm = XmppCm::start(&fake.config(&[]));
-    let (mut ws, conn) = fake_session(&cm, &mut fake).await;
-    conn.write(" \n ");
-    conn.write("<message from='x@fake.test'><body>after ws</body></message>");
+    let (mut ws, mut conn) = fake_session(&cm, &mut fake).await;
+    conn.send(" \n ").await;
+    conn.send("<message from='x@fake.test'><body>after ws</body></message>").await;
     let m = recv(&mut ws).await;
     assert!(m.starts_with("<message xmlns='jabber:client'"), "{m}");
-    conn.write("<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>");
-    let (texts, code) = recv_to_close(&mut ws).await;
+    conn.send("<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>").await;
+    let (texts, code) = ws.read_to_close().await;
     assert_eq!(texts.len(), 2, "{texts:?}");
     assert_eq!(stream_error_condition(&texts[0]).as_deref(), Some("conflict"));
     assert_eq!(texts[1], CLOSE);
@@ -516,9 +352,9 @@ async fn ws18_ws21_upstream_whitespace_dropped_and_stream_error_relayed() {
 async fn ws17_upstream_close_is_relayed() {
     let mut fake = FakeUpstream::start().await;
     let cm = XmppCm::start(&fake.config(&[]));
-    let (mut ws, conn) = fake_session(&cm, &mut fake).await;
-    conn.write("</stream:stream>");
-    let (texts, code) = recv_to_close(&mut ws).await;
+    let (ws, mut conn) = fake_session(&cm, &mut fake).await;
+    conn.send("</stream:stream>").await;
+    let (texts, code) = ws.read_to_close().await;
     assert_eq!(texts, vec![CLOSE.to_string()]);
     assert_eq!(code, Some(1000));
 }
@@ -529,10 +365,10 @@ async fn ws16_client_close_closes_upstream_stream() {
     let mut fake = FakeUpstream::start().await;
     let cm = XmppCm::start(&fake.config(&[]));
     let (mut ws, mut conn) = fake_session(&cm, &mut fake).await;
-    send(&mut ws, CLOSE).await;
+    ws.send(CLOSE).await;
     assert!(conn.wait_for("</stream:stream>").await, "{}", conn.seen());
-    conn.write("</stream:stream>");
-    let (texts, code) = recv_to_close(&mut ws).await;
+    conn.send("</stream:stream>").await;
+    let (texts, code) = ws.read_to_close().await;
     assert_eq!(texts, vec![CLOSE.to_string()]);
     assert_eq!(code, Some(1000));
 }
@@ -552,34 +388,9 @@ async fn ws24_lost_client_aborts_upstream_without_stream_close() {
 }
 
 async fn send_and_forget(mut ws: Ws, text: &str) {
-    send(&mut ws, text).await;
+    ws.send(text).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Drop the TCP connection without a close frame.
-    drop(ws);
-}
-
-/// WS-22: pings go out; a client that stops answering is dropped after ping_timeout and its
-/// upstream socket is freed (abortively, no `</stream:stream>`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ws22_ping_timeout_frees_upstream() {
-    let mut fake = FakeUpstream::start().await;
-    let cm = XmppCm::start(&fake.config(&[("websocket.ping_interval", "1"), ("websocket.ping_timeout", "1")]));
-    let (mut ws, mut conn) = fake_session(&cm, &mut fake).await;
-    // A live client: reading answers pings (tungstenite pongs automatically); the session
-    // survives several ping intervals.
-    let until = tokio::time::Instant::now() + Duration::from_millis(3500);
-    let mut pings = 0;
-    while let Ok(m) = tokio::time::timeout_at(until, ws.next()).await {
-        match m {
-            Some(Ok(Message::Ping(_))) => pings += 1,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    assert!(pings >= 2, "only {pings} pings");
-    assert!(!conn.wait_eof(Duration::from_millis(100)).await, "session ended while the client answered pings");
-    // Now stop reading (no pongs): within interval + timeout (+ slack) the upstream goes.
-    assert!(conn.wait_eof(Duration::from_secs(5)).await, "upstream not freed after ping timeout");
-    assert!(!conn.seen().contains("</stream:stream>"), "{}", conn.seen());
     drop(ws);
 }
 
@@ -599,17 +410,17 @@ async fn ws03_fragments_reassembled_ws04_invalid_utf8_is_1007() {
     let iq = format!("<iq type='get' to='{d}' id='frag1'><ping xmlns='urn:xmpp:ping'/></iq>");
     let (a, rest) = iq.split_at(10);
     let (b, c) = rest.split_at(15);
-    ws.send(Message::Frame(Frame::message(a.as_bytes().to_vec(), OpCode::Data(Data::Text), false))).await.expect("send");
-    ws.send(Message::Ping(b"between".to_vec().into())).await.expect("ping");
-    ws.send(Message::Frame(Frame::message(b.as_bytes().to_vec(), OpCode::Data(Data::Continue), false))).await.expect("send");
-    ws.send(Message::Frame(Frame::message(c.as_bytes().to_vec(), OpCode::Data(Data::Continue), true))).await.expect("send");
+    ws.ws.send(Message::Frame(Frame::message(a.as_bytes().to_vec(), OpCode::Data(Data::Text), false))).await.expect("send");
+    ws.ws.send(Message::Ping(b"between".to_vec().into())).await.expect("ping");
+    ws.ws.send(Message::Frame(Frame::message(b.as_bytes().to_vec(), OpCode::Data(Data::Continue), false))).await.expect("send");
+    ws.ws.send(Message::Frame(Frame::message(c.as_bytes().to_vec(), OpCode::Data(Data::Continue), true))).await.expect("send");
     let r = recv_matching(&mut ws, |e| e.attr("id") == Some("frag1")).await;
     assert_eq!(r.attr("type"), Some("result"));
 
-    ws.send(Message::Frame(Frame::message(b"<presence>\xff\xfe</presence>".to_vec(), OpCode::Data(Data::Text), true)))
+    ws.ws.send(Message::Frame(Frame::message(b"<presence>\xff\xfe</presence>".to_vec(), OpCode::Data(Data::Text), true)))
         .await
         .expect("send");
-    let (_texts, code) = recv_to_close(&mut ws).await;
+    let (_texts, code) = ws.read_to_close().await;
     assert_eq!(code, Some(1007));
 }
 
@@ -624,7 +435,7 @@ async fn ws18_resource_conflict_is_relayed_prosody() {
     login(&mut first, &d, "alice", "alicepass", "dup").await;
     let mut second = connect(&cm.ws_url()).await;
     login(&mut second, &d, "alice", "alicepass", "dup").await;
-    let (texts, code) = recv_to_close(&mut first).await;
+    let (texts, code) = first.read_to_close().await;
     let err = texts.iter().find_map(|t| stream_error_condition(t));
     assert_eq!(err.as_deref(), Some("conflict"), "{texts:?}");
     assert_eq!(texts.last().map(String::as_str), Some(CLOSE), "{texts:?}");
@@ -641,28 +452,28 @@ async fn ws24_stream_management_resume_after_cut_prosody() {
     let d = p.domain().to_string();
     let mut alice = connect(&cm.ws_url()).await;
     let alice_jid = login(&mut alice, &d, "alice", "alicepass", "sm").await;
-    send(&mut alice, "<enable xmlns='urn:xmpp:sm:3' resume='true'/>").await;
+    alice.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>").await;
     let enabled = recv_matching(&mut alice, |e| e.name == "enabled").await;
     assert!(enabled.attr("location").is_none(), "{enabled:?}");
     let previd = enabled.attr("id").expect("resumption id").to_string();
-    send(&mut alice, "<presence/>").await;
+    alice.send("<presence/>").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     drop(alice); // TCP gone, no close frame, no <close/>
 
     let mut bob = connect(&cm.ws_url()).await;
     login(&mut bob, &d, "bob", "bobpass", "sm").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    send(&mut bob, &format!("<message to='{alice_jid}' type='chat'><body>while you were away</body></message>")).await;
+    bob.send(&format!("<message to='{alice_jid}' type='chat'><body>while you were away</body></message>")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let mut again = connect(&cm.ws_url()).await;
     open_stream(&mut again, &d).await;
     let creds = base64::engine::general_purpose::STANDARD.encode("\0alice\0alicepass");
-    send(&mut again, &format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>")).await;
+    again.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>")).await;
     assert!(recv(&mut again).await.contains("<success"));
     let f = open_stream(&mut again, &d).await;
     assert!(f.contains("urn:xmpp:sm:3"), "{f}");
-    send(&mut again, &format!("<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='0'/>")).await;
+    again.send(&format!("<resume xmlns='urn:xmpp:sm:3' previd='{previd}' h='0'/>")).await;
     let resumed = recv_matching(&mut again, |e| e.name == "resumed" || e.name == "failed").await;
     assert_eq!(resumed.name, "resumed", "{resumed:?}");
     let m = recv_matching(&mut again, |e| e.name == "message").await;
@@ -678,7 +489,7 @@ async fn ws19_shutdown_sends_system_shutdown() {
     let mut ws = connect(&cm.ws_url()).await;
     login(&mut ws, &d, "alice", "alicepass", "bye").await;
     cm.signal("TERM");
-    let (texts, code) = recv_to_close(&mut ws).await;
+    let (texts, code) = ws.read_to_close().await;
     let err = texts.iter().find_map(|t| stream_error_condition(t));
     assert_eq!(err.as_deref(), Some("system-shutdown"), "{texts:?}");
     assert_eq!(texts.last().map(String::as_str), Some(CLOSE), "{texts:?}");
@@ -696,7 +507,7 @@ async fn ws20_drain_redirects_with_see_other_uri() {
     let mut ws = connect(&cm.ws_url()).await;
     login(&mut ws, &d, "alice", "alicepass", "moved").await;
     cm.signal("TERM");
-    let (texts, code) = recv_to_close(&mut ws).await;
+    let (texts, code) = ws.read_to_close().await;
     assert_eq!(texts.len(), 1, "{texts:?}");
     let c = el(&texts[0]);
     assert!(c.is("close", ns::FRAMING), "{texts:?}");
@@ -714,8 +525,8 @@ async fn ws_login_restart_bind_close_ejabberd() {
     let mut ws = connect(&cm.ws_url()).await;
     login(&mut ws, &d, "alice", "alicepass", "ws").await;
     ping_server(&mut ws, &d, "ej1").await;
-    send(&mut ws, CLOSE).await;
-    let (texts, code) = recv_to_close(&mut ws).await;
+    ws.send(CLOSE).await;
+    let (texts, code) = ws.read_to_close().await;
     assert_eq!(texts.last().map(String::as_str), Some(CLOSE), "{texts:?}");
     assert_eq!(code, Some(1000));
 }
@@ -769,14 +580,14 @@ async fn configured_xml_limits_apply_to_websocket() {
         let strict = XmppCm::start(&XmppCm::config_with(&p, &[(key, value)]));
         let mut ws = connect(&strict.ws_url()).await;
         open_stream(&mut ws, "localhost").await;
-        send(&mut ws, &stanza).await;
-        expect_error_end(&mut ws, "policy-violation", 1000, false).await;
+        ws.send(&stanza).await;
+        expect_error_end(ws, "policy-violation", 1000, false).await;
         // With the defaults the same element passes the parser (the server answers it).
         let lax = XmppCm::start(&XmppCm::config_for(&p));
         let mut ws = connect(&lax.ws_url()).await;
         open_stream(&mut ws, "localhost").await;
-        send(&mut ws, &stanza).await;
-        let next = tokio::time::timeout(Duration::from_millis(700), ws.next()).await;
+        ws.send(&stanza).await;
+        let next = tokio::time::timeout(Duration::from_millis(700), ws.ws.next()).await;
         assert!(!matches!(&next, Ok(Some(Ok(Message::Close(_))))), "{what}: refused with the default limits: {next:?}");
     }
 }
@@ -794,11 +605,11 @@ async fn ws_legacy_framing_drain_redirect_is_see_other_host() {
         "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='{d}' version='1.0'>"
     );
     let mut ws = connect(&cm.ws_url()).await;
-    send(&mut ws, &header).await;
+    ws.send(&header).await;
     assert!(recv(&mut ws).await.starts_with("<stream:stream "));
     recv(&mut ws).await; // features
     cm.signal("TERM");
-    let (texts, code) = recv_to_close(&mut ws).await;
+    let (texts, code) = ws.read_to_close().await;
     let e = texts.iter().find(|t| t.contains("stream:error")).unwrap_or_else(|| panic!("no stream error: {texts:?}"));
     let el = el(e);
     let soh = el.elements().find(|c| c.name == "see-other-host").unwrap_or_else(|| panic!("{e}"));

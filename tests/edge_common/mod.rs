@@ -1,6 +1,7 @@
 //! Helpers for the edge tests (tests/edge_*.rs): TLS and HTTP/2 clients trusting a test CA,
-//! `openssl s_client`, a generic XMPP-over-WebSocket client (plain, TLS, or an RFC 8441 HTTP/2
-//! stream), a raw BOSH exchange over HTTP/2, /proc memory readings and /metrics values.
+//! `openssl s_client`, the TLS and RFC 8441 HTTP/2 streams the harness' WebSocket client
+//! (`support::ws`) runs over, a raw BOSH exchange over HTTP/2, /proc memory readings and
+//! /metrics values.
 #![allow(dead_code)]
 
 use std::path::Path;
@@ -10,17 +11,15 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+
+use crate::support::ws::{self, WsClient};
 
 pub const T: Duration = Duration::from_secs(15);
 
@@ -174,94 +173,12 @@ pub async fn h2_websocket(h2: &mut H2, uri: &str) -> WebSocketStream<TokioIo<hyp
 
 // ---------------------------------------------------------------- XMPP over WebSocket
 
-/// A WebSocket over `S` speaking RFC 7395.
-pub struct WsXmpp<S> {
-    pub ws: WebSocketStream<S>,
-    pub jid: String,
-}
-
-/// ws:// with tokio-tungstenite.
-pub async fn ws_plain(url: &str) -> WsXmpp<tokio_tungstenite::MaybeTlsStream<TcpStream>> {
-    let mut req = url.into_client_request().expect("request");
-    req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static("xmpp"));
-    let (ws, _) = tokio::time::timeout(T, tokio_tungstenite::connect_async(req)).await.expect("ws connect timed out").expect("ws handshake");
-    WsXmpp { ws, jid: String::new() }
-}
-
-/// wss:// over our own TLS stream (trusting `ca_file`, ALPN http/1.1).
-pub async fn ws_tls(addr: &str, path: &str, ca_file: &Path) -> WsXmpp<TlsStream<TcpStream>> {
+/// wss:// over our own TLS stream (trusting `ca_file`, ALPN http/1.1), as the one test client.
+pub async fn ws_tls(addr: &str, path: &str, ca_file: &Path) -> WsClient<TlsStream<TcpStream>> {
     let tls = tls_connect(addr, ca_file, &[b"http/1.1"]).await;
-    let mut req = format!("wss://localhost{path}").into_client_request().expect("request");
-    req.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static("xmpp"));
+    let req = ws::request(&format!("wss://localhost{path}"), Some("xmpp"));
     let (ws, _) = tokio::time::timeout(T, tokio_tungstenite::client_async(req, tls)).await.expect("wss timed out").expect("wss handshake");
-    WsXmpp { ws, jid: String::new() }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> WsXmpp<S> {
-    pub fn from(ws: WebSocketStream<S>) -> Self {
-        WsXmpp { ws, jid: String::new() }
-    }
-
-    pub async fn send(&mut self, text: &str) {
-        tokio::time::timeout(T, self.ws.send(Message::Text(text.into()))).await.expect("ws send timed out").expect("ws send");
-    }
-
-    /// The next text message (None when the socket closed).
-    pub async fn recv(&mut self) -> Option<String> {
-        loop {
-            match tokio::time::timeout(T, self.ws.next()).await.expect("timed out waiting for a ws message") {
-                Some(Ok(Message::Text(t))) => return Some(t.to_string()),
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
-                Some(Ok(_)) => continue,
-            }
-        }
-    }
-
-    /// Messages until one contains `needle` (returned); panics on close or timeout.
-    pub async fn recv_until(&mut self, needle: &str) -> String {
-        let mut seen = Vec::new();
-        loop {
-            match self.recv().await {
-                Some(t) if t.contains(needle) => return t,
-                Some(t) => seen.push(t),
-                None => panic!("socket closed waiting for {needle:?}; got {seen:?}"),
-            }
-        }
-    }
-
-    /// Everything until the socket closes (bounded).
-    pub async fn recv_all(&mut self) -> Vec<String> {
-        let mut out = Vec::new();
-        while let Some(t) = self.recv().await {
-            out.push(t);
-        }
-        out
-    }
-
-    /// `<open/>`, SASL PLAIN, restart, bind, initial presence. Sets and returns the full JID.
-    pub async fn login(&mut self, domain: &str, user: &str, pass: &str) -> String {
-        let open = format!("<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='{domain}' version='1.0'/>");
-        self.send(&open).await;
-        self.recv_until("mechanisms").await;
-        let creds = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pass}"));
-        self.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>")).await;
-        self.recv_until("<success").await;
-        self.send(&open).await;
-        self.recv_until("urn:ietf:params:xml:ns:xmpp-bind").await;
-        self.send("<iq xmlns='jabber:client' type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>").await;
-        let r = self.recv_until("<jid>").await;
-        self.jid = between(&r, "<jid>", "</jid>").to_string();
-        self.send("<presence xmlns='jabber:client'/>").await;
-        self.recv_until("<presence").await;
-        self.jid.clone()
-    }
-
-    /// An XMPP ping to the server is answered (the session works end to end).
-    pub async fn ping(&mut self, domain: &str, id: &str) {
-        self.send(&format!("<iq xmlns='jabber:client' type='get' to='{domain}' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>")).await;
-        let r = self.recv_until(id).await;
-        assert!(r.contains("type='result'") || r.contains("type=\"result\""), "{r}");
-    }
+    WsClient::from(ws)
 }
 
 pub fn chat(to: &str, body: &str) -> String {

@@ -9,13 +9,11 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tempfile::TempDir;
-
 use super::certs::TestCa;
 use super::http::{http_request, HttpResponse};
-use super::process::{plain_path, wait_ports, which, Owned, Spawn};
+use super::process::{plain_path, server_dir, server_handle, which, Launch, Server, Spawn};
 use super::prosody::ACCOUNTS;
-use super::{free_port, tail, Upstream};
+use super::free_port;
 
 /// How to set up one ejabberd.
 #[derive(Debug, Clone)]
@@ -53,15 +51,13 @@ impl Default for EjabberdOpts {
     }
 }
 
-/// A running ejabberd; killed (by PID) on drop, temp dir removed after.
+/// A running ejabberd: a configuration of [`Server`] (killed by PID on drop, temp dir removed after).
 pub struct Ejabberd {
-    proc: Owned,
-    dir: TempDir,
+    server: Server,
     domain: String,
     c2s_port: u16,
     http_port: u16,
     ca: TestCa,
-    log: PathBuf,
 }
 
 impl Ejabberd {
@@ -74,7 +70,7 @@ impl Ejabberd {
         let erl_libs = ejabberd_libs().unwrap_or_else(|| {
             panic!("ejabberd is not installed (no ejabberdctl / ejabberd.app found): run scripts/test.sh, which installs it")
         });
-        let dir = tempfile::Builder::new().prefix("xmpp-cm-ejabberd-").tempdir().expect("temp dir");
+        let dir = server_dir("ejabberd");
         let root = dir.path().to_path_buf();
         let ca = TestCa::generate(&root.join("certs"), &opts.domain);
         let c2s_port = free_port();
@@ -86,39 +82,35 @@ impl Ejabberd {
         std::fs::write(root.join("inetrc"), "{lookup,[\"file\",\"native\"]}.\n{host,{127,0,0,1},[\"localhost\"]}.\n")
             .expect("write inetrc");
 
-        let spawn = Spawn::new(erl, root.join("stdout.log"))
-            .args_from(["+K", "true", "-noinput", "-noshell"])
+        let mut spawn = Spawn::new(erl, root.join("stdout.log"))
+            .args(["+K", "true", "-noinput", "-noshell"])
             .arg("-mnesia")
             .arg("dir")
             .arg(format!("\"{}\"", plain_path(&root.join("spool"))))
-            .args_from(["-ejabberd", "log_rotate_count", "0", "-s", "ejabberd"])
+            .args(["-ejabberd", "log_rotate_count", "0", "-s", "ejabberd"])
             .env("HOME", &root)
             .env("ERL_LIBS", erl_libs)
             .env("ERL_INETRC", root.join("inetrc"))
             .env("ERL_CRASH_DUMP_BYTES", "0")
             .env("EJABBERD_CONFIG_PATH", &config)
             .env("EJABBERD_LOG_PATH", &log);
-        let mut spawn = spawn;
         spawn.cwd = Some(root.clone());
-        let mut proc = Owned::spawn("ejabberd", spawn).unwrap_or_else(|e| panic!("cannot start ejabberd: {e}"));
-        let fail = |why: String| -> ! {
-            panic!(
-                "ejabberd did not come up ({why}).\n--- {} ---\n{}\n--- stdout/stderr ---\n{}",
-                log.display(),
-                tail(&log, 60),
-                tail(&root.join("stdout.log"), 30)
-            )
-        };
-        if let Err(why) = wait_ports(&mut proc, &[c2s_port, http_port], Duration::from_secs(20)) {
-            fail(why);
-        }
+        let server = Server::start(Launch {
+            name: "ejabberd",
+            dir,
+            config,
+            log,
+            spawn,
+            ports: vec![c2s_port, http_port],
+            ready_within: Duration::from_secs(20),
+        });
         let mut users: Vec<(String, String)> =
             ACCOUNTS.iter().map(|(u, p)| (u.to_string(), p.to_string())).collect();
         users.extend((1..=opts.users).map(|i| (format!("user{i}"), format!("pass{i}"))));
         if let Err(why) = register_all(http_port, &opts.domain, users) {
-            fail(why);
+            panic!("{}", server.failure(&why));
         }
-        Ejabberd { proc, dir, domain: opts.domain, c2s_port, http_port, ca, log }
+        Ejabberd { server, domain: opts.domain, c2s_port, http_port, ca }
     }
 
     pub fn c2s_port(&self) -> u16 {
@@ -140,24 +132,6 @@ impl Ejabberd {
     pub fn ca_file(&self) -> &Path {
         &self.ca.ca_cert
     }
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-    pub fn pid(&self) -> u32 {
-        self.proc.pid()
-    }
-    pub fn signal(&self, sig: &str) {
-        self.proc.signal(sig)
-    }
-    pub fn stop(&mut self) {
-        self.proc.stop(Duration::from_secs(3));
-    }
     /// Register one more account through the admin API.
     pub fn add_user(&self, user: &str, pass: &str) {
         register_all(self.http_port, &self.domain, vec![(user.into(), pass.into())])
@@ -165,24 +139,7 @@ impl Ejabberd {
     }
 }
 
-impl Upstream for Ejabberd {
-    fn domain(&self) -> &str {
-        &self.domain
-    }
-    fn c2s_port(&self) -> u16 {
-        self.c2s_port
-    }
-    fn ca_file(&self) -> &Path {
-        &self.ca.ca_cert
-    }
-}
-
-impl Spawn {
-    fn args_from<const N: usize>(mut self, a: [&str; N]) -> Spawn {
-        self.args.extend(a.iter().map(Into::into));
-        self
-    }
-}
+server_handle!(Ejabberd, upstream);
 
 /// The ERL_LIBS that Debian's ejabberdctl sets (the directory holding ejabberd-<version>/).
 fn ejabberd_libs() -> Option<String> {

@@ -10,12 +10,10 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tempfile::TempDir;
-
-use super::process::{wait_ports, Owned, Spawn};
+use super::process::{server_dir, server_handle, Launch, Server, Spawn};
 use super::{free_port, tail};
 
 /// Where the Debian package installs it (it is not on a normal user's PATH).
@@ -51,15 +49,11 @@ pub struct Opts {
     pub refuse_websocket: bool,
 }
 
-/// A running HAProxy; killed (by PID) on drop, temp dir removed after.
+/// A running HAProxy: a configuration of [`Server`] (killed by PID on drop, temp dir removed after).
 pub struct HaProxy {
-    // Field order: the process stops before its directory goes.
-    proc: Owned,
-    dir: TempDir,
+    server: Server,
     port: u16,
     stats_port: u16,
-    log: PathBuf,
-    config: PathBuf,
 }
 
 impl HaProxy {
@@ -75,22 +69,23 @@ impl HaProxy {
         if !Path::new(BIN).is_file() {
             panic!("HAProxy is not installed (no {BIN}): run scripts/test.sh, which installs it");
         }
-        let dir = tempfile::Builder::new().prefix("xmpp-cm-haproxy-").tempdir().expect("temp dir");
+        let dir = server_dir("haproxy");
         let port = free_port();
         let stats_port = free_port();
         let config = dir.path().join("haproxy.cfg");
         let log = dir.path().join("haproxy.log");
         std::fs::write(&config, config_text(port, stats_port, backends, opts)).expect("write haproxy config");
         let spawn = Spawn::new(BIN, &log).arg("-f").arg(&config).arg("-db");
-        let mut proc = Owned::spawn("haproxy", spawn).unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-        if let Err(why) = wait_ports(&mut proc, &[port, stats_port], Duration::from_secs(10)) {
-            panic!(
-                "HAProxy did not come up ({why}).\n--- config ---\n{}\n--- log ---\n{}",
-                std::fs::read_to_string(&config).unwrap_or_default(),
-                tail(&log, 40)
-            );
-        }
-        let h = HaProxy { proc, dir, port, stats_port, log, config };
+        let server = Server::start(Launch {
+            name: "haproxy",
+            dir,
+            config,
+            log,
+            spawn,
+            ports: vec![port, stats_port],
+            ready_within: Duration::from_secs(10),
+        });
+        let h = HaProxy { server, port, stats_port };
         let names: Vec<String> = (0..backends.len()).map(|i| format!("r{i}")).collect();
         h.wait_status(&names, "UP", Duration::from_secs(10));
         h
@@ -104,18 +99,11 @@ impl HaProxy {
     pub fn port(&self) -> u16 {
         self.port
     }
-    /// Its log (one `option httplog` line per request: which server answered what).
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-    pub fn config_path(&self) -> &Path {
-        &self.config
-    }
 
     /// The backend's servers as the stats page reports them now.
     pub fn servers(&self) -> Vec<ServerStats> {
         let csv = http_get_blocking(self.stats_port, "/stats;csv", Duration::from_secs(5))
-            .unwrap_or_else(|e| panic!("HAProxy stats: {e}\n--- log ---\n{}", tail(&self.log, 30)));
+            .unwrap_or_else(|e| panic!("HAProxy stats: {e}\n--- log ---\n{}", tail(self.server.log_path(), 30)));
         let mut lines = csv.lines();
         let header = lines.next().unwrap_or_default().trim_start_matches("# ");
         let cols: Vec<&str> = header.split(',').collect();
@@ -151,6 +139,8 @@ impl HaProxy {
         }
     }
 }
+
+server_handle!(HaProxy);
 
 fn config_text(port: u16, stats_port: u16, backends: &[Backend], opts: Opts) -> String {
     let mut servers = String::new();

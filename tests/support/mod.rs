@@ -1,13 +1,22 @@
-//! Test harness shared by the integration tests (`mod support;`): real upstream servers
-//! (Prosody, ejabberd) on free loopback ports with their own throw-away CA, the xmpp-cm binary
-//! in front of them (several replicas behind a real HAProxy if asked), real npm clients
-//! (strophe.js, xmpp.js), raw XMPP clients (c2s TCP, WebSocket) and a raw HTTP client for
-//! exact BOSH bytes.
+//! Test harness shared by the integration tests (`mod support;`), one piece per job:
+//! - one server-process handle, [`process::Server`] (temp dir, config file, spawn tied to the
+//!   test process, readiness on ports, log capture, stop by PID), of which real Prosody and
+//!   ejabberd (upstreams with their own throw-away CA and accounts), HAProxy and the xmpp-cm
+//!   binary are configurations ([`prosody`], [`ejabberd`], [`haproxy`], [`xmpp_cm`]);
+//! - one scripted fake upstream, [`fake`], for faults and timing a real server will not
+//!   produce on demand (never instead of a real server);
+//! - one WebSocket client, [`ws`] (plain, or over the TLS and HTTP/2 streams of
+//!   tests/edge_common); a raw HTTP client for exact BOSH bytes ([`http`]; the BOSH session
+//!   client is tests/bosh_client); raw c2s TCP clients ([`c2s`]); the npm clients strophe.js and
+//!   xmpp.js ([`node`]).
+//!
+//! Two tiers use it. The integration tests drive processes through config files and ports,
+//! like an operator. tests/inproc.rs runs xmpp-cm's own `server::serve` inside the test process
+//! on a port-0 listener, in front of [`fake`], with a paused tokio clock for timer rules.
 //!
 //! Every process started here is killed by its own PID when its handle drops (SIGTERM, then
 //! SIGKILL after 3 s), and is also tied to the test process (SIGKILL via `setpriv --pdeathsig`
-//! when the test process dies), so a crashed or timed-out test leaves nothing behind. Nothing
-//! here knows about xmpp-cm internals: it drives the binary through its config file and ports.
+//! when the test process dies), so a crashed or timed-out test leaves nothing behind.
 //!
 //! The start functions block (≤15 s) until the process accepts connections; call them from the
 //! test itself, before the interesting part, also inside `#[tokio::test]`.
@@ -19,6 +28,7 @@
 pub mod c2s;
 pub mod certs;
 pub mod ejabberd;
+pub mod fake;
 pub mod haproxy;
 pub mod http;
 pub mod node;

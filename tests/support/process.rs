@@ -1,5 +1,9 @@
 //! Child processes the harness owns: spawned tied to the test process, waited on for a port,
 //! stopped by their own PID. Never by name: other tests (and other people) run the same programs.
+//!
+//! [`Server`] is the one server-process handle: a temp dir holding a config file and a log, the
+//! process started from them and ready once its ports accept. Prosody, ejabberd, HAProxy and
+//! xmpp-cm are configurations of it (each writes its own config, then calls [`Server::start`]).
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -10,6 +14,10 @@ use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::tail;
 
 /// How to start one server process; its stdout and stderr both go to `log`.
 #[derive(Debug, Clone, Default)]
@@ -34,6 +42,140 @@ impl Spawn {
     pub fn env(mut self, k: impl Into<OsString>, v: impl Into<OsString>) -> Spawn {
         self.env.push((k.into(), v.into()));
         self
+    }
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, a: I) -> Spawn {
+        self.args.extend(a.into_iter().map(Into::into));
+        self
+    }
+}
+
+/// A fresh temp dir for one server (`xmpp-cm-<name>-XXXX`), removed when its [`Server`] goes.
+pub fn server_dir(name: &str) -> TempDir {
+    tempfile::Builder::new().prefix(&format!("xmpp-cm-{name}-")).tempdir().expect("temp dir")
+}
+
+/// One server configuration, ready to run: its dir (config already written there), where it
+/// logs, how to start it and the ports that must accept before it counts as up.
+pub struct Launch {
+    pub name: &'static str,
+    pub dir: TempDir,
+    pub config: PathBuf,
+    /// The server's own log (may be the same file as `spawn.log`, its stdout and stderr).
+    pub log: PathBuf,
+    pub spawn: Spawn,
+    pub ports: Vec<u16>,
+    pub ready_within: Duration,
+}
+
+/// `Deref`/`DerefMut` from a server configuration to the [`Server`] in its `server` field, so
+/// it has the handle's `log`, `log_path`, `config_path`, `dir`, `pid`, `signal`, `wait_exit`
+/// and `stop`. With `upstream`: also [`super::Upstream`] from its `domain`, `c2s_port` and `ca`.
+macro_rules! server_handle {
+    ($t:ty) => {
+        impl std::ops::Deref for $t {
+            type Target = $crate::support::process::Server;
+            fn deref(&self) -> &Self::Target {
+                &self.server
+            }
+        }
+        impl std::ops::DerefMut for $t {
+            fn deref_mut(&mut self) -> &mut Self::Target {
+                &mut self.server
+            }
+        }
+    };
+    ($t:ty, upstream) => {
+        server_handle!($t);
+        impl $crate::support::Upstream for $t {
+            fn domain(&self) -> &str {
+                &self.domain
+            }
+            fn c2s_port(&self) -> u16 {
+                self.c2s_port
+            }
+            fn ca_file(&self) -> &std::path::Path {
+                &self.ca.ca_cert
+            }
+        }
+    };
+}
+pub(crate) use server_handle;
+
+/// A running server: its process (stopped by PID on drop), then its temp dir.
+pub struct Server {
+    // Field order matters: the process stops before its directory is removed.
+    proc: Owned,
+    dir: TempDir,
+    name: &'static str,
+    config: PathBuf,
+    log: PathBuf,
+    stdout: PathBuf,
+}
+
+impl Server {
+    /// Spawn `launch` and wait until its ports accept; panics with its config and logs if it
+    /// exits or does not come up in time.
+    pub fn start(launch: Launch) -> Server {
+        Self::try_start(launch).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Self::start`], but `Err(reason, config and logs)` instead of panicking.
+    pub fn try_start(launch: Launch) -> Result<Server, String> {
+        let Launch { name, dir, config, log, spawn, ports, ready_within } = launch;
+        let stdout = spawn.log.clone();
+        let program = spawn.program.to_string_lossy().into_owned();
+        let proc = Owned::spawn(name, spawn).unwrap_or_else(|e| panic!("cannot start {name} ({program}): {e}"));
+        let mut server = Server { proc, dir, name, config, log, stdout };
+        match wait_ports(&mut server.proc, &ports, ready_within) {
+            Ok(_) => Ok(server),
+            Err(why) => Err(server.failure(&why)),
+        }
+    }
+
+    /// "<name> did not come up (why)" with the tails of its config, log and stdout, for a
+    /// startup step after the ports (e.g. registering accounts) that fails.
+    pub fn failure(&self, why: &str) -> String {
+        let mut msg = format!(
+            "{} did not come up ({why}).\n--- {} ---\n{}\n--- {} ---\n{}",
+            self.name,
+            self.config.display(),
+            tail(&self.config, 80),
+            self.log.display(),
+            tail(&self.log, 80)
+        );
+        if self.stdout != self.log {
+            msg.push_str(&format!("\n--- stdout/stderr ---\n{}", tail(&self.stdout, 30)));
+        }
+        msg
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+    /// Send a signal ("TERM", "KILL", "STOP", "CONT", "HUP", …) to its PID.
+    pub fn signal(&self, sig: &str) {
+        self.proc.signal(sig)
+    }
+    /// Wait up to `timeout` for it to exit by itself (after [`Self::signal`]).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.proc.wait_timeout(timeout)
+    }
+    /// Stop it now: SIGTERM, SIGKILL after 3 s.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        self.proc.stop(Duration::from_secs(3))
     }
 }
 

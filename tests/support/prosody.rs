@@ -4,14 +4,12 @@
 //! is what fronts it.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use tempfile::TempDir;
-
 use super::certs::TestCa;
-use super::process::{plain_path, wait_ports, which, Owned, Spawn};
-use super::{free_port, tail, Upstream};
+use super::process::{plain_path, server_dir, server_handle, which, Launch, Server, Spawn};
+use super::free_port;
 
 /// How to set up one Prosody.
 #[derive(Debug, Clone)]
@@ -53,18 +51,14 @@ impl Default for ProsodyOpts {
 pub const ACCOUNTS: [(&str, &str); 4] =
     [("alice", "alicepass"), ("bob", "bobpass"), ("carol", "carolpass"), ("dave", "davepass")];
 
-/// A running Prosody; killed (by PID) on drop, temp dir removed after.
+/// A running Prosody: a configuration of [`Server`] (killed by PID on drop, temp dir removed after).
 pub struct Prosody {
-    // Field order matters: the process stops before its directory is removed.
-    proc: Owned,
-    dir: TempDir,
+    server: Server,
     domain: String,
     c2s_port: u16,
     http_port: Option<u16>,
     direct_tls_port: Option<u16>,
     ca: TestCa,
-    log: PathBuf,
-    config: PathBuf,
 }
 
 impl Prosody {
@@ -74,13 +68,12 @@ impl Prosody {
         let Some(bin) = which("prosody") else {
             panic!("Prosody is not installed (no `prosody` on PATH): run scripts/test.sh, which installs it");
         };
-        let dir = tempfile::Builder::new().prefix("xmpp-cm-prosody-").tempdir().expect("temp dir");
+        let dir = server_dir("prosody");
         let root = dir.path().to_path_buf();
         let ca = TestCa::generate(&root.join("certs"), &opts.domain);
         let c2s_port = free_port();
         let http_port = opts.http.then(free_port);
         let direct_tls_port = opts.direct_tls.then(free_port);
-        let log = root.join("prosody.log");
         let config = root.join("prosody.cfg.lua");
         std::fs::create_dir_all(root.join("data")).expect("data dir");
         std::fs::write(&config, config_text(&opts, &root, &ca, c2s_port, http_port, direct_tls_port))
@@ -93,21 +86,18 @@ impl Prosody {
             write_account(&root.join("data"), &opts.domain, u, p);
         }
 
-        let spawn = Spawn::new(bin, root.join("stdout.log"))
-            .arg("--config")
-            .arg(&config)
-            .arg("-F");
-        let mut proc = Owned::spawn("prosody", spawn).unwrap_or_else(|e| panic!("cannot start prosody: {e}"));
+        let spawn = Spawn::new(bin, root.join("stdout.log")).arg("--config").arg(&config).arg("-F");
         let ports: Vec<u16> = [Some(c2s_port), http_port, direct_tls_port].into_iter().flatten().collect();
-        if let Err(why) = wait_ports(&mut proc, &ports, Duration::from_secs(15)) {
-            panic!(
-                "Prosody did not come up ({why}).\n--- {} ---\n{}\n--- stdout/stderr ---\n{}",
-                log.display(),
-                tail(&log, 60),
-                tail(&root.join("stdout.log"), 30)
-            );
-        }
-        Prosody { proc, dir, domain: opts.domain, c2s_port, http_port, direct_tls_port, ca, log, config }
+        let server = Server::start(Launch {
+            name: "prosody",
+            dir,
+            config,
+            log: root.join("prosody.log"),
+            spawn,
+            ports,
+            ready_within: Duration::from_secs(15),
+        });
+        Prosody { server, domain: opts.domain, c2s_port, http_port, direct_tls_port, ca }
     }
 
     /// TCP port of c2s on 127.0.0.1 (STARTTLS).
@@ -140,47 +130,13 @@ impl Prosody {
     pub fn certs(&self) -> &TestCa {
         &self.ca
     }
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-    /// Prosody's log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-    pub fn config_path(&self) -> &Path {
-        &self.config
-    }
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-    pub fn pid(&self) -> u32 {
-        self.proc.pid()
-    }
-    /// Send a signal ("TERM", "KILL", "STOP", "CONT", …) to Prosody's PID.
-    pub fn signal(&self, sig: &str) {
-        self.proc.signal(sig)
-    }
-    /// Stop it now (SIGTERM, SIGKILL after 3 s), e.g. to test an upstream going away.
-    pub fn stop(&mut self) {
-        self.proc.stop(Duration::from_secs(3));
-    }
     /// Add an account (plain password file). Works while running for users not yet used.
     pub fn add_user(&self, user: &str, pass: &str) {
-        write_account(&self.dir.path().join("data"), &self.domain, user, pass);
+        write_account(&self.server.dir().join("data"), &self.domain, user, pass);
     }
 }
 
-impl Upstream for Prosody {
-    fn domain(&self) -> &str {
-        &self.domain
-    }
-    fn c2s_port(&self) -> u16 {
-        self.c2s_port
-    }
-    fn ca_file(&self) -> &Path {
-        &self.ca.ca_cert
-    }
-}
+server_handle!(Prosody, upstream);
 
 /// util.datamanager's path encoding: every non-alphanumeric byte → %xx.
 fn enc(s: &str) -> String {

@@ -2,32 +2,27 @@
 //! own temp dir, output to a log file, stopped by PID on drop. Tests reach it only through its
 //! ports, signals and log, like an operator would.
 
-use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
 use figment::providers::{Format, Toml};
 use figment::Figment;
-use tempfile::TempDir;
 
-use super::process::{wait_ports, Owned, Spawn};
-use super::{free_port, tail, Upstream};
+use super::process::{server_dir, server_handle, Launch, Server, Spawn};
+use super::{free_port, Upstream};
 
 /// Path of the binary cargo built for these tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_xmpp-cm");
 
-/// A running xmpp-cm.
+/// A running xmpp-cm: a configuration of [`Server`].
 pub struct XmppCm {
-    proc: Owned,
-    dir: TempDir,
+    server: Server,
     http_port: u16,
     admin_port: Option<u16>,
     bosh_path: String,
     ws_path: String,
     /// `http.tls.cert_file` is set: the public listener speaks HTTPS/WSS.
     tls: bool,
-    log: PathBuf,
-    config: PathBuf,
 }
 
 impl XmppCm {
@@ -72,39 +67,27 @@ impl XmppCm {
 
     /// Like [`Self::start_with_env`], but `Err(reason + log)` instead of panicking.
     pub fn try_start(toml: &str, env: &[(&str, &str)]) -> Result<XmppCm, String> {
-        let (dir, config, log, mut proc) = spawn(toml, env);
         let listen = Listen::from_toml(toml);
         let mut ports = vec![listen.http_port];
         ports.extend(listen.admin_port);
-        if let Err(why) = wait_ports(&mut proc, &ports, Duration::from_secs(10)) {
-            return Err(format!("xmpp-cm did not come up ({why}).\n--- config ---\n{toml}\n--- log ---\n{}", tail(&log, 80)));
-        }
+        let server = Server::try_start(launch(toml, env, ports, &[]))?;
         Ok(XmppCm {
-            proc,
-            dir,
+            server,
             http_port: listen.http_port,
             admin_port: listen.admin_port,
             bosh_path: listen.bosh_path,
             ws_path: listen.ws_path,
             tls: listen.tls,
-            log,
-            config,
         })
     }
 
     /// Run the binary with `toml` and `args` (e.g. `["--check-config"]`) until it exits (or
     /// `timeout`, then it is killed): (exit status, combined output). For bad-config tests.
     pub fn run_to_exit(toml: &str, args: &[&str], env: &[(&str, &str)], timeout: Duration) -> (Option<ExitStatus>, String) {
-        let tmp = tempfile::Builder::new().prefix("xmpp-cm-run-").tempdir().expect("temp dir");
-        let config = tmp.path().join("xmpp-cm.toml");
-        std::fs::write(&config, toml).expect("write config");
-        let log = tmp.path().join("xmpp-cm.log");
-        let mut spec = base_spawn(&config, &log, env);
-        spec.args.extend(args.iter().map(Into::into));
-        let mut proc = Owned::spawn("xmpp-cm", spec).unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-        let status = proc.wait_timeout(timeout);
-        drop(proc);
-        (status, std::fs::read_to_string(&log).unwrap_or_default())
+        let mut server = Server::start(launch(toml, env, Vec::new(), args));
+        let status = server.wait_exit(timeout);
+        server.stop();
+        (status, server.log())
     }
 
     /// BOSH endpoint, e.g. `http://127.0.0.1:P/http-bind` (`https://` with `http.tls`).
@@ -130,66 +113,38 @@ impl XmppCm {
     pub fn admin_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.admin_port.expect("admin listener disabled in this config"))
     }
-    /// Everything it logged so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-    pub fn log_path(&self) -> &Path {
-        &self.log
-    }
-    pub fn config_path(&self) -> &Path {
-        &self.config
-    }
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-    pub fn pid(&self) -> u32 {
-        self.proc.pid()
-    }
-    /// Send a signal by name ("TERM", "INT", …) to its PID.
-    pub fn signal(&self, sig: &str) {
-        self.proc.signal(sig)
-    }
-    /// Wait up to `timeout` for it to exit by itself (after [`Self::signal`]).
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        self.proc.wait_timeout(timeout)
-    }
     /// Rewrite its config file with keys replaced or added (as in [`Self::config_with`]),
     /// for live-reload tests; returns the new text. Only files written by this harness.
     pub fn rewrite_config(&self, overrides: &[(&str, &str)]) -> String {
-        let old = std::fs::read_to_string(&self.config).expect("read config");
+        let config = self.server.config_path();
+        let old = std::fs::read_to_string(config).expect("read config");
         let toml = with_overrides(&old, overrides);
         // Replaced in one rename: a reload never reads half a file.
-        let tmp = self.config.with_extension("toml.new");
+        let tmp = config.with_extension("toml.new");
         std::fs::write(&tmp, &toml).expect("write config");
-        std::fs::rename(&tmp, &self.config).expect("replace config");
+        std::fs::rename(&tmp, config).expect("replace config");
         toml
-    }
-    /// SIGTERM, SIGKILL after 3 s.
-    pub fn stop(&mut self) -> Option<ExitStatus> {
-        self.proc.stop(Duration::from_secs(3))
     }
 }
 
-fn base_spawn(config: &Path, log: &Path, env: &[(&str, &str)]) -> Spawn {
-    let mut spec = Spawn::new(BIN, log).arg("--config").arg(config).env("RUST_BACKTRACE", "1");
-    spec.env_remove = std::env::vars_os()
+server_handle!(XmppCm);
+
+/// xmpp-cm as a [`Server`] configuration: `toml` in its own temp dir, output to its log,
+/// inherited `XMPP_CM_*` variables removed (the developer's shell cannot change a test).
+fn launch(toml: &str, env: &[(&str, &str)], ports: Vec<u16>, args: &[&str]) -> Launch {
+    let dir = server_dir("cm");
+    let config = dir.path().join("xmpp-cm.toml");
+    std::fs::write(&config, toml).expect("write config");
+    let log = dir.path().join("xmpp-cm.log");
+    let mut spawn = Spawn::new(BIN, &log).arg("--config").arg(&config).args(args.iter().copied()).env("RUST_BACKTRACE", "1");
+    spawn.env_remove = std::env::vars_os()
         .map(|(k, _)| k)
         .filter(|k| k.to_string_lossy().starts_with("XMPP_CM_"))
         .collect();
     for (k, v) in env {
-        spec = spec.env(*k, *v);
+        spawn = spawn.env(*k, *v);
     }
-    spec
-}
-
-fn spawn(toml: &str, env: &[(&str, &str)]) -> (TempDir, PathBuf, PathBuf, Owned) {
-    let dir = tempfile::Builder::new().prefix("xmpp-cm-").tempdir().expect("temp dir");
-    let config = dir.path().join("xmpp-cm.toml");
-    std::fs::write(&config, toml).expect("write config");
-    let log = dir.path().join("xmpp-cm.log");
-    let proc = Owned::spawn("xmpp-cm", base_spawn(&config, &log, env)).unwrap_or_else(|e| panic!("cannot start {BIN}: {e}"));
-    (dir, config, log, proc)
+    Launch { name: "xmpp-cm", dir, config, log, spawn, ports, ready_within: Duration::from_secs(10) }
 }
 
 /// Where the config says it listens (defaults as in src/config.rs when a key is absent).
