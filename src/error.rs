@@ -227,20 +227,20 @@ impl Error {
 
     /// What the upstream stream gets when a session ends for this reason, on every transport
     /// (`crate::link::Link::end` carries it out). `resumable`: the server enabled resumable
-    /// XEP-0198 stream management (`<enabled resume/>` or `<resumed/>`). `owed`: the session
-    /// holds stanzas from the server that the client was never given.
-    pub fn teardown(&self, resumable: bool, owed: bool) -> Teardown {
+    /// XEP-0198 stream management (`<enabled resume/>` or `<resumed/>`).
+    pub fn teardown(&self, resumable: bool) -> Teardown {
         use Error::*;
         match self {
             // Nothing to write to.
             Connect { .. } | UpstreamLost(_) => Teardown::Drop,
             // The server ended the stream: answer its close with ours, nothing more.
             UpstreamClosed | UpstreamStreamError(_) | UpstreamTooLarge => Teardown::Close,
-            // The client is absent, not finished. A resumable session must stay resumable, here
-            // or through another replica: no `</stream:stream>`, nothing bounced (XEP-0198 §5).
-            // A lost socket is an implicit close that is not a goodbye (WS-24): abortive too,
-            // unless stanzas are owed, which are bounced to their senders (XEP-0206 §7).
-            ClientGone | Shutdown | Redirect(_) if resumable || !owed => Teardown::Abort,
+            // The client is absent, not finished, and the server would keep its session for a
+            // resumption, here or through another replica: no `</stream:stream>`, nothing
+            // bounced (XEP-0198 §5; WS-24's reason for an abortive close). Without resumption
+            // there is nothing to keep, and every other end is graceful (BOSH-T-22), after the
+            // bounces owed (BOSH-T-21).
+            ClientGone | Shutdown | Redirect(_) if resumable => Teardown::Abort,
             _ => Teardown::BounceThenClose,
         }
     }
@@ -391,31 +391,27 @@ mod tests {
         let connect = Error::Connect { kind: ConnectKind::Tcp, detail: String::new() };
         let stream_error = Error::UpstreamStreamError(Box::new(Element::new("error", crate::xml::ns::STREAM)));
         let redirect = Error::Redirect("https://b.example/".into());
-        // (error, resumable, owed, teardown)
-        let cases: [(&Error, bool, bool, Teardown); 19] = [
-            (&lost, false, true, Drop),
-            (&lost, true, false, Drop),
-            (&connect, true, true, Drop),
-            (&Error::UpstreamClosed, true, true, Close),
-            (&stream_error, false, true, Close),
-            (&Error::UpstreamTooLarge, true, false, Close),
-            (&Error::ClientGone, true, true, Abort),
-            (&Error::Shutdown, true, true, Abort),
-            (&redirect, true, true, Abort),
-            (&Error::ClientGone, false, false, Abort),
-            (&Error::Shutdown, false, false, Abort),
-            (&Error::ClientGone, false, true, BounceThenClose),
-            (&Error::Shutdown, false, true, BounceThenClose),
-            (&redirect, false, true, BounceThenClose),
+        let cases: [(&Error, bool, Teardown); 16] = [
+            (&lost, false, Drop),
+            (&lost, true, Drop),
+            (&connect, true, Drop),
+            (&Error::UpstreamClosed, true, Close),
+            (&stream_error, false, Close),
+            (&Error::UpstreamTooLarge, true, Close),
+            (&Error::ClientGone, true, Abort),
+            (&Error::Shutdown, true, Abort),
+            (&redirect, true, Abort),
+            (&Error::ClientGone, false, BounceThenClose),
+            (&Error::Shutdown, false, BounceThenClose),
+            (&redirect, false, BounceThenClose),
             // A client that said goodbye, or broke a rule, ends the XMPP session for good.
-            (&Error::ClientTerminate, true, false, BounceThenClose),
-            (&Error::ClientTerminate, false, true, BounceThenClose),
-            (&Error::PolicyViolation(Policy::TooManyRequests), true, true, BounceThenClose),
-            (&Error::HostGone, true, false, BounceThenClose),
-            (&Error::ClientXml(XmlError::InvalidUtf8), false, false, BounceThenClose),
+            (&Error::ClientTerminate, true, BounceThenClose),
+            (&Error::PolicyViolation(Policy::TooManyRequests), true, BounceThenClose),
+            (&Error::HostGone, true, BounceThenClose),
+            (&Error::ClientXml(XmlError::InvalidUtf8), false, BounceThenClose),
         ];
-        for (err, resumable, owed, want) in cases {
-            assert_eq!(err.teardown(resumable, owed), want, "{err} (resumable {resumable}, owed {owed})");
+        for (err, resumable, want) in cases {
+            assert_eq!(err.teardown(resumable), want, "{err} (resumable {resumable})");
         }
     }
 }

@@ -57,3 +57,20 @@ pub mod xml;
 
 pub use config::Config;
 pub use error::{Error, Side};
+
+/// The committed seeds of one fuzz corpus (`fuzz/corpus/NAME/seed-*`, real client traffic),
+/// sorted: the fuzz targets' properties are also checked over them in the ordinary test suite.
+#[cfg(test)]
+pub(crate) fn fuzz_seeds(corpus: &str) -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(corpus);
+    let mut out: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("seed-"))
+                .filter_map(|e| std::fs::read(e.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}

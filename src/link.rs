@@ -167,8 +167,7 @@ impl Link {
     /// now and the drain still waits for it.
     pub async fn end(self, why: &Error, undelivered: &[Element], tracker: &TaskTracker) {
         let Link { mut writer, mut reader, resumable, .. } = self;
-        let bounces: Vec<Element> = undelivered.iter().filter_map(relay::bounce).collect();
-        match why.teardown(resumable, !bounces.is_empty()) {
+        match why.teardown(resumable) {
             Teardown::Drop => {}
             Teardown::Abort => writer.abort().await,
             Teardown::Close => {
@@ -177,6 +176,7 @@ impl Link {
                 });
             }
             Teardown::BounceThenClose => {
+                let bounces: Vec<Element> = undelivered.iter().filter_map(relay::bounce).collect();
                 tracker.spawn(async move {
                     let closed = async {
                         for b in &bounces {
@@ -207,7 +207,7 @@ mod tests {
 
     use super::*;
     use crate::config::TlsMode;
-    use crate::upstream::tests::{fake, open, params, read_header, read_to_end, result_of, server_header, upstream, write, SASL_FEATURES, STEP};
+    use crate::upstream::tests::{fake_opened, params, read_header, read_to_end, result_of, server_header, upstream, write, SASL_FEATURES, STEP};
     use tokio::net::TcpStream;
     use tokio::task::JoinHandle;
 
@@ -218,12 +218,7 @@ mod tests {
         F: FnOnce(TcpStream, String) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = String> + Send,
     {
-        let (addr, task) = fake(|mut s| async move {
-            let mut got = String::new();
-            open(&mut s, &mut got, "s1", SASL_FEATURES).await;
-            then(s, got).await
-        })
-        .await;
+        let (addr, task) = fake_opened(then).await;
         let (link, opened) = Link::open(&upstream(addr, TlsMode::None, None, 5), &params(), None).await.unwrap();
         assert!(opened.features.is("features", ns::STREAM));
         (link, task)
@@ -294,12 +289,13 @@ mod tests {
         assert!(got.ends_with("</stream:stream>"), "{got}");
     }
 
-    /// Teardown::Abort: a lost client owed nothing is an implicit close, not a goodbye (WS-24).
+    /// Without resumption a lost client's stream is closed gracefully (BOSH-T-22): nothing
+    /// would be kept for it.
     #[tokio::test]
-    async fn a_gone_client_owed_nothing_is_dropped_without_the_stream_footer() {
+    async fn a_gone_client_without_resumption_gets_the_stream_closed() {
         let (link, task) = linked(rest_of_stream).await;
         end_with(link, Error::ClientGone, &[]).await;
-        assert_eq!(result_of(task).await, "EOF:true GOT:");
+        assert_eq!(result_of(task).await, "EOF:true GOT:</stream:stream>");
     }
 
     /// Teardown::Abort for a resumable session even when stanzas are owed: the server keeps

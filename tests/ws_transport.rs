@@ -373,18 +373,33 @@ async fn ws16_client_close_closes_upstream_stream() {
     assert_eq!(code, Some(1000));
 }
 
-/// WS-24: the client vanishes without <close/> → the upstream connection is dropped without
-/// `</stream:stream>` (XEP-0198 sessions stay resumable).
+/// WS-24: the client vanishes without <close/> while the server keeps XEP-0198 resumption on
+/// → the upstream connection is dropped without `</stream:stream>`, so the session stays
+/// resumable (through this replica or another).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ws24_lost_client_aborts_upstream_without_stream_close() {
+async fn ws24_lost_client_of_a_resumable_session_aborts_upstream_without_stream_close() {
     let mut fake = FakeUpstream::start().await;
     let cm = XmppCm::start(&fake.config(&[]));
-    let (ws, mut conn) = fake_session(&cm, &mut fake).await;
+    let (mut ws, mut conn) = fake_session(&cm, &mut fake).await;
+    conn.send("<enabled xmlns='urn:xmpp:sm:3' id='sm-1' resume='true'/>").await;
+    assert!(recv(&mut ws).await.contains("<enabled"), "the client saw resumption enabled");
     send_and_forget(ws, "<presence/>").await;
     assert!(conn.wait_eof(Duration::from_secs(5)).await, "upstream not released");
     let seen = conn.seen();
     assert!(seen.contains("<presence"), "{seen}");
     assert!(!seen.contains("</stream:stream>"), "graceful close after a lost client: {seen}");
+}
+
+/// WS-24 without resumption, BOSH-T-22: a lost client's stream is closed gracefully (the one
+/// teardown rule, `Error::teardown`: nothing would be kept for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws24_lost_client_without_resumption_closes_the_upstream_stream() {
+    let mut fake = FakeUpstream::start().await;
+    let cm = XmppCm::start(&fake.config(&[]));
+    let (ws, mut conn) = fake_session(&cm, &mut fake).await;
+    send_and_forget(ws, "<presence/>").await;
+    assert!(conn.wait_for("</stream:stream>").await, "no stream close: {}", conn.seen());
+    assert!(conn.seen().contains("<presence"), "{}", conn.seen());
 }
 
 async fn send_and_forget(mut ws: Ws, text: &str) {

@@ -207,7 +207,7 @@ impl Session {
         let connecting: ConnectFuture =
             Box::pin(async move { Link::open(&up_ctx, &connect_open, route).await });
         // The creation request waits for the upstream features, at most `wait` (BOSH-S-31).
-        let core = Core::new(rules, &sid, ver, &creation.req, creation.reply, std::time::Instant::now());
+        let core = Core::new(rules, &sid, ver, &creation.req, creation.reply, now());
         Session {
             core,
             acts: Vec::new(),
@@ -295,7 +295,7 @@ impl Session {
                         self.drain_end(&mut rx).await;
                     } else {
                         // The core decides against the deadline it asked for, never earlier.
-                        let now = std::time::Instant::now().max(armed.map_or_else(std::time::Instant::now, Instant::into_std));
+                        let now = now().max(armed.map_or_else(now, Instant::into_std));
                         self.core.tick(now, &mut self.acts);
                         self.execute().await;
                     }
@@ -333,14 +333,14 @@ impl Session {
 
     /// End the session for a reason found here (drain, reload, the upstream).
     async fn end(&mut self, err: Error) {
-        self.core.end(err, None, std::time::Instant::now(), &mut self.acts);
+        self.core.end(err, None, now(), &mut self.acts);
         self.execute().await;
     }
 
     /// A client request for the core (synchronous: its actions are carried out by the caller,
     /// so that the request is not kept in the session's future).
     fn on_request(&mut self, inc: Incoming) {
-        self.core.request(inc.req, inc.reply, std::time::Instant::now(), &mut self.acts);
+        self.core.request(inc.req, inc.reply, now(), &mut self.acts);
     }
 
     // ------------------------------------------------------------------ carrying out actions
@@ -380,7 +380,7 @@ impl Session {
                 self.close_upstream(err).await;
             }
             let Some(res) = written else { return };
-            self.core.written(res, std::time::Instant::now(), &mut self.acts);
+            self.core.written(res, now(), &mut self.acts);
         }
     }
 
@@ -419,7 +419,7 @@ impl Session {
         self.note_room(had_room);
         // What the client sent while we connected goes first; then the features are answered.
         let res = self.write_up_all(&backlog).await;
-        self.core.written(res, std::time::Instant::now(), &mut self.acts);
+        self.core.written(res, now(), &mut self.acts);
         self.execute().await;
     }
 
@@ -438,7 +438,7 @@ impl Session {
             Ok(Event::Header(_)) => None,
             Err(e) => Some(Err(e)),
         });
-        core.upstream(elements, std::time::Instant::now(), acts);
+        core.upstream(elements, now(), acts);
         self.note_room(had_room);
     }
 
@@ -511,6 +511,12 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+/// The core's `now`: tokio's clock (as a std `Instant`), so that the core's deadlines and the
+/// shell's timer are on one clock, also when a test pauses it.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
 }
 
 fn far_future() -> Instant {

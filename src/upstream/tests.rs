@@ -198,13 +198,7 @@ fn assert_connect_kind(r: Result<Connection, Error>, want: ConnectKind) -> Strin
 
 #[tokio::test]
 async fn plaintext_with_tls_none_connects_and_returns_header_and_features() {
-    let (addr, task) = fake(|mut s| async move {
-        let mut got = String::new();
-        open(&mut s, &mut got, "s1", SASL_FEATURES).await;
-        read_to_end(&mut s, &mut got).await;
-        got
-    })
-    .await;
+    let (addr, task) = fake(open_then_read_all).await;
     let c = connect(&upstream(addr, TlsMode::None, None, 5), &params()).await.unwrap();
     assert!(!c.secure);
     assert_eq!(c.header.id.as_deref(), Some("s1"));
@@ -221,26 +215,14 @@ async fn plaintext_with_tls_none_connects_and_returns_header_and_features() {
 
 #[tokio::test]
 async fn opportunistic_without_starttls_stays_plaintext() {
-    let (addr, _task) = fake(|mut s| async move {
-        let mut got = String::new();
-        open(&mut s, &mut got, "s1", SASL_FEATURES).await;
-        read_to_end(&mut s, &mut got).await;
-        got
-    })
-    .await;
+    let (addr, _task) = fake(open_then_read_all).await;
     let c = connect(&upstream(addr, TlsMode::Opportunistic, None, 5), &params()).await.unwrap();
     assert!(!c.secure);
 }
 
 #[tokio::test]
 async fn required_tls_without_starttls_offer_fails_starttls() {
-    let (addr, _task) = fake(|mut s| async move {
-        let mut got = String::new();
-        open(&mut s, &mut got, "s1", SASL_FEATURES).await;
-        read_to_end(&mut s, &mut got).await;
-        got
-    })
-    .await;
+    let (addr, _task) = fake(open_then_read_all).await;
     let r = connect(&upstream(addr, TlsMode::Required, None, 5), &params()).await;
     let detail = assert_connect_kind(r, ConnectKind::StartTls);
     assert_eq!(detail, "server does not offer STARTTLS");
@@ -375,13 +357,7 @@ async fn dead_first_target_then_live_second_connects() {
     let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead_addr = dead.local_addr().unwrap();
     drop(dead);
-    let (addr, _task) = fake(|mut s| async move {
-        let mut got = String::new();
-        open(&mut s, &mut got, "s1", SASL_FEATURES).await;
-        read_to_end(&mut s, &mut got).await;
-        got
-    })
-    .await;
+    let (addr, _task) = fake(open_then_read_all).await;
     let up = upstream(addr, TlsMode::None, None, 5);
     let targets = [
         Target { host: "127.0.0.1".into(), port: dead_addr.port(), direct_tls: false, trusted: true },
@@ -425,20 +401,38 @@ async fn direct_tls_target_sends_sni_domain_and_alpn_xmpp_client() {
 
 // ---------------------------------------------------------------- reader and writer
 
-/// Connect (tls none) to a fake that, after opening, runs `then` on the socket.
+/// A fake that opens the stream in plaintext (header `s1`, SASL features), then runs `then`
+/// on the socket with what it read so far.
+pub(crate) async fn fake_opened<F, Fut>(then: F) -> (SocketAddr, JoinHandle<String>)
+where
+    F: FnOnce(TcpStream, String) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = String> + Send,
+{
+    fake(|mut s| async move {
+        let mut got = String::new();
+        open(&mut s, &mut got, "s1", SASL_FEATURES).await;
+        then(s, got).await
+    })
+    .await
+}
+
+/// Connect (tls none) to [`fake_opened`] running `then`.
 async fn open_plain<F, Fut>(then: F) -> (Connection, JoinHandle<String>)
 where
     F: FnOnce(TcpStream, String) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = String> + Send,
 {
-    let (addr, task) = fake(|mut s| async move {
-        let mut got = String::new();
-        open(&mut s, &mut got, "s1", SASL_FEATURES).await;
-        then(s, got).await
-    })
-    .await;
+    let (addr, task) = fake_opened(then).await;
     let c = connect(&upstream(addr, TlsMode::None, None, 5), &params()).await.unwrap();
     (c, task)
+}
+
+/// The fake that opens the stream, then reads until the client goes away: what it read.
+async fn open_then_read_all(mut s: TcpStream) -> String {
+    let mut got = String::new();
+    open(&mut s, &mut got, "s1", SASL_FEATURES).await;
+    read_to_end(&mut s, &mut got).await;
+    got
 }
 
 async fn next(c: &mut Connection) -> Result<Frame, Error> {
@@ -644,13 +638,7 @@ async fn ssrf_guard_refuses_dns_learned_private_targets_but_not_config_ones() {
     drop(l);
 
     // allow_private_targets = true: the same DNS-learned target is used.
-    let (addr, _task) = fake(|mut s| async move {
-        let mut got = String::new();
-        open(&mut s, &mut got, "s1", SASL_FEATURES).await;
-        read_to_end(&mut s, &mut got).await;
-        got
-    })
-    .await;
+    let (addr, _task) = fake(open_then_read_all).await;
     let mut up = upstream(addr, TlsMode::None, None, 5);
     let mut cfg = (*up.config).clone();
     cfg.upstream.allow_private_targets = true;

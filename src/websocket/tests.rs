@@ -355,17 +355,7 @@ mod fuzz_smoke {
     }
 
     fn seeds() -> Vec<Vec<u8>> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/ws_message");
-        let mut out: Vec<Vec<u8>> = std::fs::read_dir(&dir)
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().starts_with("seed-"))
-                    .filter_map(|e| std::fs::read(e.path()).ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.sort();
-        out
+        crate::fuzz_seeds("ws_message")
     }
 
     fn run(seed: &[u8]) {

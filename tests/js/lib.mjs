@@ -103,3 +103,46 @@ export function run(main, { deadlineMs = 60000, partial = {} } = {}) {
     },
   );
 }
+
+/** Every body in `bodies` received by client `c` (its `received` counts and `order`) exactly
+ * once and in order; returns a list of problems. */
+export function deliveryProblems(c, bodies) {
+  const out = [];
+  for (const b of bodies) {
+    const n = c.received.get(b) ?? 0;
+    if (n !== 1) out.push(`${c.name} got '${b}' ${n} times`);
+  }
+  const got = c.order.filter((b) => bodies.includes(b));
+  if (got.length === bodies.length && got.some((b, i) => b !== bodies[i])) {
+    out.push(`${c.name} got messages out of order: ${got.join(',')}`);
+  }
+  return out;
+}
+
+/** The chat both ways between two logged-in clients (`presence()`, `send(to, body)`,
+ * `waitFor(bodies)`): presence, then `messages` bodies A→B and B→A, each side checked for
+ * loss, duplicates and order; the step timings go into `t`. */
+export async function chatBothWays(A, jidA, B, jidB, messages, t) {
+  let t1 = performance.now();
+  await Promise.all([A.presence(), B.presence()]);
+  t.presence_ms = since(t1);
+
+  const runId = tag();
+  const ab = Array.from({ length: messages }, (_, i) => `a2b-${runId}-${i}`);
+  const ba = Array.from({ length: messages }, (_, i) => `b2a-${runId}-${i}`);
+
+  t1 = performance.now();
+  for (const body of ab) await A.send(jidB, body);
+  await B.waitFor(ab);
+  t.a_to_b_ms = since(t1);
+
+  t1 = performance.now();
+  for (const body of ba) await B.send(jidA, body);
+  await A.waitFor(ba);
+  t.b_to_a_ms = since(t1);
+
+  // Give duplicates a moment to show up before counting.
+  await sleep(300);
+  const bad = [...deliveryProblems(B, ab), ...deliveryProblems(A, ba)];
+  if (bad.length) throw new Error(bad.join('; '));
+}

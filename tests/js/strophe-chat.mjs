@@ -8,7 +8,7 @@
 // available), sends `--messages` A→B and B→A chat messages with unique bodies to full JIDs,
 // checks every one arrives exactly once and in order, then disconnects both cleanly.
 // Prints {"ok":…, "timings":{…}, …} on one line; exit 0 on success.
-import { parseArgs, usage, account, sleep, since, tag, run } from './lib.mjs';
+import { parseArgs, usage, account, since, run, chatBothWays } from './lib.mjs';
 import { stropheLogging } from './strophe-env.mjs';
 import { StropheClient } from './strophe-client.mjs';
 
@@ -48,30 +48,9 @@ run(async () => {
   state.jid_a = A.conn.jid;
   state.jid_b = B.conn.jid;
 
-  let t1 = performance.now();
-  await Promise.all([A.presence(), B.presence()]);
-  t.presence_ms = since(t1);
+  await chatBothWays(A, A.conn.jid, B, B.conn.jid, messages, t);
 
-  const runId = tag();
-  const ab = Array.from({ length: messages }, (_, i) => `a2b-${runId}-${i}`);
-  const ba = Array.from({ length: messages }, (_, i) => `b2a-${runId}-${i}`);
-
-  t1 = performance.now();
-  for (const body of ab) A.send(B.conn.jid, body);
-  await B.waitFor(ab);
-  t.a_to_b_ms = since(t1);
-
-  t1 = performance.now();
-  for (const body of ba) B.send(A.conn.jid, body);
-  await A.waitFor(ba);
-  t.b_to_a_ms = since(t1);
-
-  // Give duplicates a moment to show up before counting.
-  await sleep(300);
-  const bad = [...B.problems(ab), ...A.problems(ba)];
-  if (bad.length) throw new Error(bad.join('; '));
-
-  t1 = performance.now();
+  const t1 = performance.now();
   await Promise.all([A.disconnect(), B.disconnect()]);
   t.disconnect_ms = since(t1);
   const failures = [...A.failures, ...B.failures];

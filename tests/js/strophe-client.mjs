@@ -1,6 +1,6 @@
 // A strophe.js connection wrapped for test scripts: bounded login, presence reflection,
 // message bookkeeping (exactly-once and order checks) and bounded disconnect.
-import { within, deferred, tag, log } from './lib.mjs';
+import { within, deferred, tag, log, deliveryProblems } from './lib.mjs';
 import { Strophe, $pres, $msg, statusName } from './strophe-env.mjs';
 
 const FAIL_STATES = new Set([
@@ -103,15 +103,6 @@ export class StropheClient {
 
   /** Every body in `bodies` exactly once and in order; returns a list of problems. */
   problems(bodies) {
-    const out = [];
-    for (const b of bodies) {
-      const n = this.received.get(b) ?? 0;
-      if (n !== 1) out.push(`${this.name} got '${b}' ${n} times`);
-    }
-    const got = this.order.filter((b) => bodies.includes(b));
-    if (got.length === bodies.length && got.some((b, i) => b !== bodies[i])) {
-      out.push(`${this.name} got messages out of order: ${got.join(',')}`);
-    }
-    return out;
+    return deliveryProblems(this, bodies);
   }
 }

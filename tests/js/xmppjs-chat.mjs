@@ -7,7 +7,7 @@
 // proxy must treat as jabber:client. Its automatic reconnect is switched off: a drop must fail
 // the run, not be papered over. Prints one JSON line; exit 0 on success.
 import WebSocket from 'ws';
-import { parseArgs, usage, account, within, sleep, deferred, since, tag, log, run } from './lib.mjs';
+import { parseArgs, usage, account, within, sleep, deferred, since, tag, log, run, chatBothWays } from './lib.mjs';
 
 // Node 20 has no global WebSocket; @xmpp/websocket expects one.
 globalThis.WebSocket ??= WebSocket;
@@ -93,19 +93,6 @@ class Client {
   }
 }
 
-function problems(c, bodies) {
-  const out = [];
-  for (const b of bodies) {
-    const n = c.received.get(b) ?? 0;
-    if (n !== 1) out.push(`${c.name} got '${b}' ${n} times`);
-  }
-  const got = c.order.filter((b) => bodies.includes(b));
-  if (got.length === bodies.length && got.some((b, i) => b !== bodies[i])) {
-    out.push(`${c.name} got messages out of order: ${got.join(',')}`);
-  }
-  return out;
-}
-
 const state = { transport: 'ws', messages, timings: {} };
 run(async () => {
   const t = state.timings;
@@ -120,31 +107,11 @@ run(async () => {
     B.login().then((j) => { t.login_b_ms = since(t0); return j; }),
   ]);
 
-  let t1 = performance.now();
-  await Promise.all([A.presence(), B.presence()]);
-  t.presence_ms = since(t1);
-
-  const runId = tag();
-  const ab = Array.from({ length: messages }, (_, i) => `a2b-${runId}-${i}`);
-  const ba = Array.from({ length: messages }, (_, i) => `b2a-${runId}-${i}`);
-
-  t1 = performance.now();
-  for (const body of ab) await A.send(state.jid_b, body);
-  await B.waitFor(ab);
-  t.a_to_b_ms = since(t1);
-
-  t1 = performance.now();
-  for (const body of ba) await B.send(state.jid_a, body);
-  await A.waitFor(ba);
-  t.b_to_a_ms = since(t1);
-
-  await sleep(300);
-  const bad = [...problems(B, ab), ...problems(A, ba)];
-  if (bad.length) throw new Error(bad.join('; '));
+  await chatBothWays(A, state.jid_a, B, state.jid_b, messages, t);
   const errors = [...A.errors, ...B.errors];
   if (errors.length) throw new Error(`client errors: ${errors.join('; ')}`);
 
-  t1 = performance.now();
+  const t1 = performance.now();
   await Promise.all([A.disconnect(), B.disconnect()]);
   t.disconnect_ms = since(t1);
   t.total_ms = since(t0);

@@ -136,6 +136,23 @@ struct Opened {
     elapsed: Duration,
 }
 
+/// Session `i`'s login (who it logs in as follows from `i`), bounded by `LOGIN_TIMEOUT`.
+fn login_of(spec: &Spec, i: usize, run_tag: u32) -> impl std::future::Future<Output = Result<Session, BenchError>> + Send + 'static {
+    let t = spec.target.clone();
+    let p = &spec.params;
+    let domain = p.domains[i % p.domains.len()].clone();
+    let n = 1 + i % p.users.max(1);
+    let user = format!("{}{n}", p.user_prefix);
+    let pass = format!("{}{n}", spec.pass_prefix);
+    let resource = format!("b{run_tag}-{i}");
+    async move {
+        match tokio::time::timeout(client::LOGIN_TIMEOUT, client::login(&t, &domain, &user, &pass, &resource)).await {
+            Ok(r) => r,
+            Err(_) => Err(BenchError::new("login_timeout", format!("no login within {:?}", client::LOGIN_TIMEOUT))),
+        }
+    }
+}
+
 /// Log in sessions `from..to`, `concurrency` at a time.
 async fn open_all(spec: &Spec, from: usize, to: usize, errors: &Arc<Errors>) -> Opened {
     let sem = Arc::new(Semaphore::new(spec.params.concurrency.max(1)));
@@ -143,20 +160,11 @@ async fn open_all(spec: &Spec, from: usize, to: usize, errors: &Arc<Errors>) -> 
     let t0 = Instant::now();
     let run_tag = std::process::id();
     for i in from..to {
-        let (sem, t) = (sem.clone(), spec.target.clone());
-        let p = &spec.params;
-        let domain = p.domains[i % p.domains.len()].clone();
-        let n = 1 + i % p.users.max(1);
-        let user = format!("{}{n}", p.user_prefix);
-        let pass = format!("{}{n}", spec.pass_prefix);
-        let resource = format!("b{run_tag}-{i}");
+        let (sem, login) = (sem.clone(), login_of(spec, i, run_tag));
         set.spawn(async move {
             let _permit = sem.acquire_owned().await;
             let start = Instant::now();
-            let r = match tokio::time::timeout(client::LOGIN_TIMEOUT, client::login(&t, &domain, &user, &pass, &resource)).await {
-                Ok(r) => r,
-                Err(_) => Err(BenchError::new("login_timeout", format!("no login within {:?}", client::LOGIN_TIMEOUT))),
-            };
+            let r = login.await;
             (i, start.elapsed(), r)
         });
     }
@@ -193,20 +201,12 @@ async fn open_idle(spec: &Spec, from: usize, to: usize, errors: &Arc<Errors>, ca
     let run_tag = std::process::id();
     let ns = client_ns(spec.target.transport);
     for i in from..to {
-        let (sem, t, tx, cancel, errors) = (sem.clone(), spec.target.clone(), tx.clone(), cancel.clone(), errors.clone());
-        let p = &spec.params;
-        let domain = p.domains[i % p.domains.len()].clone();
-        let n = 1 + i % p.users.max(1);
-        let user = format!("{}{n}", p.user_prefix);
-        let pass = format!("{}{n}", spec.pass_prefix);
-        let resource = format!("b{run_tag}-{i}");
+        let (sem, tx, cancel, errors) = (sem.clone(), tx.clone(), cancel.clone(), errors.clone());
+        let login = login_of(spec, i, run_tag);
         set.spawn(async move {
             let permit = sem.acquire_owned().await;
             let start = Instant::now();
-            let r = match tokio::time::timeout(client::LOGIN_TIMEOUT, client::login(&t, &domain, &user, &pass, &resource)).await {
-                Ok(r) => r,
-                Err(_) => Err(BenchError::new("login_timeout", format!("no login within {:?}", client::LOGIN_TIMEOUT))),
-            };
+            let r = login.await;
             drop(permit);
             match r {
                 Ok(s) => {
