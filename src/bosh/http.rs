@@ -2,7 +2,8 @@
 //! reading, CORS preflight, a harmless GET page, `Cache-Control`, and the status-code discipline
 //! (binding errors are HTTP 200 bodies; HTTP 4xx only for legacy clients created without `ver`).
 //! Session responses are gzipped when `[bosh] compression` and the request allow it
-//! (`compression`), here, so both the lean HTTP/1.1 loop and hyper send them so.
+//! (`compression`): here rather than in a layer, so the lean HTTP/1.1 loop and hyper send the
+//! same bytes.
 
 mod compression;
 
