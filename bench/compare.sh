@@ -9,7 +9,11 @@
 #   bench/compare.sh            full run (~47 min): main section 5 repeats, cluster 6, the rest 3 (growth pairs 5)
 #   bench/compare.sh --quick    smoke run (< 3 min): 1 repeat, short durations, small counts
 #   options: --out FILE (default BENCHMARKS.md at the repo root), --no-build, --keep (leave $WORK),
-#            --only main|cluster|mem|upstream (one section; the report then holds only its records)
+#            --only main|cluster|mem|upstream (one section; the report then holds only its records),
+#            --mode batch|browser|both (the main section's pingpong and flood: batch, the default,
+#            is xmpp-cm-bench's own client, window 8; browser is one stanza per BOSH request and a
+#            window of 4 (issue 17), recorded under the note main-browser; both runs each workload
+#            in both modes, and the report puts them side by side)
 #   env: BENCH_PORT_BASE (default 21000; every listener is BASE+0..99, all below 32768),
 #        BENCH_DIR (work dir; default a new /tmp/xmpp-cm-bench.XXXXXX),
 #        BENCH_PINGPONG_NICE (e.g. -10; default none), BENCH_PROSODY_GC (e.g. generational; default Prosody's)
@@ -25,7 +29,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-QUICK=0; OUT="$ROOT/BENCHMARKS.md"; BUILD=1; KEEP=0; ONLY=all
+QUICK=0; OUT="$ROOT/BENCHMARKS.md"; BUILD=1; KEEP=0; ONLY=all; MODE=batch
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -33,6 +37,7 @@ while [[ $# -gt 0 ]]; do
     --no-build) BUILD=0 ;;
     --keep) KEEP=1 ;;
     --only) ONLY=$2; shift ;;  # main | cluster | mem | upstream: run one section (for re-measuring)
+    --mode) MODE=$2; shift ;;  # batch | browser | both: how the main section's clients send
     *) echo "unknown option $1" >&2; exit 64 ;;
   esac
   shift
@@ -129,6 +134,7 @@ stop() { # name
 }
 
 case "$ONLY" in all|main|cluster|mem|upstream) ;; *) echo "--only: main, cluster, mem or upstream" >&2; exit 64 ;; esac
+case "$MODE" in batch) MODES=(batch) ;; browser) MODES=(browser) ;; both) MODES=(batch browser) ;; *) echo "--mode: batch, browser or both" >&2; exit 64 ;; esac
 for p in $C2S $PHTTP $RELAY $NXB $CM $CMADMIN $UP $RELAY_UP $CMUP $CMUPADMIN $CLHAP1 $CLHAP3 $CLHAPF \
          $(for i in 0 1 2 3; do echo $((CLHTTP + i)) $((CLADMIN + i)) $((CLPEER + i)); done); do
   port_free "$p" || { echo "port $p is in use; set BENCH_PORT_BASE" >&2; exit 1; }
@@ -329,24 +335,34 @@ for t in "${TARGETS[@]}"; do bench "$t" warmup --workload pingpong --sessions 20
 # TCP's), the order is reversed every other repeat (a drift during a repeat does not always
 # favour the same targets), each repeat has SETUP_PASSES login runs per target, and report.py
 # takes each ratio against the direct TCP run nearest in time, then the median of those ratios.
+# Browser mode (--mode browser|both, issue 17): the same pingpong and flood with one stanza per
+# BOSH request and 4 messages in flight per session, under their own note (main-browser), so
+# each ratio is against the direct TCP run of the same mode nearest in time. Logins are the same
+# in both modes (one stanza per request already), so setup runs once.
+mode_note() { [[ "$1" == browser ]] && echo main-browser || echo main; }
+mode_window() { [[ "$1" == browser ]] && echo 4 || echo 8; }
 main_block() { # setup-passes target... : the three workloads, in this order of targets, a fresh Prosody per run
-  local passes=$1 pass t; shift
+  local passes=$1 pass t m; shift
   for pass in $(seq 1 "$passes"); do
     for t in "$@"; do fresh_prosody; bench "$t" main --workload setup --sessions "$SETUP_N" --concurrency 50; done
   done
-  for t in "$@"; do
-    fresh_prosody
-    bench "$t" main --workload pingpong --sessions "$PP_N" --rate 5 --duration "$MAIN_DUR" --warmup "$WARM"
+  for m in "${MODES[@]}"; do
+    for t in "$@"; do
+      fresh_prosody
+      bench "$t" "$(mode_note "$m")" --mode "$m" --workload pingpong --sessions "$PP_N" --rate 5 --duration "$MAIN_DUR" --warmup "$WARM"
+    done
   done
-  for t in "$@"; do
-    fresh_prosody
-    bench "$t" main --workload flood --sessions "$FLOOD_N" --window 8 --duration "$MAIN_DUR" --warmup "$WARM"
+  for m in "${MODES[@]}"; do
+    for t in "$@"; do
+      fresh_prosody
+      bench "$t" "$(mode_note "$m")" --mode "$m" --workload flood --sessions "$FLOOD_N" --window "$(mode_window "$m")" --duration "$MAIN_DUR" --warmup "$WARM"
+    done
   done
 }
 want main && for rep in $(seq 1 "$MAIN_REPS"); do
   order=("${TARGETS[@]}")
   (( rep % 2 == 0 )) && order=($(printf '%s\n' "${TARGETS[@]}" | tac))
-  log "repeat $rep/$MAIN_REPS (${order[*]}): setup ($SETUP_N × $SETUP_PASSES), pingpong ($PP_N × 5/s, ${MAIN_DUR} s), flood ($FLOOD_N × window 8, ${MAIN_DUR} s)"
+  log "repeat $rep/$MAIN_REPS (${order[*]}): setup ($SETUP_N × $SETUP_PASSES), pingpong ($PP_N × 5/s, ${MAIN_DUR} s), flood ($FLOOD_N × window 8, ${MAIN_DUR} s); modes: ${MODES[*]}"
   main_block "$SETUP_PASSES" "${order[@]}"
 done
 
@@ -667,7 +683,7 @@ fi
 MACHINE="$(nproc) cores, $(awk '/model name/{$1=$2=$3="";print;exit}' /proc/cpuinfo | sed 's/^ *//'), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
 VERSIONS="prosody $(dpkg-query -W -f '${Version}' prosody 2>/dev/null || echo '?'), node $(node --version), node-xmpp-bosh $(node -p "require('$ROOT/bench/node_modules/node-xmpp-bosh/package.json').version"), xmpp-cm $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
 want cluster && VERSIONS+=", haproxy $(dpkg-query -W -f '${Version}' haproxy 2>/dev/null || "$HAPROXY" -v | head -1 | awk '{print $3}')"
-CMDLINE="bench/compare.sh"; (( QUICK )) && CMDLINE+=" --quick"; [[ "$ONLY" != all ]] && CMDLINE+=" --only $ONLY"
+CMDLINE="bench/compare.sh"; (( QUICK )) && CMDLINE+=" --quick"; [[ "$ONLY" != all ]] && CMDLINE+=" --only $ONLY"; [[ "$MODE" != batch ]] && CMDLINE+=" --mode $MODE"
 python3 "$ROOT/bench/report.py" "$RESULTS" "$OUT" --machine "$MACHINE" --versions "$VERSIONS" --command "$CMDLINE" --reps "$REPS" --main-reps "$MAIN_REPS" --focus-reps "$FOCUS_REPS" --setup-passes "$SETUP_PASSES" --main-dur "$MAIN_DUR" --skipped "$SKIPPED" --fd-limit "$FDMAX"
 cp "$RESULTS" "$WORK/results-$(date +%Y%m%d-%H%M%S).jsonl"
 log "wrote $OUT (records in $RESULTS)"

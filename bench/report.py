@@ -151,6 +151,33 @@ w("Pingpong latency is timed from each message's *intended* send time (a fixed s
   "from the moment the generator actually wrote the message, and \"generator lag\" is how late it wrote (write − intended): "
   "when the lag is a large part of p99 (⚠: over half), the figure measures the machine, not the target.\n")
 
+# ---------------------------------------------------------------- browser-like clients (issue 17)
+# bench/compare.sh --mode browser|both: the main section's pingpong and flood again with one
+# stanza per BOSH request and 4 messages in flight per session (note main-browser); each ratio is
+# against the direct TCP run of the same mode nearest in time.
+MODES = [("batch", "main"), ("browser", "main-browser")]
+if any(r["note"] == "main-browser" for r in recs):
+    PCPU = lambda r: r["cpu_ms_per_1000_msgs"].get("prosody")
+    XCPU = lambda r: r["cpu_ms_per_1000_msgs"].get("proxy")
+    w("## Batching and browser-like clients side by side (issue 17)\n")
+    w("`batch` is xmpp-cm-bench's own client (a BOSH request carries every stanza queued while both requests were busy; "
+      "flood window 8); `browser` sends one stanza per BOSH request with 4 messages in flight per session, as the "
+      "independent generator of issue 17 did. WebSocket is one stanza per frame in both; TCP targets differ only in the window. "
+      "Ratios and differences are against the direct TCP run of the same mode nearest in time.\n")
+    cols = ["flood msg/s", "× direct", "Δp50 ms vs direct", "proxy CPU-ms / 1k msgs", "Prosody CPU / msg × direct", "errors"]
+    w("| target | " + " | ".join(f"{c} ({m})" for c in cols for m, _ in MODES) + " |")
+    w("|---|" + "---|" * (len(cols) * len(MODES)))
+    for t in TARGETS:
+        cells = []
+        cells += [fmt(med(n, t, "flood", TP), "{:,.0f}") for _, n in MODES]
+        cells += [fmt(pratio(n, t, "flood", TP), "{:.2f}×") for _, n in MODES]
+        cells += [fmt(pdiff(n, t, "pingpong", P50), "{:+.3f}") for _, n in MODES]
+        cells += [fmt(med(n, t, "flood", XCPU), "{:.0f}") for _, n in MODES]
+        cells += [fmt(pratio(n, t, "flood", PCPU), "{:.2f}×") for _, n in MODES]
+        cells += [str(sum(errs(n, t, wl)[0] for wl in ("pingpong", "flood"))) for _, n in MODES]
+        w(f"| {NAMES[t]} | " + " | ".join(cells) + " |")
+    w("")
+
 # ---------------------------------------------------------------- growth records
 # growth-base: pingpong alone on a fresh Prosody/proxy; growth: the same with idle sessions held
 # (right after, same processes). Older result files have no growth-base: fall back to main.
@@ -542,14 +569,19 @@ if not any_err:
 w("\n## How to reproduce\n")
 w("```\nbench/compare.sh            # full (~47 min): with Prosody 5 repeats (+6 of direct TCP and xmpp-cm), 6 s windows; cluster (HAProxy → 1 and 3 replicas) 6 repeats; elsewhere 3 repeats, 10 s windows, 1k idle, growth at up to 10k idle (by open files; 5 pairs against the bench upstream), 100k idle (bench/scale.sh when one process cannot hold them)\n"
   "bench/compare.sh --quick    # smoke (< 3 min): 1 repeat, 2 s windows, small counts\n"
-  "bench/compare.sh --only cluster   # the cluster section alone (~7 min; needs haproxy): 6 repeats, 6 s windows\n```\n")
+  "bench/compare.sh --only cluster   # the cluster section alone (~7 min; needs haproxy): 6 repeats, 6 s windows\n"
+  "bench/compare.sh --only main --mode both   # the Prosody section with batching and browser-like clients side by side (issue 17): pingpong and flood run in both modes\n"
+  "bench/compare.sh --quick --only main --mode browser   # smoke of the browser mode alone\n```\n")
+w("`--mode browser` runs `xmpp-cm-bench run --mode browser`: one stanza per BOSH request (WebSocket is one stanza per frame in "
+  "every mode) and a flood window of 4 messages per session (`--window` overrides it); its records carry the note `main-browser` "
+  "and `params.mode`.\n")
 w("Each run is one `xmpp-cm-bench run …` command; the exact commands of this report:\n")
 w("```")
 seen = set()
 for r in recs:
     if "params" not in r:  # bench/scale.sh's summary record
         continue
-    key = (r["note"], r["label"], r["workload"], r["params"]["idle_sessions"])
+    key = (r["note"], r["label"], r["workload"], r["params"]["idle_sessions"], r["params"].get("mode", "batch"))
     if key in seen or r["note"] == "warmup":
         continue
     seen.add(key)
@@ -559,6 +591,8 @@ for r in recs:
         cmd += f" --idle-sessions {p['idle_sessions']}"
     if r["workload"] in ("pingpong",):
         cmd += f" --rate {p['rate_per_session']:g}"
+    if p.get("mode", "batch") != "batch":
+        cmd += f" --mode {p['mode']}"
     if r["workload"] == "flood":
         cmd += f" --window {p['window']}"
     if r["workload"] != "setup":

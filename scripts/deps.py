@@ -15,7 +15,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 LAYERS = [
     # Ground: configuration, errors, metrics, limits, XML, and the pure BOSH pieces.
     ["lib.rs", "config.rs", "error.rs", "metrics/", "shutdown.rs", "limits.rs", "relay.rs", "xml/",
-     "bosh/mod.rs", "bosh/body.rs", "bosh/body/", "bosh/window.rs", "bosh/core.rs", "bosh/core/",
+     "bosh/mod.rs", "bosh/body.rs", "bosh/body/", "bosh/http/", "bosh/window.rs", "bosh/core.rs", "bosh/core/",
      "bosh/exchange.rs", "bosh/registry.rs",
      "front/client_ip.rs", "front/tls.rs"],
     # The upstream stream and the cluster's sids and hop; the configuration in force.

@@ -165,7 +165,23 @@ pub struct Bosh {
     pub default_domain: String,
     /// How often the same rid may be repeated before `policy-violation`.
     pub max_rid_repeats: u32,
+    /// HTTP compression of responses for clients whose `Accept-Encoding` allows it: `gzip`
+    /// (the default) or `off`. It costs CPU and memory only while a response is encoded.
+    pub compression: Compression,
+    /// Smallest response body that is compressed, bytes (at least 64).
+    pub compression_min_bytes: usize,
 }
+
+/// `[bosh] compression`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Off,
+    Gzip,
+}
+
+/// Below this a gzip member (18 bytes of framing) rarely saves what it costs.
+pub const MIN_COMPRESSION_BYTES: usize = 64;
 
 impl Default for Bosh {
     fn default() -> Self {
@@ -178,6 +194,8 @@ impl Default for Bosh {
             max_body_bytes: 262_144,
             default_domain: String::new(),
             max_rid_repeats: 10,
+            compression: Compression::Gzip,
+            compression_min_bytes: 1024,
         }
     }
 }
@@ -523,6 +541,9 @@ impl Config {
         if self.bosh.max_body_bytes < 1024 {
             return err("bosh.max_body_bytes must be at least 1024".into());
         }
+        if self.bosh.compression_min_bytes < MIN_COMPRESSION_BYTES {
+            return err(format!("bosh.compression_min_bytes must be at least {MIN_COMPRESSION_BYTES} (smaller bodies do not shrink)"));
+        }
         let pp = &self.polling.path;
         if !pp.starts_with('/') || !pp.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b';' | b',')) {
             return err(format!("polling.path: '{pp}' must start with '/' and hold no space, ';' or ','"));
@@ -684,6 +705,18 @@ mod tests {
         });
     }
 
+    /// Issue 17: gzip on by default, off and the threshold settable from the file.
+    #[test]
+    fn bosh_compression_settings() {
+        assert_eq!((Bosh::default().compression, Bosh::default().compression_min_bytes), (Compression::Gzip, 1024));
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[bosh]\ncompression = 'off'\ncompression_min_bytes = 64\n")?;
+            let c = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.0)?;
+            assert_eq!((c.bosh.compression, c.bosh.compression_min_bytes), (Compression::Off, 64));
+            Ok(())
+        });
+    }
+
     #[test]
     fn bad_values_have_one_line_reasons() {
         let cases: &[(&str, &str)] = &[
@@ -701,6 +734,8 @@ mod tests {
             ("[polling]\ninactivity = 0\n", "polling.inactivity"),
             ("[polling]\nenabled = 'yes'\n", "enabled"),
             ("[polling]\nunknown_key = 1\n", "unknown_key"),
+            ("[bosh]\ncompression = 'br'\n", "compression"),
+            ("[bosh]\ncompression_min_bytes = 10\n", "bosh.compression_min_bytes"),
         ];
         for (toml, want) in cases {
             figment::Jail::expect_with(|jail| {
@@ -723,14 +758,14 @@ mod tests {
         let short = dir.path().join("short.key");
         std::fs::write(&short, "only-31-bytes-long-after-trim!!\n\n").unwrap();
         let cluster = |secret: &std::path::Path, listen: &str, advertise: &str, cidrs: &[&str]| {
-            let mut c = Config::default();
-            c.cluster = Cluster {
+            let cluster = Cluster {
                 secret_file: secret.to_str().unwrap().into(),
                 listen: listen.into(),
                 advertise: advertise.into(),
                 peer_cidrs: cidrs.iter().map(|s| s.to_string()).collect(),
                 ..Cluster::default()
             };
+            let c = Config { cluster, ..Config::default() };
             c.validate().err().map(|e| e.0)
         };
         assert_eq!(cluster(&good, "0.0.0.0:5281", "10.1.2.3:5281", &["10.0.0.0/8"]), None);

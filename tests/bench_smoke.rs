@@ -81,7 +81,8 @@ fn bench_tool_runs_against_its_own_upstream() {
 }
 
 /// The generator's BOSH and WebSocket clients, through xmpp-cm (plaintext upstream) to the
-/// bench upstream: logins, a pingpong and a flood, messages back and no error (none lost).
+/// bench upstream: logins, a pingpong and a flood in each client mode (`batch`, and `browser`:
+/// one stanza per BOSH request, window 4), messages back and no error (none lost).
 #[test]
 fn bench_tool_drives_bosh_and_websocket_through_xmpp_cm() {
     let (up, addr) = start_upstream();
@@ -94,9 +95,14 @@ fn bench_tool_drives_bosh_and_websocket_through_xmpp_cm() {
     let cm = support::xmpp_cm::XmppCm::start(&toml);
     let watch = format!("proxy={}", cm.pid());
     for (transport, target) in [("bosh", cm.bosh_url()), ("ws", cm.ws_url())] {
-        for workload in ["pingpong", "flood"] {
-            let r = run_over(transport, &target, &["--workload", workload, "--sessions", "4", "--duration", "1", "--warmup", "0.2", "--rate", "20", "--pid", &watch]);
-            let what = format!("{transport} {workload}: {r}\n--- xmpp-cm log ---\n{}", cm.log());
+        for (mode, workload) in [("batch", "pingpong"), ("batch", "flood"), ("browser", "pingpong"), ("browser", "flood")] {
+            let args = ["--mode", mode, "--workload", workload, "--sessions", "4", "--duration", "1", "--warmup", "0.2", "--rate", "20", "--pid", &watch];
+            let r = run_over(transport, &target, &args);
+            let what = format!("{transport} {mode} {workload}: {r}\n--- xmpp-cm log ---\n{}", cm.log());
+            assert_eq!(r["params"]["mode"], mode, "{what}");
+            if workload == "flood" {
+                assert_eq!(r["params"]["window"], if mode == "browser" { 4 } else { 8 }, "the mode's default window: {what}");
+            }
             assert_eq!(r["errors_total"], 0, "{what}");
             assert_eq!(r["logins"]["ok"], 4, "{what}");
             // A message that never comes back is counted as a `lost` error (errors_total above);

@@ -1,6 +1,11 @@
 //! The HTTP edge of BOSH (XEP-0124 §5, CHECKLIST §5): POST bodies with a size cap enforced while
 //! reading, CORS preflight, a harmless GET page, `Cache-Control`, and the status-code discipline
 //! (binding errors are HTTP 200 bodies; HTTP 4xx only for legacy clients created without `ver`).
+//! Session responses are gzipped when `[bosh] compression` and the request allow it
+//! (`compression`): here rather than in a layer, so the lean HTTP/1.1 loop and hyper send the
+//! same bytes.
+
+mod compression;
 
 use std::sync::Arc;
 
@@ -54,8 +59,13 @@ pub async fn post(State(state): State<Arc<AppState>>, req: axum::extract::Reques
         Err(e) => return pre_session(200, &e, cors),
     };
     let client = crate::front::client_ip::client_addr(&ext);
+    let encoding = compression::Encoding::negotiate(&config.bosh, &headers);
     drop((headers, ext, config));
-    respond(answer(&state, bytes, req, client, false).await, cors)
+    let mut reply = answer(&state, bytes, req, client, false).await;
+    let encoded = encoding.encode(&mut reply.body);
+    let mut r = respond(reply, cors);
+    encoding.mark(r.headers_mut(), encoded);
+    r
 }
 
 /// A parsed BOSH request, from a client or (`forwarded`) over the cluster hop: create a

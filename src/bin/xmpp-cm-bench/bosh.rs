@@ -1,7 +1,7 @@
 //! A BOSH (XEP-0124/0206) client session as a browser library runs one: `hold=1`, so at most
 //! two requests in flight on at most two keep-alive HTTP/1.1 connections, one request always
 //! held open for the server to answer with stanzas, stanzas queued while both are busy and sent
-//! together in the next body.
+//! together in the next body (`--mode batch`) or one per body (`--mode browser`).
 //!
 //! Like a page's event loop, the session runs in the caller's task: `send` only queues, and
 //! `recv` hands out the stanzas of a response one by one and sends the next request (queued
@@ -37,7 +37,8 @@ pub struct BoshConn {
     /// Idle keep-alive connections (at most two exist).
     idle: Vec<HttpConn>,
     inflight: FuturesUnordered<Inflight>,
-    pending: Vec<u8>,
+    /// Stanzas not sent yet, one entry per `send`.
+    pending: VecDeque<Vec<u8>>,
     restart: bool,
     created: bool,
     /// Stanzas of responses not yet taken by the caller.
@@ -58,7 +59,7 @@ impl BoshConn {
             rid,
             idle: Vec::new(),
             inflight: FuturesUnordered::new(),
-            pending: Vec::new(),
+            pending: VecDeque::new(),
             restart: false,
             created: false,
             events: VecDeque::new(),
@@ -71,7 +72,7 @@ impl BoshConn {
         if self.dead {
             return Err(BenchError::new("closed", "BOSH session ended"));
         }
-        self.pending.extend_from_slice(data);
+        self.pending.push_back(data.to_vec());
         Ok(())
     }
 
@@ -140,7 +141,10 @@ impl BoshConn {
                 String::new()
             };
             let mut body = format!("<body rid='{}' sid='{}' xmlns='{NS}'{restart}>", self.rid, sid).into_bytes();
-            body.append(&mut self.pending);
+            let n = self.pending.len().min(self.t.mode.stanzas_per_request());
+            for stanza in self.pending.drain(..n) {
+                body.extend_from_slice(&stanza);
+            }
             body.extend_from_slice(b"</body>");
             self.rid += 1;
             self.post(body);

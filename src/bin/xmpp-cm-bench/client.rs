@@ -46,6 +46,36 @@ pub enum Transport {
     Ws,
 }
 
+/// How a client spreads its stanzas over the wire (`--mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientMode {
+    /// What this generator has always done: a BOSH request carries every stanza queued while
+    /// both requests were busy; the flood keeps 8 messages per session in flight.
+    Batch,
+    /// What a page in a browser does as issue 17 measured it: one stanza per BOSH request
+    /// (WebSocket, RFC 7395, is one stanza per frame in both modes) and a small window (4).
+    Browser,
+}
+
+impl ClientMode {
+    /// The flood's messages in flight per session when `--window` is not given.
+    pub fn default_window(self) -> usize {
+        match self {
+            ClientMode::Batch => 8,
+            ClientMode::Browser => 4,
+        }
+    }
+
+    /// At most this many stanzas in one BOSH request body.
+    pub fn stanzas_per_request(self) -> usize {
+        match self {
+            ClientMode::Batch => usize::MAX,
+            ClientMode::Browser => 1,
+        }
+    }
+}
+
 /// Where and how sessions connect; shared by all sessions of a run.
 pub struct Target {
     pub transport: Transport,
@@ -58,6 +88,7 @@ pub struct Target {
     pub url: String,
     pub bosh_route: Option<String>,
     pub bosh_wait: u32,
+    pub mode: ClientMode,
     pub sources: Sources,
 }
 

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use client::{Target, Transport};
+use client::{ClientMode, Target, Transport};
 use workload::{Params, Spec, Workload};
 
 #[derive(Parser)]
@@ -90,9 +90,13 @@ struct RunArgs {
     /// Messages per second per session (pingpong).
     #[arg(long, default_value_t = 5.0)]
     rate: f64,
-    /// Messages in flight per session (flood).
-    #[arg(long, default_value_t = 8)]
-    window: usize,
+    /// How stanzas go on the wire: `batch` (a BOSH body carries every queued stanza) or
+    /// `browser` (one stanza per BOSH request; WebSocket is one per frame either way).
+    #[arg(long, value_enum, default_value_t = ClientMode::Batch)]
+    mode: ClientMode,
+    /// Messages in flight per session (flood; default 8 in batch mode, 4 in browser mode).
+    #[arg(long)]
+    window: Option<usize>,
     /// XMPP domain(s), comma separated; session i uses domain i mod n.
     #[arg(long, default_value = "localhost")]
     domain: String,
@@ -202,7 +206,8 @@ async fn run(a: RunArgs, fd_limit: u64) {
         duration_s: a.duration,
         warmup_s: a.warmup,
         rate_per_session: a.rate,
-        window: a.window,
+        window: a.window.unwrap_or(a.mode.default_window()),
+        mode: a.mode,
         domains,
         user_prefix: a.user_prefix.clone(),
         users: a.users.unwrap_or(a.sessions + a.idle_sessions).max(1),
@@ -220,6 +225,7 @@ async fn run(a: RunArgs, fd_limit: u64) {
         url: a.target.clone(),
         bosh_route: a.bosh_route.clone(),
         bosh_wait: a.bosh_wait,
+        mode: a.mode,
         sources,
     });
     let spec = Spec {

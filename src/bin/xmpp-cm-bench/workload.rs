@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{self, client_ns, BenchError, Session, Target, Transport};
+use crate::client::{self, client_ns, BenchError, ClientMode, Session, Target, Transport};
 use crate::pace;
 use crate::stats::{self, round3, Errors, Latency, ProcReport, Samples, Settled, Watch, Watched};
 use crate::xml;
@@ -37,6 +37,8 @@ pub struct Params {
     pub warmup_s: f64,
     pub rate_per_session: f64,
     pub window: usize,
+    /// `--mode`: how stanzas are spread over BOSH requests.
+    pub mode: ClientMode,
     pub domains: Vec<String>,
     pub user_prefix: String,
     pub users: usize,
@@ -601,7 +603,18 @@ pub async fn run(spec: Spec) -> Record {
 pub fn table(r: &Record) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let _ = writeln!(s, "== {} [{}] {:?} {:?} → {}{}", r.label, r.tool, r.transport, r.workload, r.target, if r.note.is_empty() { String::new() } else { format!("  ({})", r.note) });
+    let _ = writeln!(
+        s,
+        "== {} [{}] {:?} {:?} ({:?} mode, window {}) → {}{}",
+        r.label,
+        r.tool,
+        r.transport,
+        r.workload,
+        r.params.mode,
+        r.params.window,
+        r.target,
+        if r.note.is_empty() { String::new() } else { format!("  ({})", r.note) }
+    );
     let _ = writeln!(
         s,
         "sessions {} (+{} idle), logins ok {} failed {}, {:.1} logins/s over {:.2} s, login p50 {:.2} ms p99 {:.2} ms",
