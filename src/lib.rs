@@ -10,7 +10,8 @@
 //! - [`front`]: the public edge: accept, TLS, HTTP/1.1 (lean loop) or hyper, or Direct TLS;
 //!   the client address after the trusted-proxy rules ([`front::client_ip`]).
 //! - [`state`]: what every transport shares ([`state::AppState`]).
-//! - [`bosh`]: the BOSH transport (body parser, rid window, session task, registry, HTTP handler).
+//! - [`bosh`]: the BOSH transport (body parser, rid window, the session's rules as a pure state
+//!   machine `bosh::core`, the session task that runs it, registry, HTTP handler).
 //! - [`websocket`]: the RFC 7395 transport (and legacy `<stream:stream>` framing);
 //!   [`passthrough`]: XEP-0368 Direct TLS clients, framed and handed to the WebSocket session.
 //! - [`polling`]: legacy HTTP polling (XEP-0025, obsolete), served only with `[polling] enabled`.
