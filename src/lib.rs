@@ -75,3 +75,16 @@ pub(crate) fn fuzz_seeds(corpus: &str) -> Vec<Vec<u8>> {
     out.sort();
     out
 }
+
+/// A seed of `corpus` ([`fuzz_seeds`]) picked by `pick`, with a few bytes replaced (`edits`):
+/// the fuzz targets' mutations in miniature. `None` when the corpus has no seeds.
+#[cfg(test)]
+pub(crate) fn mutated_seed(corpus: &str, pick: proptest::sample::Index, edits: &[(proptest::sample::Index, u8)]) -> Option<Vec<u8>> {
+    let seeds = fuzz_seeds(corpus);
+    let mut s = seeds.get(pick.index(seeds.len().max(1)))?.clone();
+    for (at, b) in edits {
+        let i = at.index(s.len());
+        s[i] = *b;
+    }
+    Some(s)
+}

@@ -390,14 +390,9 @@ mod fuzz_smoke {
 
         #[test]
         fn mutated_seeds(pick in any::<prop::sample::Index>(), edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6)) {
-            let seeds = seeds();
-            prop_assume!(!seeds.is_empty());
-            let mut s = seeds[pick.index(seeds.len())].clone();
-            for (at, b) in edits {
-                let i = at.index(s.len());
-                s[i] = b;
-            }
-            run(&s);
+            let s = crate::mutated_seed("ws_message", pick, &edits);
+            prop_assume!(s.is_some());
+            run(&s.unwrap_or_default());
         }
     }
 }

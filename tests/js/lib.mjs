@@ -146,3 +146,28 @@ export async function chatBothWays(A, jidA, B, jidB, messages, t) {
   const bad = [...deliveryProblems(B, ab), ...deliveryProblems(A, ba)];
   if (bad.length) throw new Error(bad.join('; '));
 }
+
+/** The options both chat scripts share: the two accounts, message count, step timeout, debug. */
+export function chatOptions(args) {
+  const domain = typeof args.domain === 'string' ? args.domain : 'localhost';
+  const accA = account(args.a ?? 'alice:alicepass', '--a');
+  const accB = account(args.b ?? 'bob:bobpass', '--b');
+  const messages = Number.parseInt(args.messages ?? '1', 10);
+  const stepMs = Number.parseInt(args['step-timeout'] ?? '15000', 10);
+  if (!(messages >= 1)) usage('--messages must be >= 1');
+  return { domain, accA, accB, messages, stepMs, debug: !!args.debug };
+}
+
+/** Resolve once client `c` (its `received` set, `onMessage` hook, `name`) has received every
+ * body in `bodies` at least once; fail after `stepMs` saying how many are missing. */
+export function waitForBodies(c, bodies, stepMs) {
+  const done = deferred();
+  const check = () => {
+    if (bodies.every((b) => c.received.has(b))) done.resolve();
+  };
+  c.onMessage = check;
+  check();
+  const missing = () => bodies.filter((b) => !c.received.has(b)).length;
+  return within(stepMs, `${c.name} receiving ${bodies.length} messages`, done.promise)
+    .catch((e) => { throw new Error(`${e.message} (${missing()} missing)`); });
+}

@@ -8,7 +8,7 @@
 // available), sends `--messages` A→B and B→A chat messages with unique bodies to full JIDs,
 // checks every one arrives exactly once and in order, then disconnects both cleanly.
 // Prints {"ok":…, "timings":{…}, …} on one line; exit 0 on success.
-import { parseArgs, usage, account, since, run, chatBothWays } from './lib.mjs';
+import { parseArgs, usage, since, run, chatBothWays, chatOptions } from './lib.mjs';
 import { stropheLogging } from './strophe-env.mjs';
 import { StropheClient } from './strophe-client.mjs';
 
@@ -23,13 +23,7 @@ for (const [t, u, flag] of [[transport, url, '--transport'], [transportB, urlB, 
   // strophe picks its transport from the URL scheme; refuse a contradiction rather than test the wrong thing.
   if (schemeOf(u) !== t) usage(`${flag} ${t} does not match URL ${u}`);
 }
-const domain = typeof args.domain === 'string' ? args.domain : 'localhost';
-const accA = account(args.a ?? 'alice:alicepass', '--a');
-const accB = account(args.b ?? 'bob:bobpass', '--b');
-const messages = Number.parseInt(args.messages ?? '1', 10);
-const stepMs = Number.parseInt(args['step-timeout'] ?? '15000', 10);
-const debug = !!args.debug;
-if (!(messages >= 1)) usage('--messages must be >= 1');
+const { domain, accA, accB, messages, stepMs, debug } = chatOptions(args);
 stropheLogging(debug);
 
 const state = { transport, transport_b: transportB, messages, timings: {} };

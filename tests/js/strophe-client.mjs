@@ -1,6 +1,6 @@
 // A strophe.js connection wrapped for test scripts: bounded login, presence reflection,
 // message bookkeeping (exactly-once and order checks) and bounded disconnect.
-import { within, deferred, tag, log, deliveryProblems } from './lib.mjs';
+import { within, deferred, tag, log, deliveryProblems, waitForBodies } from './lib.mjs';
 import { Strophe, $pres, $msg, statusName } from './strophe-env.mjs';
 
 const FAIL_STATES = new Set([
@@ -84,15 +84,7 @@ export class StropheClient {
 
   /** Resolve once every body in `bodies` has been received at least once. */
   waitFor(bodies) {
-    const done = deferred();
-    const check = () => {
-      if (bodies.every((b) => this.received.has(b))) done.resolve();
-    };
-    this.onMessage = check;
-    check();
-    const missing = () => bodies.filter((b) => !this.received.has(b)).length;
-    return within(this.stepMs, `${this.name} receiving ${bodies.length} messages`, done.promise)
-      .catch((e) => { throw new Error(`${e.message} (${missing()} missing)`); });
+    return waitForBodies(this, bodies, this.stepMs);
   }
 
   /** Clean disconnect (unavailable presence, </close> or BOSH terminate); bounded. */

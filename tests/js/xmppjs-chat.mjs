@@ -7,7 +7,7 @@
 // proxy must treat as jabber:client. Its automatic reconnect is switched off: a drop must fail
 // the run, not be papered over. Prints one JSON line; exit 0 on success.
 import WebSocket from 'ws';
-import { parseArgs, usage, account, within, sleep, deferred, since, tag, log, run, chatBothWays } from './lib.mjs';
+import { parseArgs, usage, within, deferred, since, tag, log, run, chatBothWays, chatOptions, waitForBodies } from './lib.mjs';
 
 // Node 20 has no global WebSocket; @xmpp/websocket expects one.
 globalThis.WebSocket ??= WebSocket;
@@ -17,13 +17,7 @@ const args = parseArgs();
 const url = typeof args.url === 'string' ? args.url : usage('--url is required');
 const urlB = typeof args['url-b'] === 'string' ? args['url-b'] : url;
 for (const u of [url, urlB]) if (!/^wss?:/.test(u)) usage(`xmpp.js has no BOSH: ${u} is not ws:// or wss://`);
-const domain = typeof args.domain === 'string' ? args.domain : 'localhost';
-const accA = account(args.a ?? 'alice:alicepass', '--a');
-const accB = account(args.b ?? 'bob:bobpass', '--b');
-const messages = Number.parseInt(args.messages ?? '1', 10);
-const stepMs = Number.parseInt(args['step-timeout'] ?? '15000', 10);
-const debug = !!args.debug;
-if (!(messages >= 1)) usage('--messages must be >= 1');
+const { domain, accA, accB, messages, stepMs, debug } = chatOptions(args);
 
 class Client {
   constructor(name, service, acc) {
@@ -76,15 +70,7 @@ class Client {
   }
 
   waitFor(bodies) {
-    const done = deferred();
-    const check = () => {
-      if (bodies.every((b) => this.received.has(b))) done.resolve();
-    };
-    this.onMessage = check;
-    check();
-    const missing = () => bodies.filter((b) => !this.received.has(b)).length;
-    return within(stepMs, `${this.name} receiving ${bodies.length} messages`, done.promise)
-      .catch((e) => { throw new Error(`${e.message} (${missing()} missing)`); });
+    return waitForBodies(this, bodies, stepMs);
   }
 
   async disconnect() {

@@ -305,13 +305,10 @@ async fn drive(mut s: Session, mode: Mode, ns: &'static str, start: Instant, end
                 tokio::select! {
                     d = due.recv(), if sending => match d {
                         Some(intended) => {
-                            seq += 1;
-                            let wrote = Instant::now();
-                            inflight.push_back((seq, intended, wrote));
-                            if let Err(e) = s.conn.send(msg(seq).as_bytes()).await {
-                                fail(e, &errors);
-                                return (None, t);
-                            }
+                            let wrote = match send_next(&mut s.conn, &msg, &mut seq, &mut inflight, Some(intended)).await {
+                                Ok(w) => w,
+                                Err(e) => { fail(e, &errors); return (None, t); }
+                            };
                             if intended >= start && intended < end {
                                 t.sent += 1;
                                 t.lag.push(wrote - intended);
@@ -330,10 +327,7 @@ async fn drive(mut s: Session, mode: Mode, ns: &'static str, start: Instant, end
         Mode::Flood { window } => {
             // One stanza per send: RFC 7395 allows exactly one stanza per WebSocket message.
             for _ in 0..window {
-                seq += 1;
-                let now = Instant::now();
-                inflight.push_back((seq, now, now));
-                if let Err(e) = s.conn.send(msg(seq).as_bytes()).await {
+                if let Err(e) = send_next(&mut s.conn, &msg, &mut seq, &mut inflight, None).await {
                     fail(e, &errors);
                     return (None, t);
                 }
@@ -352,10 +346,7 @@ async fn drive(mut s: Session, mode: Mode, ns: &'static str, start: Instant, end
                         let before = inflight.len();
                         on_frame(&f, &mut inflight, start, end, &mut t, false);
                         if inflight.len() < before && Instant::now() < end {
-                            seq += 1;
-                            let now = Instant::now();
-                            inflight.push_back((seq, now, now));
-                            if let Err(e) = s.conn.send(msg(seq).as_bytes()).await {
+                            if let Err(e) = send_next(&mut s.conn, &msg, &mut seq, &mut inflight, None).await {
                                 fail(e, &errors);
                                 return (None, t);
                             }
@@ -374,6 +365,16 @@ async fn drive(mut s: Session, mode: Mode, ns: &'static str, start: Instant, end
         errors.add(&BenchError::new("lost", format!("{} message(s) never came back", inflight.len())));
     }
     (Some(s), t)
+}
+
+/// Send the next numbered message and note it in flight with its intended send time (the write
+/// time when none was scheduled) and the write time, which is returned.
+async fn send_next(conn: &mut client::Conn, msg: &impl Fn(u64) -> String, seq: &mut u64, inflight: &mut VecDeque<InFlight>, intended: Option<Instant>) -> Result<Instant, BenchError> {
+    *seq += 1;
+    let wrote = Instant::now();
+    inflight.push_back((*seq, intended.unwrap_or(wrote), wrote));
+    conn.send(msg(*seq).as_bytes()).await?;
+    Ok(wrote)
 }
 
 fn on_frame(f: &[u8], inflight: &mut VecDeque<InFlight>, start: Instant, end: Instant, t: &mut Tally, ping: bool) {
