@@ -373,7 +373,9 @@ mod tests {
         let fut = connection(tcp, peer, edge, CancellationToken::new());
         let size = std::mem::size_of_val(&fut);
         eprintln!("connection future: {size} bytes");
-        assert!(size <= 2048, "connection future is {size} bytes");
+        // 1,728 bytes until issue 17; 1,008 with h1's `Request` built outside the loop's
+        // future and its rare and short states (431, a body still arriving, the write) boxed.
+        assert!(size <= 1008, "connection future is {size} bytes");
     }
 
     /// Small reads (tungstenite's) get every byte in order, big ones too, and the bytes one
