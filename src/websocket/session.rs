@@ -213,6 +213,7 @@ where
     /// Not an `async fn`: its future would keep `self` twice (the argument and the body's own
     /// binding of it, ~900 bytes each) for the session's whole life. The block keeps the one
     /// it captured.
+    #[allow(clippy::manual_async_fn)]
     pub(super) fn run(mut self) -> impl std::future::Future<Output = ()> + Send {
         async move {
             let ending = self.drive().await;
