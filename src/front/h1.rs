@@ -174,7 +174,8 @@ where
                     Parsed::Partial => {}
                     Parsed::Handoff => return Outcome::Handoff(buf),
                     Parsed::TooLarge => {
-                        let _ = write_simple(io, hyper::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE).await;
+                        // Boxed, like every rare state: the task is sized by its largest state.
+                        let _ = Box::pin(write_simple(io, hyper::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)).await;
                         return Outcome::Done;
                     }
                 }
@@ -190,38 +191,14 @@ where
             }
         };
         // ---- the request, with its body as far as it has arrived
-        let Head { method, uri, headers, len, content_length, close } = head;
-        let have = (buf.len() - len).min(content_length);
-        let first = Bytes::copy_from_slice(&buf[len..len + have]);
-        buf.drain(..len + have);
-        if buf.is_empty() {
-            // A held BOSH request waits up to `wait` seconds: hold no buffer meanwhile.
-            buf = Vec::new();
-        }
-        let missing = content_length - have;
-        let (body, feeder) = if missing == 0 {
-            (Body::from(first), None)
-        } else {
-            // The rest streams to the handler as it arrives, so its own limits and deadline
-            // (http.body_read_timeout → 408) apply unchanged.
-            let (tx, rx) = mpsc::channel(2);
-            let _ = tx.try_send(first);
-            (Body::new(ChannelBody { rx, missing: content_length }), Some(tx))
-        };
-        let head_only = method == Method::HEAD;
-        let mut req = Request::new(body);
-        *req.method_mut() = method;
-        *req.uri_mut() = uri;
-        *req.version_mut() = Version::HTTP_11;
-        *req.headers_mut() = headers;
-        super::tag_client(&edge.state.trusted(), peer, secure, &mut req);
+        let Prepared { req, feeder, close, head_only } = request(head, &mut buf, peer, secure, edge);
         let call = edge.router.clone().oneshot(req);
         let (response, body_complete) = match feeder {
             None => (call.await, true),
-            Some(tx) => {
+            Some((tx, missing)) => {
                 let mut call = std::pin::pin!(call);
-                let feed = feed_body(io, &mut buf, tx, missing);
-                let mut feed = std::pin::pin!(feed);
+                // Boxed: only a body that did not arrive with its head takes this path.
+                let mut feed = Box::pin(feed_body(io, &mut buf, tx, missing));
                 let mut fed: Option<bool> = None;
                 let r = loop {
                     tokio::select! {
@@ -238,7 +215,9 @@ where
         };
         // ---- the answer
         let keep = !close && body_complete && !stop.is_cancelled();
-        if write_response(io, response, head_only, keep).await.is_err() || !keep {
+        // Boxed: it lasts one write, and inline it would be the largest state of a connection
+        // that spends its life waiting for a request or on a held one.
+        if Box::pin(write_response(io, response, head_only, keep)).await.is_err() || !keep {
             return Outcome::Done;
         }
         if buf.is_empty() {
@@ -248,6 +227,49 @@ where
             head_started = Instant::now();
         }
     }
+}
+
+/// A request ready for the router.
+struct Prepared {
+    req: Request<Body>,
+    /// When part of the body is still to come: the channel to feed it through, and how many
+    /// bytes are missing.
+    feeder: Option<(mpsc::Sender<Bytes>, usize)>,
+    /// `Connection: close`.
+    close: bool,
+    head_only: bool,
+}
+
+/// The request for the router from its head and what `buf` holds of its body (taken out of
+/// `buf`). Not inline in [`serve`]: a local borrowed there stays in the connection's future
+/// for good, and a `Request` is 240 bytes.
+fn request(head: Head, buf: &mut Vec<u8>, peer: SocketAddr, secure: bool, edge: &Edge) -> Prepared {
+    let Head { method, uri, headers, len, content_length, close } = head;
+    let head_only = method == Method::HEAD;
+    let have = (buf.len() - len).min(content_length);
+    let first = Bytes::copy_from_slice(&buf[len..len + have]);
+    buf.drain(..len + have);
+    if buf.is_empty() {
+        // A held BOSH request waits up to `wait` seconds: hold no buffer meanwhile.
+        *buf = Vec::new();
+    }
+    let missing = content_length - have;
+    let (body, feeder) = if missing == 0 {
+        (Body::from(first), None)
+    } else {
+        // The rest streams to the handler as it arrives, so its own limits and deadline
+        // (http.body_read_timeout → 408) apply unchanged.
+        let (tx, rx) = mpsc::channel(2);
+        let _ = tx.try_send(first);
+        (Body::new(ChannelBody { rx, missing: content_length }), Some((tx, missing)))
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    super::tag_client(&edge.state.trusted(), peer, secure, &mut req);
+    Prepared { req, feeder, close, head_only }
 }
 
 /// Copy the rest of a request body from `io` (after what `buf` holds) into the handler's

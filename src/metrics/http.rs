@@ -21,14 +21,26 @@ impl HttpRoutes {
 
 /// Middleware for the public router: counts every request by matched route and status and
 /// observes its duration (for a WebSocket, the handshake only).
-pub async fn track_http(
+///
+/// Not an `async fn`: a held BOSH request keeps this future for up to `wait` seconds, and an
+/// async fn would keep its `Request` argument (and `Next::run`'s copy of it) all that time.
+/// The rest of the stack is called at once, so the future holds only that call, the route and
+/// the start time.
+pub fn track_http(
     axum::extract::State(routes): axum::extract::State<std::sync::Arc<HttpRoutes>>,
     req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
+    mut next: axum::middleware::Next,
+) -> impl std::future::Future<Output = axum::response::Response> + Send {
     let route = routes.classify(req.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str()));
     let start = Instant::now();
-    let resp = next.run(req).await;
-    metrics().http_request(route, resp.status().as_u16(), start.elapsed());
-    resp
+    // What `Next::run` does, without keeping the request: the stack is always ready.
+    let call = tower::Service::call(&mut next, req);
+    async move {
+        let resp = match call.await {
+            Ok(r) => r,
+            Err(e) => match e {},
+        };
+        metrics().http_request(route, resp.status().as_u16(), start.elapsed());
+        resp
+    }
 }

@@ -27,9 +27,13 @@ use crate::state::AppState;
 /// The RFC 7395 subprotocol name.
 pub const SUBPROTOCOL: &str = "xmpp";
 
-/// tungstenite's default buffers are 128 KiB each, allocated per connection; chat traffic
-/// needs a few KiB, and larger messages still work (the read buffer grows as needed).
-const READ_BUFFER: usize = 4096;
+/// tungstenite's default buffers are 128 KiB each, allocated per connection and kept for its
+/// life. Larger messages still work (the read buffer grows as a frame needs). The read buffer
+/// is also the most tungstenite reads per call; below 4 KiB those reads are served from one
+/// socket read into a per-thread buffer (`front`'s `Rewind`), so a small one costs copies, not
+/// system calls, and an idle session keeps only this much (or its largest frame so far)
+/// instead of 4 KiB (bench/findings.md, issue 17).
+const READ_BUFFER: usize = 256;
 const WRITE_BUFFER: usize = 4096;
 
 /// The WebSocket endpoint: checks the handshake, then spawns the session on `state.tracker`.
@@ -62,14 +66,13 @@ pub async fn handler(State(state): State<Arc<AppState>>, ext: axum::http::Extens
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
-            tracker.track_future(async move {
-                // The admission slot is held for the session's whole life.
-                let _permit = permit;
-                let socket = futures_util::StreamExt::map(socket, |m| m.map(FromClient::Message));
-                let mut s = session::Session::new(socket, state, Transport::WebSocket);
-                s.client = client;
-                s.run().await
-            })
+            // The session is made here, not in an async block: a block would keep the socket
+            // it captured for the task's life beside the session's own (~700 bytes).
+            let socket = futures_util::StreamExt::map(socket, |m| m.map(FromClient::Message));
+            let mut s = session::Session::new(socket, state, Transport::WebSocket);
+            s.client = client;
+            s._permit = Some(permit);
+            tracker.track_future(s.run())
         })
 }
 

@@ -1,6 +1,7 @@
 //! The task that runs one WebSocket session: it owns the socket and, once the client has opened
 //! its stream, both halves of the upstream connection, and moves elements between them with one
-//! `tokio::select!` loop (shutdown, client message, upstream frame, ping timer, ping deadline).
+//! `tokio::select!` loop (shutdown, client message, upstream frame, and one timer for the pings
+//! and every deadline).
 //! Every way the loop can end is an [`Ending`] carrying a [`crate::Error`]; [`Session::finish`]
 //! turns it into what the client sees (stream error from `Error::stream_condition`, `<close/>`,
 //! WebSocket close code) and hands it to [`Link::end`] for what the upstream sees.
@@ -165,6 +166,8 @@ pub(super) struct Session<S> {
     throttle: Option<Box<crate::limits::Throttle>>,
     /// Cluster mode, draining: when this session is closed ([`AppState::drain_at`]).
     drain_at: Option<Instant>,
+    /// The admission slot (WebSocket; Direct TLS holds its own), released with the session.
+    pub(super) _permit: Option<crate::limits::Permit>,
 }
 
 enum Flow {
@@ -201,19 +204,27 @@ where
             client: None,
             throttle,
             drain_at: None,
+            _permit: None,
         }
     }
 
     /// Run to the end, then say goodbye to both sides.
-    pub(super) async fn run(mut self) {
-        let ending = self.drive().await;
-        self.guard.end(&ending.error);
-        let kind = ending.error.kind();
-        match ending.error.side() {
-            crate::Side::Client => tracing::debug!(kind, error = %ending.error, "websocket session ended"),
-            _ => tracing::info!(kind, error = %ending.error, "websocket session ended"),
+    ///
+    /// Not an `async fn`: its future would keep `self` twice (the argument and the body's own
+    /// binding of it, ~900 bytes each) for the session's whole life. The block keeps the one
+    /// it captured.
+    #[allow(clippy::manual_async_fn)]
+    pub(super) fn run(mut self) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            let ending = self.drive().await;
+            self.guard.end(&ending.error);
+            let kind = ending.error.kind();
+            match ending.error.side() {
+                crate::Side::Client => tracing::debug!(kind, error = %ending.error, "websocket session ended"),
+                _ => tracing::info!(kind, error = %ending.error, "websocket session ended"),
+            }
+            Box::pin(self.finish(ending)).await;
         }
-        Box::pin(self.finish(ending)).await;
     }
 
     async fn drive(&mut self) -> Ending {
@@ -250,17 +261,18 @@ where
             }
             let ping_enabled = self.keepalive.interval.is_some();
             let next_ping = self.keepalive.next_ping;
-            // One timer for two deadlines (a timer in the future costs every idle session its
-            // size): the end of a throttle pause, else the pong deadline. A throttled client is
-            // alive (it is sending too fast), so its pong deadline does not run while we are
-            // not reading it.
-            // A draining replica in a cluster closes this session at its own point.
+            // One timer for every deadline (a timer in the future costs every idle session its
+            // 112 bytes): the next ping; the end of a throttle pause, else the pong deadline (a
+            // throttled client is alive, it is sending too fast, so its pong deadline does not
+            // run while we are not reading it); a draining replica's point for this session;
+            // and, until the stream is open, the wait for `<open/>`.
             let deadline = paused_until.map(Instant::from_std).or(self.keepalive.deadline);
             let deadline = match (deadline, self.drain_at) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
             let waiting_open = self.up.is_none();
+            let wake = [ping_enabled.then_some(next_ping), deadline, waiting_open.then_some(open_deadline)].into_iter().flatten().min();
             let link = self.up.as_mut();
             tokio::select! {
                 _ = shutdown.cancelled(), if self.drain_at.is_none() => {
@@ -286,25 +298,27 @@ where
                         return e;
                     }
                 }
-                _ = sleep_until(next_ping), if ping_enabled => {
-                    self.keepalive.pinged();
-                    if let Err(e) = self.send(Message::Ping(Default::default())).await {
-                        return e;
-                    }
-                }
-                _ = sleep_until(deadline.unwrap_or(next_ping)), if deadline.is_some() => {
-                    if self.drain_at.is_some_and(|d| d <= Instant::now()) {
-                        return Ending::with_code(self.state.drain_error(self.guard.transport()), code::GOING_AWAY);
-                    } else if let Some(t) = self.throttle.as_mut().filter(|_| paused) {
-                        t.resume(std::time::Instant::now());
-                        self.keepalive.alive();
-                    } else {
-                        metrics().ws_ping_missed();
+                _ = sleep_until(wake.unwrap_or(next_ping)), if wake.is_some() => {
+                    let now = Instant::now();
+                    if waiting_open && open_deadline <= now {
                         return Ending::new(Error::ClientGone);
                     }
-                }
-                _ = sleep_until(open_deadline), if waiting_open => {
-                    return Ending::new(Error::ClientGone);
+                    if deadline.is_some_and(|d| d <= now) {
+                        if self.drain_at.is_some_and(|d| d <= now) {
+                            return Ending::with_code(self.state.drain_error(self.guard.transport()), code::GOING_AWAY);
+                        } else if let Some(t) = self.throttle.as_mut().filter(|_| paused) {
+                            t.resume(std::time::Instant::now());
+                            self.keepalive.alive();
+                        } else {
+                            metrics().ws_ping_missed();
+                            return Ending::new(Error::ClientGone);
+                        }
+                    } else if ping_enabled && next_ping <= now {
+                        self.keepalive.pinged();
+                        if let Err(e) = self.send(Message::Ping(Default::default())).await {
+                            return e;
+                        }
+                    }
                 }
             }
         }
@@ -318,7 +332,13 @@ where
             // Rare states are boxed so that their futures do not size every idle session.
             Ok(Inbound::Open(req, framing)) => Box::pin(self.on_open(req, framing)).await,
             Ok(Inbound::Close) => Flow::End(Box::pin(self.client_close()).await),
-            Ok(Inbound::Element(el)) => self.on_element(el).await,
+            // Checked and queued without an await, so that the element is not kept (three
+            // times, as an async fn's argument and locals) in the future while it flushes.
+            Ok(Inbound::Element(el)) => match self.on_element(el) {
+                Ok(true) => self.flush_upstream().await,
+                Ok(false) => Flow::Continue,
+                Err(ending) => Flow::End(ending),
+            },
             Err(flow) => flow,
         }
     }
@@ -434,26 +454,30 @@ where
         self.relay_to_client(opened.features).await
     }
 
-    async fn on_element(&mut self, el: Element) -> Flow {
+    /// A client element, refused or queued for the upstream: `Ok(true)` when the queue is full
+    /// and must be flushed now.
+    fn on_element(&mut self, el: Element) -> Result<bool, Ending> {
         let Some(up) = self.up.as_mut() else {
             // WS-10: the first message must open the stream.
-            return Flow::End(Ending::new(Error::ClientStream {
+            return Err(Ending::new(Error::ClientStream {
                 condition: "bad-format",
                 detail: "first message is not <open/>".into(),
             }));
         };
         // WS-14: TLS cannot be negotiated through this binding.
         if el.is("starttls", ns::TLS) {
-            return Flow::End(Ending::new(Error::ClientStream {
+            return Err(Ending::new(Error::ClientStream {
                 condition: "policy-violation",
                 detail: "starttls over websocket".into(),
             }));
         }
-        let el = match client_to_upstream(el) {
-            Ok(el) => el,
-            Err(e) => return Flow::End(Ending::new(e)),
-        };
-        if up.queue(&el) {
+        let el = client_to_upstream(el).map_err(Ending::new)?;
+        Ok(up.queue(&el))
+    }
+
+    /// Write what is queued for the upstream.
+    async fn flush_upstream(&mut self) -> Flow {
+        if let Some(up) = self.up.as_mut() {
             if let Err(e) = Box::pin(up.flush()).await {
                 return Flow::End(Ending::new(e));
             }
@@ -463,16 +487,20 @@ where
 
     async fn on_upstream(&mut self, event: Result<Event, Error>) -> Flow {
         match event {
-            Ok(Event::Header(h)) => {
-                let domain = self.up.as_ref().map(|u| u.domain().to_owned()).unwrap_or_default();
-                let reply = Reply::from_upstream(&h, &domain, &message::local_id());
-                match self.send_open(&reply).await {
-                    Ok(()) => Flow::Continue,
-                    Err(e) => Flow::End(e),
-                }
-            }
+            // Once per stream restart: boxed, so that its state does not size every session.
+            Ok(Event::Header(h)) => Box::pin(self.on_upstream_header(h)).await,
             Ok(Event::Element(el)) => Box::pin(self.on_upstream_elements(el)).await,
             Err(e) => Flow::End(Ending::new(e)),
+        }
+    }
+
+    /// The upstream's new stream header after a restart: our `<open/>` answers it.
+    async fn on_upstream_header(&mut self, h: crate::xml::StreamHeader) -> Flow {
+        let domain = self.up.as_ref().map(|u| u.domain().to_owned()).unwrap_or_default();
+        let reply = Reply::from_upstream(&h, &domain, &message::local_id());
+        match self.send_open(&reply).await {
+            Ok(()) => Flow::Continue,
+            Err(e) => Flow::End(e),
         }
     }
 

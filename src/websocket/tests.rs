@@ -306,8 +306,10 @@ fn session_future_is_small() {
     eprintln!("session future: {size} bytes");
     // 2,016 bytes before the client rate limit (limits.client_bytes_per_sec), 2,096 with it,
     // 2,128 with the cluster drain point (`drain_at`), 2,144 with the upstream link (its SASL
-    // and XEP-0198 flags) and Direct TLS items handed over parsed.
-    assert!(size <= 2144, "session future is {size} bytes");
+    // and XEP-0198 flags) and Direct TLS items handed over parsed; 1,248 (issue 17) with
+    // `run` keeping one copy of the session, elements queued without an await, the restart
+    // header boxed and one timer instead of three.
+    assert!(size <= 1248, "session future is {size} bytes");
 }
 
 #[test]
