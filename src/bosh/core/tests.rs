@@ -818,7 +818,8 @@ fn one_stream_ignores_to_and_stream() {
 /// a response naming it; a payload with `stream` goes to that stream only, one without to
 /// every stream; each response carries one stream's stanzas and names it; an unknown stream
 /// is item-not-found for that stream only (an empty request's `stream` means nothing); a
-/// terminate naming a stream closes it alone; closing the last one ends the session.
+/// terminate naming a stream closes it alone; closing the last one ends the session. (An add
+/// is an empty request for the §11 overactivity rule, hence the 2 s before it.)
 #[test]
 fn two_streams_add_address_and_close() {
     run(Case {
@@ -828,35 +829,35 @@ fn two_streams_add_address_and_close() {
         open: true,
         steps: vec![
             (0, In::Req(rid(2), ""), vec![]),
-            (10, In::Req(format!("{} to='B.test' xml:lang='en'", rid(3)), ""), vec!["add 1 to B.test"]),
-            (11, In::Wrote, vec![named("h2 200 <body stream='{0}' from='b.test'/>", &[1])]),
-            (20, In::StreamUp(1), vec![named("h1 200 <body stream='{0}'><stream:features/></body>", &[1])]),
-            (2000, In::Req(rid(4), ""), vec![]),
-            (2001, In::Req(format!("{} stream='{}'", rid(5), super::streams::stream_name("sid", 1)), MSG), vec!["write to 1 <message"]),
-            (2002, In::WroteStreams(vec![]), vec!["h5 200 <body/>"]),
-            (2003, In::UpOn(1, MSG), vec![named("h6 200 <body stream='{0}'><message", &[1])]),
+            (2010, In::Req(format!("{} to='B.test' xml:lang='en'", rid(3)), ""), vec!["add 1 to B.test"]),
+            (2011, In::Wrote, vec![named("h2 200 <body stream='{0}' from='b.test'/>", &[1])]),
+            (2020, In::StreamUp(1), vec![named("h1 200 <body stream='{0}'><stream:features/></body>", &[1])]),
+            (4000, In::Req(rid(4), ""), vec![]),
+            (4001, In::Req(format!("{} stream='{}'", rid(5), super::streams::stream_name("sid", 1)), MSG), vec!["write to 1 <message"]),
+            (4002, In::WroteStreams(vec![]), vec!["h5 200 <body/>"]),
+            (4003, In::UpOn(1, MSG), vec![named("h6 200 <body stream='{0}'><message", &[1])]),
             // Both streams have stanzas queued: one response each, in turn.
-            (3000, In::UpOn(1, MSG), vec![]),
-            (3001, In::UpOn(FIRST, MSG), vec![]),
-            (4000, In::Req(rid(6), ""), vec![named("h11 200 <body stream='{0}'><message", &[0])]),
-            (4001, In::Req(rid(7), ""), vec![named("h12 200 <body stream='{0}'><message", &[1])]),
-            (6000, In::Req(format!("{} stream='nope'", rid(8)), MSG), vec!["h13 200 <body type='terminate' condition='item-not-found' stream='nope'/>"]),
-            (6001, In::Req(format!("{} stream='nope'", rid(9)), ""), vec![]),
-            (6002, In::Req(rid(10), MSG), vec!["write <message"]),
-            (6003, In::WroteStreams(vec![]), vec!["h14 200 <body/>"]),
+            (5000, In::UpOn(1, MSG), vec![]),
+            (5001, In::UpOn(FIRST, MSG), vec![]),
+            (6000, In::Req(rid(6), ""), vec![named("h11 200 <body stream='{0}'><message", &[0])]),
+            (6001, In::Req(rid(7), ""), vec![named("h12 200 <body stream='{0}'><message", &[1])]),
+            (8000, In::Req(format!("{} stream='nope'", rid(8)), MSG), vec!["h13 200 <body type='terminate' condition='item-not-found' stream='nope'/>"]),
+            (8001, In::Req(format!("{} stream='nope'", rid(9)), ""), vec![]),
+            (8002, In::Req(rid(10), MSG), vec!["write <message"]),
+            (8003, In::WroteStreams(vec![]), vec!["h14 200 <body/>"]),
             (
-                6004,
+                8004,
                 In::Req(format!("{} type='terminate' stream='{}'", rid(11), super::streams::stream_name("sid", 1)), "<presence type='unavailable'/>"),
                 vec!["write to 1 <presence"],
             ),
-            (6005, In::WroteStreams(vec![]), vec!["close 1 ClientTerminate", named("h17 200 <body type='terminate' stream='{0}'/>", &[1])]),
+            (8005, In::WroteStreams(vec![]), vec!["close 1 ClientTerminate", named("h17 200 <body type='terminate' stream='{0}'/>", &[1])]),
             (
-                6006,
+                8006,
                 In::Req(format!("{} stream='{}'", rid(12), super::streams::stream_name("sid", 1)), MSG),
                 vec![named("h19 200 <body type='terminate' condition='item-not-found' stream='{0}'/>", &[1])],
             ),
             (
-                6007,
+                8007,
                 In::Req(format!("{} type='terminate' stream='{}'", rid(13), super::streams::stream_name("sid", 0)), ""),
                 vec!["h15 200 <body type='terminate'/>", "h20 200 <body/>", "end ClientTerminate"],
             ),
@@ -877,24 +878,24 @@ fn stream_refusals_and_ends_spare_the_session() {
         open: true,
         steps: vec![
             (0, In::Req(rid(2), ""), vec![]),
-            (10, In::Req(format!("{} to='b.test' route='xmpp:b.test:5222'", rid(3)), ""), vec!["add 1 to b.test"]),
-            (11, In::Wrote, vec![named("h2 200 <body stream='{0}' from='b.test'/>", &[1])]),
-            (12, In::Req(format!("{} to='c.test'", rid(4)), ""), vec![named("h4 200 <body type='terminate' condition='policy-violation' stream='{0}'/>", &[2])]),
+            (2010, In::Req(format!("{} to='b.test' route='xmpp:b.test:5222'", rid(3)), ""), vec!["add 1 to b.test"]),
+            (2011, In::Wrote, vec![named("h2 200 <body stream='{0}' from='b.test'/>", &[1])]),
+            (4020, In::Req(format!("{} to='c.test'", rid(4)), ""), vec![named("h4 200 <body type='terminate' condition='policy-violation' stream='{0}'/>", &[2])]),
             (
-                20,
+                4030,
                 In::UpOn(1, STREAM_ERROR),
                 vec!["close 1 UpstreamStreamError", named("h1 200 <body type='terminate' condition='remote-stream-error' stream='{0}'><stream:error", &[1])],
             ),
-            (30, In::Req(format!("{} to='c.test'", rid(5)), ""), vec!["add 3 to c.test"]),
-            (31, In::Refused(Error::HostUnknown), vec![named("h6 200 <body type='terminate' condition='host-unknown' stream='{0}'/>", &[3])]),
-            (40, In::Req(format!("{} to='d.test'", rid(6)), ""), vec!["add 4 to d.test"]),
-            (41, In::Wrote, vec![named("h8 200 <body stream='{0}' from='d.test'/>", &[4])]),
-            (50, In::StreamFailed(4), vec!["close 4 UpstreamLost"]),
-            (2000, In::Req(rid(7), ""), vec![named("h11 200 <body type='terminate' condition='remote-connection-failed' stream='{0}'/>", &[4])]),
-            (2001, In::Deadline, vec!["deadline 32000"]),
+            (4040, In::Req(format!("{} to='c.test'", rid(5)), ""), vec!["add 3 to c.test"]),
+            (4041, In::Refused(Error::HostUnknown), vec![named("h6 200 <body type='terminate' condition='host-unknown' stream='{0}'/>", &[3])]),
+            (4050, In::Req(format!("{} to='d.test'", rid(6)), ""), vec!["add 4 to d.test"]),
+            (4051, In::Wrote, vec![named("h8 200 <body stream='{0}' from='d.test'/>", &[4])]),
+            (4060, In::StreamFailed(4), vec!["close 4 UpstreamLost"]),
+            (6000, In::Req(rid(7), ""), vec![named("h11 200 <body type='terminate' condition='remote-connection-failed' stream='{0}'/>", &[4])]),
+            (6001, In::Deadline, vec!["deadline 36000"]),
             // The last stream's end is the session's.
-            (2002, In::UpClose, vec!["end UpstreamClosed"]),
-            (2003, In::Req(rid(8), ""), vec!["h14 200 <body type='terminate'"]),
+            (6002, In::UpClose, vec!["end UpstreamClosed"]),
+            (6003, In::Req(rid(8), ""), vec!["h14 200 <body type='terminate'"]),
         ],
     });
 }
