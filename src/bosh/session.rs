@@ -160,6 +160,9 @@ impl Params {
     }
 }
 
+// The open link is the common case (one per session, inline in `Session`): boxing it would cost
+// every session an allocation to make the rare `Connecting` state smaller.
+#[allow(clippy::large_enum_variant)]
 enum Up {
     /// Connecting; client payloads that arrive meanwhile wait here, in rid order.
     Connecting(Vec<Element>),
@@ -169,7 +172,7 @@ enum Up {
 
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<(Link, Opened), Error>> + Send>>;
 type Acts = Vec<Action<oneshot::Sender<Reply>>>;
-type AddedConnect = Pin<Box<dyn Future<Output = (StreamId, Result<(Link, Opened), Error>)> + Send>>;
+type AddedConnect = Pin<Box<dyn Future<Output = (StreamId, Box<Result<(Link, Opened), Error>>)> + Send>>;
 
 /// The streams added to a multi-stream session (the first one is `Session::up`).
 #[derive(Default)]
@@ -190,7 +193,8 @@ struct Added {
 }
 
 enum AddedEvent {
-    Connected(StreamId, Result<(Link, Opened), Error>),
+    /// Boxed: it is the rare event, the upstream one the common.
+    Connected(StreamId, Box<Result<(Link, Opened), Error>>),
     Upstream(StreamId, Result<Event, Error>),
 }
 
@@ -606,7 +610,7 @@ impl Session {
         };
         let (up_ctx, connect_open) = (self.state.live().upstream.clone(), open.clone());
         let extra = self.extra.get_or_insert_with(Default::default);
-        extra.connecting.push(Box::pin(async move { (id, Link::open(&up_ctx, &connect_open, route).await) }));
+        extra.connecting.push(Box::pin(async move { (id, Box::new(Link::open(&up_ctx, &connect_open, route).await)) }));
         extra.streams.push(Added {
             id,
             up: Up::Connecting(Vec::new()),
@@ -625,7 +629,7 @@ impl Session {
 
     async fn on_added_inner(&mut self, event: AddedEvent) {
         match event {
-            AddedEvent::Connected(id, res) => self.added_connected(id, res).await,
+            AddedEvent::Connected(id, res) => self.added_connected(id, *res).await,
             AddedEvent::Upstream(id, event) => {
                 let had_room = self.core.has_room();
                 let Session { core, acts, extra, .. } = self;
