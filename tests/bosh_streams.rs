@@ -12,25 +12,13 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use bosh_client::{Answer, Bosh};
-use support::{Prosody, ProsodyOpts, XmppCm};
+use support::{http_request, Prosody, ProsodyOpts, XmppCm};
 
-/// Established TCP connections whose remote port is `port` (xmpp-cm's upstream sockets).
-fn upstream_sockets(port: u16) -> usize {
-    let mut n = 0;
-    for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(f) else { continue };
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() > 3 && cols[3] == "01" {
-                if let Some((_, p)) = cols[2].rsplit_once(':') {
-                    if u16::from_str_radix(p, 16).ok() == Some(port) {
-                        n += 1;
-                    }
-                }
-            }
-        }
-    }
-    n
+/// `xmpp_cm_sessions_active{transport="bosh"}`: every stream counts as a BOSH session.
+async fn bosh_sessions_active(cm: &XmppCm) -> String {
+    let url = format!("{}/metrics", cm.admin_url());
+    let m = http_request("GET", &url, &[], b"", Duration::from_secs(10)).await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    m.body.lines().find_map(|l| l.strip_prefix("xmpp_cm_sessions_active{transport=\"bosh\"} ")).unwrap_or("absent").to_string()
 }
 
 fn chat(to: &str, body: &str) -> String {
@@ -114,8 +102,8 @@ fn streams_config(p: &Prosody, max: &str, more: &[(&str, &str)]) -> String {
     XmppCm::config_with(p, &o)
 }
 
-/// BOSH-R-23: two streams of one session, alice on the first and bob on the second, each its
-/// own upstream connection; a message each way arrives on the addressee's stream only; an
+/// BOSH-R-23: two streams of one session, alice on the first and bob on the second (two
+/// upstream logins, so two upstream connections), each counted as a BOSH session; a message each way arrives on the addressee's stream only; an
 /// unknown stream is item-not-found for that stream and the session goes on; closing bob's
 /// stream leaves alice's working; a plain terminate ends the session.
 #[tokio::test]
@@ -129,7 +117,7 @@ async fn two_streams_two_users_one_closed_the_other_goes_on() {
     assert_ne!(first, second);
     assert!(second.len() >= 16, "stream names are unpredictable: {second}");
     let bob = m.login_on(&second, "localhost", "bob", "bobpass").await;
-    assert_eq!(upstream_sockets(p.c2s_port()), 2, "one upstream connection per stream");
+    assert_eq!(bosh_sessions_active(&cm).await, "2", "each stream is counted like a session");
 
     m.send(&format!("stream='{first}'"), &chat(&bob, "alice-to-bob")).await;
     m.poll_on(&second, "alice-to-bob").await;
@@ -147,6 +135,7 @@ async fn two_streams_two_users_one_closed_the_other_goes_on() {
     let a = m.send(&format!("type='terminate' stream='{second}'"), "<presence xmlns='jabber:client' type='unavailable'/>").await;
     assert!(a.is_terminate() && a.condition().is_none(), "{}", a.raw);
     assert_eq!(a.attr("stream").as_deref(), Some(second.as_str()));
+    assert_eq!(bosh_sessions_active(&cm).await, "1");
     m.send(&format!("stream='{first}'"), &chat(&alice, "still-here")).await;
     m.poll_on(&first, "still-here").await;
     let a = m.send(&format!("stream='{second}'"), &chat(&alice, "closed")).await;
@@ -177,7 +166,7 @@ async fn two_streams_to_two_domains() {
     let a1 = m.login_on(&first, "localhost", "alice", "alicepass").await;
     let second = m.add("second.test").await;
     let a2 = m.login_on(&second, "second.test", "alice", "alicepass").await;
-    assert_eq!((upstream_sockets(p1.c2s_port()), upstream_sockets(p2.c2s_port())), (1, 1));
+    assert_eq!(bosh_sessions_active(&cm).await, "2");
     m.send(&format!("stream='{first}'"), &chat(&a1, "on-localhost")).await;
     m.send(&format!("stream='{second}'"), &chat(&a2, "on-second")).await;
     m.poll_on(&first, "on-localhost").await;
@@ -216,7 +205,7 @@ async fn cap_and_admission_refuse_the_stream_not_the_session() {
 }
 
 /// BOSH-R-22: off by default: the creation response names no stream, a later request with
-/// `to` is an ordinary empty request (no second upstream connection), and a `stream`
+/// `to` is an ordinary empty request (no second stream), and a `stream`
 /// attribute is ignored (the payload goes to the one stream, as before).
 #[tokio::test]
 async fn off_by_default() {
@@ -227,7 +216,7 @@ async fn off_by_default() {
     assert!(alice.creation.attr("stream").is_none(), "{}", alice.creation.raw);
     let a = alice.send("to='localhost' xml:lang='en'", "").await;
     assert!(!a.is_terminate() && a.attr("stream").is_none(), "{}", a.raw);
-    assert_eq!(upstream_sockets(p.c2s_port()), 1);
+    assert_eq!(bosh_sessions_active(&cm).await, "1", "no second stream");
     alice.send("stream='whatever'", &chat(&alice_jid, "as-today")).await;
     alice.poll_until("as-today", Duration::from_secs(10)).await;
 }
