@@ -59,8 +59,9 @@ pub struct Rules {
     pub max_rid_repeats: u32,
     /// `limits.max_queued_bytes`: above it the upstream is no longer read (backpressure).
     pub max_queued_bytes: usize,
-    /// `bosh.max_streams_per_session`; 1: multiple streams are off (nothing advertised).
-    pub max_streams: usize,
+    /// `bosh.max_streams_per_session`; 1: multiple streams are off (nothing advertised). A
+    /// `u16` (at most 64): it fits where the fields above leave padding.
+    pub max_streams: u16,
 }
 
 impl Rules {
@@ -114,11 +115,12 @@ enum Pending<R> {
     Hold(Held<R>),
     /// A client terminate: the fan-out follows the write, whatever its result (BOSH-T-01).
     Terminate(R),
-    /// An add-stream request being checked by the shell: answered at once either way.
-    Add { held: Held<R>, id: StreamId },
-    /// A client terminate of one stream of several (§16.5): answered once its payloads went
-    /// to that stream, whatever the result.
-    CloseOne { held: Held<R>, id: StreamId },
+    /// An add-stream request being checked by the shell (the stream is `Streams::pending`):
+    /// answered at once either way.
+    Add(Held<R>),
+    /// A client terminate of one stream of several (§16.5, the stream is `Streams::pending`):
+    /// answered once its payloads went to that stream, whatever the result.
+    CloseOne(Held<R>),
 }
 
 /// Which of a multi-stream session's streams a request is for (§16.3, §16.4).
@@ -201,7 +203,7 @@ impl<R> Core<R> {
             last_empty_poll: None,
             terminal: None,
             done: false,
-            multi: (rules.max_streams > 1).then(|| Box::new(Streams::new(sid, rules.max_streams))),
+            multi: (rules.max_streams > 1).then(|| Box::new(Streams::new(sid, rules.max_streams.into()))),
             rules,
         }
     }
@@ -381,12 +383,12 @@ impl<R> Core<R> {
                 self.take_parked(now, acts);
             }
             (Some(Pending::Hold(h)), Err(e)) => self.end(e, Some(h.reply), now, acts),
-            (Some(Pending::Add { held, id }), res) => {
-                self.stream_added(held, id, res, now, acts);
+            (Some(Pending::Add(held)), res) => {
+                self.stream_added(held, res, now, acts);
                 self.take_parked(now, acts);
             }
-            (Some(Pending::CloseOne { held, id }), _) => {
-                self.close_one(held, id, now, acts);
+            (Some(Pending::CloseOne(held)), _) => {
+                self.close_one(held, now, acts);
                 self.take_parked(now, acts);
             }
             (None, Ok(())) => self.flush(now, acts),
@@ -557,7 +559,7 @@ impl<R> Core<R> {
         match target {
             Target::Add => match self.multi.as_deref_mut().map(|m| m.add(req.to.as_deref().unwrap_or_default())) {
                 Some(Ok(id)) => {
-                    self.pending = Some(Pending::Add { held, id });
+                    self.pending = Some(Pending::Add(held));
                     acts.push(Action::AddStream(id, Box::new(req)));
                 }
                 // At the cap: this stream is refused, the session goes on (§16.6).
@@ -575,7 +577,10 @@ impl<R> Core<R> {
             // Closing one stream of several (§16.5); the last one's terminate is the session's.
             Target::One(id) if req.terminate && open > 1 => {
                 let payloads = std::mem::take(&mut req.payloads);
-                self.write_then(Pending::CloseOne { held, id }, Some(id), payloads, now, acts);
+                if let Some(m) = self.multi.as_deref_mut() {
+                    m.pending = Some(id);
+                }
+                self.write_then(Pending::CloseOne(held), Some(id), payloads, now, acts);
             }
             _ if req.terminate => {
                 let payloads = std::mem::take(&mut req.payloads);
@@ -614,8 +619,8 @@ impl<R> Core<R> {
     /// The shell checked an add-stream request: the answer names the new stream (with the
     /// domain as `from`; its features follow in a response naming it) or, refused, is that
     /// stream's terminate (§16.3, §16.6). Either way the session goes on.
-    fn stream_added(&mut self, held: Held<R>, id: StreamId, res: Result<(), Error>, now: Instant, acts: &mut Vec<Action<R>>) {
-        let Some(m) = self.multi.as_deref_mut() else { return };
+    fn stream_added(&mut self, held: Held<R>, res: Result<(), Error>, now: Instant, acts: &mut Vec<Action<R>>) {
+        let Some((m, id)) = self.multi.as_deref_mut().and_then(|m| m.pending.take().map(|id| (m, id))) else { return };
         let name = m.name_of(id).unwrap_or_default().to_owned();
         let b = match res {
             Ok(()) => ResponseBody::new().attr("stream", name).attr("from", m.take_from(id)),
@@ -629,8 +634,8 @@ impl<R> Core<R> {
 
     /// The client closed one stream of several (§16.5), its payloads already written to it:
     /// the answer is that stream's terminate with what it still queued; its link closes.
-    fn close_one(&mut self, held: Held<R>, id: StreamId, now: Instant, acts: &mut Vec<Action<R>>) {
-        let Some(m) = self.multi.as_deref_mut() else { return };
+    fn close_one(&mut self, held: Held<R>, now: Instant, acts: &mut Vec<Action<R>>) {
+        let Some((m, id)) = self.multi.as_deref_mut().and_then(|m| m.pending.take().map(|id| (m, id))) else { return };
         let name = m.name_of(id).unwrap_or_default().to_owned();
         let mut b = ResponseBody::terminate(None).attr("stream", name);
         b.push_payload(m.take_out(id));

@@ -139,7 +139,8 @@ impl Params {
                 ack_mode: req.ack.is_some(),
                 max_rid_repeats: cfg.max_rid_repeats,
                 max_queued_bytes: config.limits.max_queued_bytes,
-                max_streams: cfg.max_streams_per_session,
+                // At most 64 (`Config::validate`).
+                max_streams: u16::try_from(cfg.max_streams_per_session).unwrap_or(u16::MAX),
             },
             content_type: req
                 .content

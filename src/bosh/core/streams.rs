@@ -82,11 +82,14 @@ pub(super) struct Streams {
     cursor: usize,
     /// The first stream's name, until a response carried it (the creation response, §16.2).
     unannounced: Option<String>,
+    /// The stream the pending add-stream or close-one request is about (kept here rather than
+    /// in `Core`'s pending request, which every single-stream session carries).
+    pub pending: Option<StreamId>,
 }
 
 impl Streams {
     pub fn new(sid: &str, max: usize) -> Streams {
-        let mut s = Streams { max, list: Vec::new(), next_id: FIRST, seed: sid.to_owned(), cursor: 0, unannounced: None };
+        let mut s = Streams { max, list: Vec::new(), next_id: FIRST, seed: sid.to_owned(), cursor: 0, unannounced: None, pending: None };
         s.unannounced = Some(s.push_new(String::new()).1);
         s
     }
@@ -137,7 +140,9 @@ impl Streams {
             self.next_id += 1;
             return Err(self.name(id));
         }
-        Ok(self.push_new(to.trim().to_ascii_lowercase()).0)
+        let (id, _) = self.push_new(to.trim().to_ascii_lowercase());
+        self.pending = Some(id);
+        Ok(id)
     }
 
     /// The domain the stream was asked for (once: the add-stream answer's `from`).

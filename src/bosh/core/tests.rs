@@ -791,7 +791,7 @@ fn named(pattern: &str, ids: &[StreamId]) -> &'static str {
     Box::leak(p.into_boxed_str())
 }
 
-fn multi(max: usize) -> Rules {
+fn multi(max: u16) -> Rules {
     Rules { max_streams: max, ..rules() }
 }
 
