@@ -170,7 +170,15 @@ pub struct Bosh {
     pub compression: Compression,
     /// Smallest response body that is compressed, bytes (at least 64).
     pub compression_min_bytes: usize,
+    /// Streams a client may hold in one session (XEP-0124 §16, each its own upstream
+    /// connection and admission slot). 1, the default, leaves the feature off: no `stream`
+    /// attribute is advertised and a `to` on a later request is ignored, as before.
+    pub max_streams_per_session: usize,
 }
+
+/// Upper bound of `[bosh] max_streams_per_session`: each stream is an upstream connection and
+/// a session's streams share one task, so a session is not a connection multiplier.
+pub const MAX_STREAMS_PER_SESSION: usize = 64;
 
 /// `[bosh] compression`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -196,6 +204,7 @@ impl Default for Bosh {
             max_rid_repeats: 10,
             compression: Compression::Gzip,
             compression_min_bytes: 1024,
+            max_streams_per_session: 1,
         }
     }
 }
@@ -544,6 +553,9 @@ impl Config {
         if self.bosh.compression_min_bytes < MIN_COMPRESSION_BYTES {
             return err(format!("bosh.compression_min_bytes must be at least {MIN_COMPRESSION_BYTES} (smaller bodies do not shrink)"));
         }
+        if !(1..=MAX_STREAMS_PER_SESSION).contains(&self.bosh.max_streams_per_session) {
+            return err(format!("bosh.max_streams_per_session must be between 1 (off) and {MAX_STREAMS_PER_SESSION}"));
+        }
         let pp = &self.polling.path;
         if !pp.starts_with('/') || !pp.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b';' | b',')) {
             return err(format!("polling.path: '{pp}' must start with '/' and hold no space, ';' or ','"));
@@ -717,6 +729,18 @@ mod tests {
         });
     }
 
+    /// Issue 18: multiple streams per BOSH session are off (1) by default, settable from the file.
+    #[test]
+    fn bosh_max_streams_per_session() {
+        assert_eq!(Bosh::default().max_streams_per_session, 1);
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[bosh]\nmax_streams_per_session = 8\n")?;
+            let c = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.0)?;
+            assert_eq!(c.bosh.max_streams_per_session, 8);
+            Ok(())
+        });
+    }
+
     #[test]
     fn bad_values_have_one_line_reasons() {
         let cases: &[(&str, &str)] = &[
@@ -736,6 +760,8 @@ mod tests {
             ("[polling]\nunknown_key = 1\n", "unknown_key"),
             ("[bosh]\ncompression = 'br'\n", "compression"),
             ("[bosh]\ncompression_min_bytes = 10\n", "bosh.compression_min_bytes"),
+            ("[bosh]\nmax_streams_per_session = 0\n", "bosh.max_streams_per_session"),
+            ("[bosh]\nmax_streams_per_session = 65\n", "bosh.max_streams_per_session"),
         ];
         for (toml, want) in cases {
             figment::Jail::expect_with(|jail| {

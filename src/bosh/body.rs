@@ -35,6 +35,9 @@ pub struct Request {
     pub restart: bool,
     /// `xmpp:version`.
     pub xmpp_version: Option<String>,
+    /// `stream` (XEP-0124 §16): which of the session's streams the request is for; empty is
+    /// absent. Meaningful only in a session that advertised multiple streams.
+    pub stream: Option<String>,
     /// Children, already normalised by [`relay::from_client`] (unqualified → `jabber:client`).
     pub payloads: Vec<Element>,
 }
@@ -82,6 +85,7 @@ pub fn parse(input: &[u8], limits: &Limits) -> Result<Request, Error> {
         Some(_) => return Err(Error::BadRequest("xmpp:restart is not a boolean".into())),
     };
     r.xmpp_version = root.attr_ns(ns::XBOSH, "version").map(str::to_owned);
+    r.stream = take_attr(&mut root, "stream").filter(|s| !s.is_empty());
     for child in root.children {
         match child {
             Node::Text(t) if t.trim().is_empty() => {}

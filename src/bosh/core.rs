@@ -12,8 +12,13 @@
 //!   payload is never written upstream twice.
 //! - *nothing-lost*: every stanza from upstream is queued until a response carries it; the
 //!   session's terminal response is kept until the client comes to fetch it (or goes idle).
-//! - *one-write*: a [`Action::Write`] or [`Action::Restart`] is always the last action pushed;
-//!   nothing more happens until the shell reports its result with [`Core::written`].
+//! - *one-write*: a [`Action::Write`], [`Action::WriteTo`], [`Action::Restart`],
+//!   [`Action::RestartOn`] or [`Action::AddStream`] is always the last action pushed; nothing
+//!   more happens until the shell reports its result with [`Core::written`] (or
+//!   [`Core::written_streams`]).
+//! - *one-stream-per-body*: with multiple streams (XEP-0124 §16, `core/streams.rs`) a
+//!   response carries the payloads of one stream and names it; a terminate that names a
+//!   stream ends only that stream.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -25,6 +30,11 @@ use super::body::{Request, ResponseBody};
 use super::window::{Class, Window};
 use crate::error::{Error, Policy};
 use crate::xml::{ns, Element, StreamHeader};
+
+mod streams;
+
+use streams::{Ending, Streams};
+pub use streams::{StreamId, FIRST};
 
 /// After the client acknowledged less than we answered, how old the oldest unacknowledged
 /// response must be before we tell the client with `report`/`time` (XEP-0124 §9.2). Below this
@@ -49,6 +59,9 @@ pub struct Rules {
     pub max_rid_repeats: u32,
     /// `limits.max_queued_bytes`: above it the upstream is no longer read (backpressure).
     pub max_queued_bytes: usize,
+    /// `bosh.max_streams_per_session`; 1: multiple streams are off (nothing advertised). A
+    /// `u16` (at most 64): it fits where the fields above leave padding.
+    pub max_streams: u16,
 }
 
 impl Rules {
@@ -73,6 +86,19 @@ pub enum Action<R> {
     /// The session ends for this reason: record it first, end the upstream after the replies
     /// pushed with it are out, bouncing [`Core::take_undelivered`] (`crate::link::Link::end`).
     End(Error),
+    /// Multiple streams: write these payloads to this stream only, then report with
+    /// [`Core::written_streams`]. ([`Action::Write`] goes to every open stream.)
+    WriteTo(StreamId, Vec<Element>),
+    /// Multiple streams: restart this stream, then report with [`Core::written_streams`].
+    RestartOn(StreamId, Box<Request>),
+    /// Multiple streams: check this add-stream request (`to`, `route`, admission) and start
+    /// connecting the stream; report the check with [`Core::written`] (an `Err` refuses the
+    /// stream, the session goes on), the connect later with [`Core::stream_connected`] or
+    /// [`Core::stream_failed`].
+    AddStream(StreamId, Box<Request>),
+    /// Multiple streams: this stream is over (the session is not): end its upstream by the
+    /// teardown rule for this reason. Nothing is owed on it: what it queued goes to the client.
+    CloseStream(StreamId, Error),
 }
 
 struct Held<R> {
@@ -89,6 +115,24 @@ enum Pending<R> {
     Hold(Held<R>),
     /// A client terminate: the fan-out follows the write, whatever its result (BOSH-T-01).
     Terminate(R),
+    /// An add-stream request being checked by the shell (the stream is `Streams::pending`):
+    /// answered at once either way.
+    Add(Held<R>),
+    /// A client terminate of one stream of several (§16.5, the stream is `Streams::pending`):
+    /// answered once its payloads went to that stream, whatever the result.
+    CloseOne(Held<R>),
+}
+
+/// Which of a multi-stream session's streams a request is for (§16.3, §16.4).
+enum Target {
+    /// An empty request with `to`: add a stream.
+    Add,
+    /// The open stream it names.
+    One(StreamId),
+    /// It names no open stream (and carries something for one).
+    Unknown(String),
+    /// No `stream` (or one on an empty request, ignored): every open stream.
+    All,
 }
 
 pub struct Core<R> {
@@ -117,6 +161,9 @@ pub struct Core<R> {
     /// Set when the session is over but the client has not fetched the final body yet.
     terminal: Option<Bytes>,
     done: bool,
+    /// Multiple streams (XEP-0124 §16), when the session advertised them. `None`: one stream,
+    /// whose queue is `out`.
+    multi: Option<Box<Streams>>,
 }
 
 impl<R> Core<R> {
@@ -156,8 +203,14 @@ impl<R> Core<R> {
             last_empty_poll: None,
             terminal: None,
             done: false,
+            multi: (rules.max_streams > 1).then(|| Box::new(Streams::new(sid, rules.max_streams.into()))),
             rules,
         }
+    }
+
+    /// The session advertised multiple streams: the shell keeps a link per [`StreamId`].
+    pub fn multi_stream(&self) -> bool {
+        self.multi.is_some()
     }
 
     pub fn rules(&self) -> &Rules {
@@ -172,12 +225,26 @@ impl<R> Core<R> {
     /// Whether the upstream may be read: a client that does not fetch its stanzas stops us
     /// reading, so the server (not xmpp-cm) buffers or applies its own policy.
     pub fn has_room(&self) -> bool {
-        self.out.len() < self.rules.max_queued_bytes
+        self.out.len() + self.multi.as_ref().map_or(0, |m| m.queued_bytes()) < self.rules.max_queued_bytes
     }
 
-    /// What no response carried (serialized stanzas), for bounces when the client is gone.
+    /// What no response carried (serialized stanzas), for bounces when the client is gone: the
+    /// first stream's.
     pub fn take_undelivered(&mut self) -> String {
-        std::mem::take(&mut self.out)
+        self.take_undelivered_of(FIRST)
+    }
+
+    /// What no response carried of one stream (multiple streams; the first stream's otherwise).
+    pub fn take_undelivered_of(&mut self, id: StreamId) -> String {
+        match self.multi.as_deref_mut() {
+            Some(m) => m.take_out(id),
+            None => std::mem::take(&mut self.out),
+        }
+    }
+
+    /// Anything queued for a response (stanzas, or a stream's terminate).
+    fn has_output(&self) -> bool {
+        !self.out.is_empty() || self.multi.as_ref().is_some_and(|m| m.has_output())
     }
 
     /// When [`Core::tick`] is due: the oldest held request's `wait` deadline, or the inactivity
@@ -222,18 +289,24 @@ impl<R> Core<R> {
     /// `</stream:stream>`, a read error) is an `Err`. Everything that arrived together leaves in
     /// the same response; an end ends the session after answering what came before.
     pub fn upstream(&mut self, items: impl Iterator<Item = Result<Element, Error>>, now: Instant, acts: &mut Vec<Action<R>>) {
+        self.upstream_on(FIRST, items, now, acts)
+    }
+
+    /// [`Core::upstream`] for one stream of a multi-stream session: the end of a stream that
+    /// is not the last open one ends only that stream (§16.6).
+    pub fn upstream_on(&mut self, id: StreamId, items: impl Iterator<Item = Result<Element, Error>>, now: Instant, acts: &mut Vec<Action<R>>) {
         let mut queued = false;
         for item in items {
             match item {
                 Ok(el) => {
-                    self.queue(el);
+                    self.queue_on(id, el);
                     queued = true;
                 }
                 Err(e) => {
                     if queued {
                         self.flush(now, acts);
                     }
-                    return self.end(e, None, now, acts);
+                    return self.stream_failed(id, e, now, acts);
                 }
             }
         }
@@ -244,6 +317,13 @@ impl<R> Core<R> {
 
     /// Take an element from upstream (already rewritten by relay) for the client.
     fn queue(&mut self, el: Element) {
+        self.queue_on(FIRST, el)
+    }
+
+    fn queue_on(&mut self, id: StreamId, el: Element) {
+        if let Some(m) = self.multi.as_deref_mut() {
+            return m.queue(id, &el);
+        }
         // `out` starts empty after every response: one allocation of a typical batch's size
         // rather than a string doubling from 8 bytes.
         if self.out.capacity() == 0 {
@@ -251,6 +331,46 @@ impl<R> Core<R> {
         }
         // Serialized now (self-contained), so its size counts against `max_queued_bytes`.
         el.write_xml(&mut self.out, "");
+    }
+
+    /// An added stream is open: its features go to the client in a response naming it.
+    pub fn stream_connected(&mut self, id: StreamId, features: Element, now: Instant, acts: &mut Vec<Action<R>>) {
+        self.queue_on(id, features);
+        self.flush(now, acts);
+    }
+
+    /// A stream ended for a reason the shell found (its connect, a write, a restart, the
+    /// server). With other streams open only this one ends: its link is closed now, its
+    /// terminate (`stream` named, with what it queued) goes in the next response. The last
+    /// open stream, or a single-stream session, ends the session.
+    pub fn stream_failed(&mut self, id: StreamId, e: Error, now: Instant, acts: &mut Vec<Action<R>>) {
+        match self.multi.as_deref_mut() {
+            Some(m) if m.is_open(id) && m.open_count() > 1 => {
+                m.end(id, Ending::of(&e));
+                acts.push(Action::CloseStream(id, e));
+                self.flush(now, acts);
+            }
+            // Already over (its terminate is queued or out): nothing more to end.
+            Some(m) if !m.is_open(id) => {}
+            _ => self.end(e, None, now, acts),
+        }
+    }
+
+    /// The result of an [`Action::WriteTo`], [`Action::RestartOn`] or a broadcast
+    /// [`Action::Write`] of a multi-stream session: the streams it failed on end (as in
+    /// [`Core::stream_failed`]); the request goes on unless no stream is left.
+    pub fn written_streams(&mut self, failed: Vec<(StreamId, Error)>, now: Instant, acts: &mut Vec<Action<R>>) {
+        for (id, e) in failed {
+            let (open, others) = self.multi.as_ref().map_or((true, false), |m| (m.is_open(id), m.open_count() > 1));
+            if !open {
+                continue;
+            }
+            if !others {
+                return self.written(Err(e), now, acts);
+            }
+            self.stream_failed(id, e, now, acts);
+        }
+        self.written(Ok(()), now, acts)
     }
 
     /// The write (or restart) asked for by the last [`Action::Write`]/[`Action::Restart`] is
@@ -263,6 +383,14 @@ impl<R> Core<R> {
                 self.take_parked(now, acts);
             }
             (Some(Pending::Hold(h)), Err(e)) => self.end(e, Some(h.reply), now, acts),
+            (Some(Pending::Add(held)), res) => {
+                self.stream_added(held, res, now, acts);
+                self.take_parked(now, acts);
+            }
+            (Some(Pending::CloseOne(held)), _) => {
+                self.close_one(held, now, acts);
+                self.take_parked(now, acts);
+            }
             (None, Ok(())) => self.flush(now, acts),
             (None, Err(e)) => self.end(e, None, now, acts),
         }
@@ -390,9 +518,13 @@ impl<R> Core<R> {
             }
         }
 
+        if self.multi.is_some() {
+            return self.process_multi(req, reply, now, acts);
+        }
+
         if req.terminate {
             let payloads = std::mem::take(&mut req.payloads);
-            return self.write_then(Pending::Terminate(reply), payloads, now, acts);
+            return self.write_then(Pending::Terminate(reply), None, payloads, now, acts);
         }
 
         if let (Some(pause), Some(max)) = (req.pause, self.rules.maxpause) {
@@ -407,18 +539,136 @@ impl<R> Core<R> {
             acts.push(Action::Restart(Box::new(req)));
         } else {
             let payloads = std::mem::take(&mut req.payloads);
-            self.write_then(Pending::Hold(held), payloads, now, acts);
+            self.write_then(Pending::Hold(held), None, payloads, now, acts);
         }
     }
 
-    /// Ask the shell to write `payloads`, continuing with `then` once it did (*one-write*).
-    /// Nothing to write continues at once: an empty write does no IO and cannot fail.
-    fn write_then(&mut self, then: Pending<R>, payloads: Vec<Element>, now: Instant, acts: &mut Vec<Action<R>>) {
+    /// [`Core::process`] of a multi-stream session, after the key and ack rules: which stream
+    /// the request is for decides where its payloads, terminate or restart go (§16.3–§16.5).
+    fn process_multi(&mut self, mut req: Request, reply: R, now: Instant, acts: &mut Vec<Action<R>>) {
+        let Some(m) = self.multi.as_deref() else { return };
+        let carries = !req.is_empty() || req.terminate || req.restart;
+        let target = match &req.stream {
+            _ if req.to.is_some() && !carries && req.pause.is_none() => Target::Add,
+            // An empty body's `stream` means nothing (§16.4): it is an ordinary poll.
+            Some(name) if carries => m.find(name).map_or_else(|| Target::Unknown(name.clone()), Target::One),
+            _ => Target::All,
+        };
+        let (open, first_open) = (m.open_count(), m.first_open());
+        let held = Held { rid: req.rid, reply, deadline: now + self.rules.wait, empty: req.is_empty() };
+        match target {
+            Target::Add => match self.multi.as_deref_mut().map(|m| m.add(req.to.as_deref().unwrap_or_default())) {
+                Some(Ok(id)) => {
+                    self.pending = Some(Pending::Add(held));
+                    acts.push(Action::AddStream(id, Box::new(req)));
+                }
+                // At the cap: this stream is refused, the session goes on (§16.6).
+                Some(Err(name)) => {
+                    let b = ResponseBody::terminate(Some("policy-violation")).attr("stream", name);
+                    self.answer_now(held, b, now, acts);
+                }
+                None => {}
+            },
+            // §16.4: an unknown stream is item-not-found for that stream; the session goes on.
+            Target::Unknown(name) => {
+                let b = ResponseBody::terminate(Some("item-not-found")).attr("stream", name);
+                self.answer_now(held, b, now, acts);
+            }
+            // Closing one stream of several (§16.5); the last one's terminate is the session's.
+            Target::One(id) if req.terminate && open > 1 => {
+                let payloads = std::mem::take(&mut req.payloads);
+                if let Some(m) = self.multi.as_deref_mut() {
+                    m.pending = Some(id);
+                }
+                self.write_then(Pending::CloseOne(held), Some(id), payloads, now, acts);
+            }
+            _ if req.terminate => {
+                let payloads = std::mem::take(&mut req.payloads);
+                self.write_then(Pending::Terminate(held.reply), None, payloads, now, acts);
+            }
+            _ if req.pause.is_some() && self.rules.maxpause.is_some() => {
+                let pause = req.pause.unwrap_or_default().min(self.rules.maxpause.unwrap_or_default());
+                self.pause(Duration::from_secs(pause), held.reply, now, acts);
+            }
+            // A restart without `stream` goes to the oldest open stream: restarting all of them
+            // would mean nothing (each has its own SASL).
+            target if req.restart => {
+                let id = match target {
+                    Target::One(id) => Some(id),
+                    _ => first_open,
+                };
+                req.payloads.clear();
+                self.pending = Some(Pending::Hold(held));
+                match id {
+                    Some(id) => acts.push(Action::RestartOn(id, Box::new(req))),
+                    None => self.written(Err(Error::BadRequest("restart without an open stream".into())), now, acts),
+                }
+            }
+            Target::One(id) => {
+                let payloads = std::mem::take(&mut req.payloads);
+                self.write_then(Pending::Hold(held), Some(id), payloads, now, acts);
+            }
+            // No `stream`: the payloads go to every open stream (§16.4).
+            _ => {
+                let payloads = std::mem::take(&mut req.payloads);
+                self.write_then(Pending::Hold(held), None, payloads, now, acts);
+            }
+        }
+    }
+
+    /// The shell checked an add-stream request: the answer names the new stream (with the
+    /// domain as `from`; its features follow in a response naming it) or, refused, is that
+    /// stream's terminate (§16.3, §16.6). Either way the session goes on.
+    fn stream_added(&mut self, held: Held<R>, res: Result<(), Error>, now: Instant, acts: &mut Vec<Action<R>>) {
+        let Some((m, id)) = self.multi.as_deref_mut().and_then(|m| m.pending.take().map(|id| (m, id))) else { return };
+        let name = m.name_of(id).unwrap_or_default().to_owned();
+        let b = match res {
+            Ok(()) => ResponseBody::new().attr("stream", name).attr("from", m.take_from(id)),
+            Err(e) => {
+                m.remove(id);
+                ResponseBody::terminate(e.bosh_condition()).attr("stream", name)
+            }
+        };
+        self.answer_now(held, b, now, acts);
+    }
+
+    /// The client closed one stream of several (§16.5), its payloads already written to it:
+    /// the answer is that stream's terminate with what it still queued; its link closes.
+    fn close_one(&mut self, held: Held<R>, now: Instant, acts: &mut Vec<Action<R>>) {
+        let Some((m, id)) = self.multi.as_deref_mut().and_then(|m| m.pending.take().map(|id| (m, id))) else { return };
+        let name = m.name_of(id).unwrap_or_default().to_owned();
+        let mut b = ResponseBody::terminate(None).attr("stream", name);
+        b.push_payload(m.take_out(id));
+        m.remove(id);
+        // The link (and its admission slot) goes first: once answered, the client may count on it.
+        acts.push(Action::CloseStream(id, Error::ClientTerminate));
+        self.answer_now(held, b, now, acts);
+    }
+
+    /// Answer an in-order request at once (not held), cached for a retransmission like any
+    /// response.
+    fn answer_now(&mut self, h: Held<R>, mut b: ResponseBody, now: Instant, acts: &mut Vec<Action<R>>) {
+        self.push_ack(&mut b, h.rid);
+        let body = Bytes::from(b.to_xml());
+        self.window.store(h.rid, body.clone(), now);
+        acts.push(Action::Reply(h.reply, 200, body));
+        if self.held.is_empty() {
+            self.idle_since = now;
+        }
+    }
+
+    /// Ask the shell to write `payloads` (to stream `to`, else to every stream), continuing
+    /// with `then` once it did (*one-write*). Nothing to write continues at once: an empty
+    /// write does no IO and cannot fail.
+    fn write_then(&mut self, then: Pending<R>, to: Option<StreamId>, payloads: Vec<Element>, now: Instant, acts: &mut Vec<Action<R>>) {
         self.pending = Some(then);
         if payloads.is_empty() {
             return self.written(Ok(()), now, acts);
         }
-        acts.push(Action::Write(payloads));
+        acts.push(match to {
+            Some(id) => Action::WriteTo(id, payloads),
+            None => Action::Write(payloads),
+        });
     }
 
     /// Hold an in-order request (its payloads are upstream), answer at once if stanzas are
@@ -481,9 +731,12 @@ impl<R> Core<R> {
     fn answer_oldest(&mut self, now: Instant, acts: &mut Vec<Action<R>>) {
         let Some(h) = self.held.pop_front() else { return };
         let mut b = ResponseBody::new();
-        let carried = !self.out.is_empty();
+        let mut carried = !self.out.is_empty();
         if carried {
             b.push_payload(std::mem::take(&mut self.out));
+        }
+        if let Some(m) = self.multi.as_deref_mut() {
+            carried = m.next_body(&mut b);
         }
         let body = Bytes::from(self.decorate(b, h.rid).to_xml());
         self.window.store(h.rid, body.clone(), now);
@@ -501,18 +754,23 @@ impl<R> Core<R> {
         for (n, v) in self.next_attrs.drain(..) {
             b.push_attr(n, v);
         }
+        self.push_ack(&mut b, rid);
+        b
+    }
+
+    /// In ack mode, `ack` when it is not the request's own rid (§9.1).
+    fn push_ack(&self, b: &mut ResponseBody, rid: u64) {
         if self.rules.ack_mode {
             let ack = self.window.last_in_order();
             if ack != rid {
                 b.push_attr("ack", ack.to_string());
             }
         }
-        b
     }
 
     /// If anything is queued and a request is held, send it now (BOSH-R-07).
     fn flush(&mut self, now: Instant, acts: &mut Vec<Action<R>>) {
-        if !self.out.is_empty() && !self.held.is_empty() {
+        if self.has_output() && !self.held.is_empty() {
             self.answer_oldest(now, acts);
         }
     }
@@ -523,7 +781,9 @@ impl<R> Core<R> {
         for (n, v) in self.next_attrs.drain(..) {
             b.push_attr(n, v);
         }
-        b.push_payload(std::mem::take(&mut self.out));
+        // With several streams this is the first stream's queue: a body naming no stream is
+        // the first stream's (§16.4); the other streams' links bounce theirs.
+        b.push_payload(self.take_undelivered());
         if let Some(Error::UpstreamStreamError(el)) = err {
             b.push_elements(std::iter::once(el.as_ref()));
         }

@@ -5,23 +5,29 @@
 //! [`Action`]s (replies, upstream writes, a restart, the end) are carried out here in order.
 //! HTTP handlers talk to the task only through the channel; no lock is held across an `.await`.
 //!
-//! The upstream IO is confined to `on_connected`, `on_frame`, `write_up_all`, `restart` and
-//! `close_upstream`.
+//! The upstream IO is confined to `on_connected`, `on_event`, `write_up_all`, `restart` and
+//! `close_upstream`, and for the added streams of a multi-stream session (XEP-0124 §16,
+//! `[bosh] max_streams_per_session`) to `add_stream`, `on_added`, `write_streams`,
+//! `restart_stream` and `close_stream`. The first stream is always `up`; added ones live in
+//! `extra` (boxed, absent until a stream is added), each with its own admission permit and
+//! session count, so every limit and gauge that counts sessions counts streams.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::http::HeaderValue;
 use bytes::Bytes;
 use futures_util::future::OptionFuture;
-use futures_util::Future;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{Future, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 
 use super::body::{Request, ResponseBody, VERSION};
-use super::core::{Action, Core, Rules};
+use super::core::{Action, Core, Rules, StreamId, FIRST};
 use crate::error::Error;
 use crate::link::{Event, Link, Opened};
 use crate::state::AppState;
@@ -133,6 +139,8 @@ impl Params {
                 ack_mode: req.ack.is_some(),
                 max_rid_repeats: cfg.max_rid_repeats,
                 max_queued_bytes: config.limits.max_queued_bytes,
+                // At most 64 (`Config::validate`).
+                max_streams: u16::try_from(cfg.max_streams_per_session).unwrap_or(u16::MAX),
             },
             content_type: req
                 .content
@@ -153,6 +161,9 @@ impl Params {
     }
 }
 
+// The open link is the common case (one per session, inline in `Session`): boxing it would cost
+// every session an allocation to make the rare `Connecting` state smaller.
+#[allow(clippy::large_enum_variant)]
 enum Up {
     /// Connecting; client payloads that arrive meanwhile wait here, in rid order.
     Connecting(Vec<Element>),
@@ -162,6 +173,69 @@ enum Up {
 
 type ConnectFuture = Pin<Box<dyn Future<Output = Result<(Link, Opened), Error>> + Send>>;
 type Acts = Vec<Action<oneshot::Sender<Reply>>>;
+type AddedConnect = Pin<Box<dyn Future<Output = (StreamId, Box<Result<(Link, Opened), Error>>)> + Send>>;
+
+/// The streams added to a multi-stream session (the first one is `Session::up`).
+#[derive(Default)]
+struct Extra {
+    streams: Vec<Added>,
+    connecting: FuturesUnordered<AddedConnect>,
+    /// Which stream is read first next time, so a busy one does not starve the others.
+    turn: usize,
+}
+
+/// One added stream: its link, how it was opened (restarts open it alike), and what counts it.
+struct Added {
+    id: StreamId,
+    up: Up,
+    open: OpenParams,
+    metrics: crate::metrics::SessionGuard,
+    _permit: crate::limits::Permit,
+}
+
+enum AddedEvent {
+    /// Boxed: it is the rare event, the upstream one the common.
+    Connected(StreamId, Box<Result<(Link, Opened), Error>>),
+    Upstream(StreamId, Result<Event, Error>),
+}
+
+impl Extra {
+    fn get(&mut self, id: StreamId) -> Option<&mut Added> {
+        self.streams.iter_mut().find(|a| a.id == id)
+    }
+
+    /// The next connect result, or (with `room` for the client's queue) the next event of an
+    /// open stream. Cancel-safe: `Link::next` is.
+    fn next_event(&mut self, room: bool) -> impl Future<Output = AddedEvent> + '_ {
+        std::future::poll_fn(move |cx| {
+            if let Poll::Ready(Some((id, res))) = self.connecting.poll_next_unpin(cx) {
+                return Poll::Ready(AddedEvent::Connected(id, res));
+            }
+            let n = self.streams.len();
+            if !room || n == 0 {
+                return Poll::Pending;
+            }
+            for k in 0..n {
+                let i = (self.turn + k) % n;
+                let a = &mut self.streams[i];
+                let id = a.id;
+                let Up::Open(link) = &mut a.up else { continue };
+                if let Poll::Ready(ev) = std::pin::pin!(link.next()).poll(cx) {
+                    self.turn = i + 1;
+                    return Poll::Ready(AddedEvent::Upstream(id, ev));
+                }
+            }
+            Poll::Pending
+        })
+    }
+}
+
+/// How a write or restart went: one stream's result, or the streams a multi-stream write
+/// failed on.
+enum Written {
+    One(Result<(), Error>),
+    Streams(Vec<(StreamId, Error)>),
+}
 
 pub struct Session {
     sid: String,
@@ -190,6 +264,8 @@ pub struct Session {
     /// `limits.client_bytes_per_sec`: while it is paused, no further request is taken from
     /// the channel (the client's HTTP requests wait; held ones are still answered).
     throttle: Option<Box<crate::limits::Throttle>>,
+    /// Multiple streams: the added ones (`None` until one is).
+    extra: Option<Box<Extra>>,
 }
 
 impl Session {
@@ -226,6 +302,7 @@ impl Session {
             sid,
             content_type,
             open,
+            extra: None,
         }
     }
 
@@ -249,6 +326,7 @@ impl Session {
                 _ => None,
             };
             let reading = OptionFuture::from(link.map(Link::next));
+            let added = OptionFuture::from(self.extra.as_deref_mut().map(|x| x.next_event(room)));
             let paused_until = self.throttle.as_ref().and_then(|t| t.paused_until());
             tokio::select! {
                 biased;
@@ -289,6 +367,7 @@ impl Session {
                     self.on_event(event);
                     self.execute().await;
                 }
+                Some(event) = added => self.on_added(event).await,
                 _ = self.timer.as_mut(), if deadline.is_some() => {
                     let armed = self.timer_at.take();
                     if self.drain_at.is_some_and(|d| d <= Instant::now()) {
@@ -363,11 +442,17 @@ impl Session {
         loop {
             let mut acts = std::mem::take(&mut self.acts);
             let (mut written, mut ending) = (None, None);
+            let multi = self.core.multi_stream();
             for act in acts.drain(..) {
                 match act {
                     Action::Reply(tx, status, body) => send(tx, status, body, &self.content_type),
-                    Action::Write(els) => written = Some(self.write_up_all(&els).await),
-                    Action::Restart(req) => written = Some(self.restart(&req).await),
+                    Action::Write(els) if multi => written = Some(Written::Streams(self.write_streams(None, &els).await)),
+                    Action::Write(els) => written = Some(Written::One(self.write_up_all(&els).await)),
+                    Action::Restart(req) => written = Some(Written::One(self.restart(&req).await)),
+                    Action::WriteTo(id, els) => written = Some(Written::Streams(self.write_streams(Some(id), &els).await)),
+                    Action::RestartOn(id, req) => written = Some(Written::Streams(self.restart_stream(id, &req).await)),
+                    Action::AddStream(id, req) => written = Some(Written::One(self.add_stream(id, &req))),
+                    Action::CloseStream(id, err) => self.close_stream(id, err).await,
                     Action::End(err) => {
                         self.record_end(&err);
                         ending = Some(err);
@@ -379,8 +464,11 @@ impl Session {
             if let Some(err) = ending {
                 self.close_upstream(err).await;
             }
-            let Some(res) = written else { return };
-            self.core.written(res, now(), &mut self.acts);
+            match written {
+                None => return,
+                Some(Written::One(res)) => self.core.written(res, now(), &mut self.acts),
+                Some(Written::Streams(failed)) => self.core.written_streams(failed, now(), &mut self.acts),
+            }
         }
     }
 
@@ -433,12 +521,7 @@ impl Session {
             Up::Open(link) => link.try_next_buffered(),
             _ => None,
         });
-        let elements = std::iter::once(event).chain(buffered).filter_map(|e| match e {
-            Ok(Event::Element(el)) => Some(Ok(el)),
-            Ok(Event::Header(_)) => None,
-            Err(e) => Some(Err(e)),
-        });
-        core.upstream(elements, now(), acts);
+        core.upstream(elements(std::iter::once(event).chain(buffered)), now(), acts);
         self.note_room(had_room);
     }
 
@@ -466,26 +549,212 @@ impl Session {
     /// XBOSH restart: a new stream header (for the domain the stream was opened for), with the
     /// `xml:lang` and `from` the restart request carries.
     async fn restart(&mut self, req: &Request) -> Result<(), Error> {
-        let mut open = self.open.clone();
-        if let Some(lang) = &req.lang {
-            open.lang.clone_from(lang);
-        }
-        if req.from.is_some() {
-            open.from.clone_from(&req.from);
-        }
-        match &mut self.up {
-            Up::Open(link) => link.restart(&open).await,
-            _ => Err(Error::BadRequest("restart before the upstream stream is open".into())),
-        }
+        restart_up(&mut self.up, &self.open, req).await
     }
 
     /// End the upstream by the one teardown rule (`Link::end`): what no response carried is
-    /// bounced when the client will not come for it (XEP-0206 §7, BOSH-T-21).
+    /// bounced when the client will not come for it (XEP-0206 §7, BOSH-T-21). Every added
+    /// stream ends alike, with what its own queue still holds.
     async fn close_upstream(&mut self, why: Error) {
         self.connecting = None;
+        if let Some(extra) = self.extra.take() {
+            for mut a in extra.streams {
+                a.metrics.end(&why);
+                if let Up::Open(link) = a.up {
+                    link.end(&why, &undelivered(&self.core.take_undelivered_of(a.id)), &self.state.tracker).await;
+                }
+            }
+        }
         let Up::Open(link) = std::mem::replace(&mut self.up, Up::Closed) else { return };
         link.end(&why, &undelivered(&self.core.take_undelivered()), &self.state.tracker).await;
     }
+
+    // ------------------------------------------------------------------ multiple streams
+
+    /// An add-stream request (XEP-0124 §16.3), in rid order: the same checks as a creation,
+    /// before any DNS or TCP work (the domain served, `route` allow-listed, else host-unknown;
+    /// then an admission permit of its own), then the connect starts in the background. A
+    /// refusal refuses this stream only.
+    fn add_stream(&mut self, id: StreamId, req: &Request) -> Result<(), Error> {
+        let refused = |e: Error| {
+            crate::metrics::metrics().pre_session(crate::metrics::Transport::Bosh, &e);
+            debug!(sid = %short(&self.sid), kind = e.kind(), error = %e, "stream refused");
+            Err(e)
+        };
+        if self.state.shutdown.is_cancelled() {
+            return refused(Error::Shutdown);
+        }
+        let cfg = self.state.config();
+        let Some(domain) = req.to.as_deref().map(str::trim).filter(|d| !d.is_empty()).map(str::to_ascii_lowercase) else {
+            return refused(Error::ImproperAddressing);
+        };
+        if !cfg.serves(&domain) {
+            return refused(Error::HostUnknown);
+        }
+        let route = match req.route.as_deref() {
+            None => None,
+            Some(r) => match allowed_route(&cfg.upstream.allow_route, r) {
+                Some(t) => Some(t),
+                None => return refused(Error::HostUnknown),
+            },
+        };
+        let permit = match self.state.admission.admit(self.open.client.map(|c| c.ip())) {
+            Ok(p) => p,
+            Err(e) => return refused(e),
+        };
+        let open = OpenParams {
+            domain,
+            lang: req.lang.clone().unwrap_or_else(|| self.open.lang.clone()),
+            version: req.xmpp_version.clone().unwrap_or_else(|| self.open.version.clone()),
+            from: req.from.clone(),
+            client: self.open.client,
+        };
+        let (up_ctx, connect_open) = (self.state.live().upstream.clone(), open.clone());
+        let extra = self.extra.get_or_insert_with(Default::default);
+        extra.connecting.push(Box::pin(async move { (id, Box::new(Link::open(&up_ctx, &connect_open, route).await)) }));
+        extra.streams.push(Added {
+            id,
+            up: Up::Connecting(Vec::new()),
+            open,
+            metrics: crate::metrics::metrics().session_started(crate::metrics::Transport::Bosh),
+            _permit: permit,
+        });
+        Ok(())
+    }
+
+    /// A connect result or upstream event of an added stream, for the core. Boxed: a rare
+    /// path must not size the future every idle session keeps.
+    async fn on_added(&mut self, event: AddedEvent) {
+        Box::pin(self.on_added_inner(event)).await
+    }
+
+    async fn on_added_inner(&mut self, event: AddedEvent) {
+        match event {
+            AddedEvent::Connected(id, res) => self.added_connected(id, *res).await,
+            AddedEvent::Upstream(id, event) => {
+                let had_room = self.core.has_room();
+                let Session { core, acts, extra, .. } = self;
+                let mut link = extra.as_deref_mut().and_then(|x| x.get(id)).and_then(|a| match &mut a.up {
+                    Up::Open(link) => Some(link),
+                    _ => None,
+                });
+                let buffered = std::iter::from_fn(|| link.as_mut().and_then(|l| l.try_next_buffered()));
+                core.upstream_on(id, elements(std::iter::once(event).chain(buffered)), now(), acts);
+                self.note_room(had_room);
+            }
+        }
+        self.execute().await;
+    }
+
+    /// An added stream's connect finished: what the client sent meanwhile goes first, then
+    /// its features go to the client (tagged with its name).
+    async fn added_connected(&mut self, id: StreamId, res: Result<(Link, Opened), Error>) {
+        let (mut link, opened) = match res {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(sid = %short(&self.sid), kind = e.kind(), error = %e, "upstream connect of an added stream failed");
+                return self.core.stream_failed(id, e, now(), &mut self.acts);
+            }
+        };
+        // A stream closed while it connected: nothing is owed on it.
+        let Some(a) = self.extra.as_deref_mut().and_then(|x| x.get(id)) else { return };
+        let backlog = match std::mem::replace(&mut a.up, Up::Closed) {
+            Up::Connecting(b) => b,
+            _ => Vec::new(),
+        };
+        let res = link.send_all(&backlog).await;
+        a.up = Up::Open(link);
+        let had_room = self.core.has_room();
+        match res {
+            Ok(()) => self.core.stream_connected(id, opened.features, now(), &mut self.acts),
+            Err(e) => self.core.stream_failed(id, e, now(), &mut self.acts),
+        }
+        self.note_room(had_room);
+    }
+
+    /// Write payloads to one stream (`Some`) or to every open one; the streams it failed on.
+    async fn write_streams(&mut self, to: Option<StreamId>, els: &[Element]) -> Vec<(StreamId, Error)> {
+        let mut failed = Vec::new();
+        if to.is_none_or(|id| id == FIRST) && !matches!(self.up, Up::Closed) {
+            if let Err(e) = self.write_up_all(els).await {
+                failed.push((FIRST, e));
+            }
+        }
+        for a in self.extra.as_deref_mut().map(|x| x.streams.as_mut_slice()).unwrap_or_default() {
+            if to.is_some_and(|id| id != a.id) {
+                continue;
+            }
+            let res = match &mut a.up {
+                Up::Open(link) => link.send_all(els).await,
+                Up::Connecting(backlog) => {
+                    backlog.extend_from_slice(els);
+                    Ok(())
+                }
+                Up::Closed => Ok(()),
+            };
+            if let Err(e) = res {
+                failed.push((a.id, e));
+            }
+        }
+        failed
+    }
+
+    /// XBOSH restart of one stream of a multi-stream session.
+    async fn restart_stream(&mut self, id: StreamId, req: &Request) -> Vec<(StreamId, Error)> {
+        let res = if id == FIRST {
+            self.restart(req).await
+        } else {
+            match self.extra.as_deref_mut().and_then(|x| x.get(id)) {
+                Some(a) => restart_up(&mut a.up, &a.open, req).await,
+                None => Err(Error::BadRequest("restart of a closed stream".into())),
+            }
+        };
+        res.err().map(|e| vec![(id, e)]).unwrap_or_default()
+    }
+
+    /// One stream of several is over (the session is not): its link ends by the teardown rule.
+    async fn close_stream(&mut self, id: StreamId, why: Error) {
+        debug!(sid = %short(&self.sid), stream = id, kind = why.kind(), error = %why, "stream ends");
+        let up = if id == FIRST {
+            self.connecting = None;
+            std::mem::replace(&mut self.up, Up::Closed)
+        } else {
+            let Some(x) = self.extra.as_deref_mut() else { return };
+            let Some(i) = x.streams.iter().position(|a| a.id == id) else { return };
+            let mut a = x.streams.remove(i);
+            a.metrics.end(&why);
+            a.up
+        };
+        if let Up::Open(link) = up {
+            link.end(&why, &[], &self.state.tracker).await;
+        }
+    }
+}
+
+/// XBOSH restart of a stream: a new stream header (for the domain it was opened for), with
+/// the `xml:lang` and `from` the restart request carries.
+async fn restart_up(up: &mut Up, base: &OpenParams, req: &Request) -> Result<(), Error> {
+    let mut open = base.clone();
+    if let Some(lang) = &req.lang {
+        open.lang.clone_from(lang);
+    }
+    if req.from.is_some() {
+        open.from.clone_from(&req.from);
+    }
+    match up {
+        Up::Open(link) => link.restart(&open).await,
+        _ => Err(Error::BadRequest("restart before the upstream stream is open".into())),
+    }
+}
+
+/// Upstream events as the core takes them: elements and the end; a new stream header (after a
+/// restart) needs nothing, its features follow.
+fn elements(events: impl Iterator<Item = Result<Event, Error>>) -> impl Iterator<Item = Result<Element, Error>> {
+    events.filter_map(|e| match e {
+        Ok(Event::Element(el)) => Some(Ok(el)),
+        Ok(Event::Header(_)) => None,
+        Err(e) => Some(Err(e)),
+    })
 }
 
 /// Send one answer; the client may have gone away meanwhile (the cache covers a retransmission).

@@ -208,3 +208,11 @@ mod fuzz_smoke {
         }
     }
 }
+
+/// XEP-0124 §16.4: `stream` is read (an empty value is no stream).
+#[test]
+fn stream_attribute() {
+    assert_eq!(p(&format!("<body {NS} rid='1' sid='s' stream='abc'/>")).unwrap().stream.as_deref(), Some("abc"));
+    assert_eq!(p(&format!("<body {NS} rid='1' sid='s' stream=''/>")).unwrap().stream, None);
+    assert_eq!(p(&format!("<body {NS} rid='1' sid='s'/>")).unwrap().stream, None);
+}

@@ -31,6 +31,16 @@ enum In {
     Deadline,
     /// Renders `room <bool>` ([`Core::has_room`]).
     Room,
+    /// Multiple streams: an element from this stream's upstream (a `<stream:error/>` ends it).
+    UpOn(StreamId, &'static str),
+    /// Multiple streams: an added stream is open (features follow).
+    StreamUp(StreamId),
+    /// Multiple streams: an added stream's connect failed.
+    StreamFailed(StreamId),
+    /// The shell refused the add-stream asked for.
+    Refused(Error),
+    /// A multi-stream write or restart is done; it failed on these streams.
+    WroteStreams(Vec<StreamId>),
 }
 
 struct Case {
@@ -55,6 +65,7 @@ fn rules() -> Rules {
         ack_mode: false,
         max_rid_repeats: 3,
         max_queued_bytes: 1 << 20,
+        max_streams: 1,
     }
 }
 
@@ -97,6 +108,10 @@ fn render(act: &Action<usize>) -> String {
         Action::Write(els) => format!("write {}", els.iter().map(|e| e.to_xml(ns::CLIENT)).collect::<String>()),
         Action::Restart(r) => format!("restart rid {}", r.rid),
         Action::End(e) => format!("end {e:?}"),
+        Action::WriteTo(id, els) => format!("write to {id} {}", els.iter().map(|e| e.to_xml(ns::CLIENT)).collect::<String>()),
+        Action::RestartOn(id, r) => format!("restart {id} rid {}", r.rid),
+        Action::AddStream(id, r) => format!("add {id} to {}", r.to.as_deref().unwrap_or_default()),
+        Action::CloseStream(id, e) => format!("close {id} {e:?}"),
     }
 }
 
@@ -143,6 +158,18 @@ fn run(case: Case) {
                 extra = Some(format!("deadline {d}"));
             }
             In::Room => extra = Some(format!("room {}", core.has_room())),
+            In::UpOn(id, xml) => {
+                let el = element(xml);
+                let item = if el.is("error", ns::STREAM) { Err(Error::UpstreamStreamError(Box::new(el))) } else { Ok(el) };
+                core.upstream_on(id, std::iter::once(item), now, &mut acts)
+            }
+            In::StreamUp(id) => core.stream_connected(id, element(FEATURES), now, &mut acts),
+            In::StreamFailed(id) => core.stream_failed(id, Error::UpstreamLost("refused".into()), now, &mut acts),
+            In::Refused(e) => core.written(Err(e), now, &mut acts),
+            In::WroteStreams(ids) => {
+                let failed = ids.into_iter().map(|id| (id, Error::UpstreamLost("test".into()))).collect();
+                core.written_streams(failed, now, &mut acts)
+            }
         }
         let got: Vec<String> = acts.drain(..).map(|a| render(&a)).chain(extra).collect();
         let ok = got.len() == want.len() && got.iter().zip(&want).all(|(g, w)| g.contains(w));
@@ -749,6 +776,155 @@ fn failed_write_ends_with_its_request_as_trigger() {
                     "h2 200 <body type='terminate' condition='remote-connection-failed'/>",
                 ],
             ),
+        ],
+    });
+}
+
+// ---------------------------------------------------------------------- multiple streams
+
+/// The name of stream `id` of the test session (sid `sid`), in a pattern.
+fn named(pattern: &str, ids: &[StreamId]) -> &'static str {
+    let mut p = pattern.to_string();
+    for (i, id) in ids.iter().enumerate() {
+        p = p.replace(&format!("{{{i}}}"), &super::streams::stream_name("sid", *id));
+    }
+    Box::leak(p.into_boxed_str())
+}
+
+fn multi(max: u16) -> Rules {
+    Rules { max_streams: max, ..rules() }
+}
+
+/// BOSH-R-22: with `max_streams_per_session` 1 nothing is advertised (the creation tables
+/// above match the whole attribute list), a later `to` is an ordinary empty request and a
+/// `stream` attribute is ignored: the payload goes to the one stream as before (§16.3).
+#[test]
+fn one_stream_ignores_to_and_stream() {
+    run(Case {
+        name: "single stream",
+        rules: rules(),
+        create: String::new(),
+        open: true,
+        steps: vec![
+            (0, In::Req(format!("{} to='b.test'", rid(2)), ""), vec![]),
+            (10, In::Req(format!("{} stream='bogus'", rid(3)), MSG), vec!["write <message"]),
+            (11, In::Wrote, vec!["h1 200 <body/>"]),
+        ],
+    });
+}
+
+/// BOSH-R-23 (XEP-0124 §16.2–§16.5): the creation response names the first stream; an empty
+/// request with `to` adds a stream, answered with its name and `from`; its features follow in
+/// a response naming it; a payload with `stream` goes to that stream only, one without to
+/// every stream; each response carries one stream's stanzas and names it; an unknown stream
+/// is item-not-found for that stream only (an empty request's `stream` means nothing); a
+/// terminate naming a stream closes it alone; closing the last one ends the session. (An add
+/// is an empty request for the §11 overactivity rule, hence the 2 s before it.)
+#[test]
+fn two_streams_add_address_and_close() {
+    run(Case {
+        name: "two streams",
+        rules: multi(3),
+        create: String::new(),
+        open: true,
+        steps: vec![
+            (0, In::Req(rid(2), ""), vec![]),
+            (2010, In::Req(format!("{} to='B.test' xml:lang='en'", rid(3)), ""), vec!["add 1 to B.test"]),
+            (2011, In::Wrote, vec![named("h2 200 <body stream='{0}' from='b.test'/>", &[1])]),
+            (2020, In::StreamUp(1), vec![named("h1 200 <body stream='{0}'><stream:features/></body>", &[1])]),
+            (4000, In::Req(rid(4), ""), vec![]),
+            (4001, In::Req(format!("{} stream='{}'", rid(5), super::streams::stream_name("sid", 1)), MSG), vec!["write to 1 <message"]),
+            (4002, In::WroteStreams(vec![]), vec!["h5 200 <body/>"]),
+            (4003, In::UpOn(1, MSG), vec![named("h6 200 <body stream='{0}'><message", &[1])]),
+            // Both streams have stanzas queued: one response each, in turn.
+            (5000, In::UpOn(1, MSG), vec![]),
+            (5001, In::UpOn(FIRST, MSG), vec![]),
+            (6000, In::Req(rid(6), ""), vec![named("h11 200 <body stream='{0}'><message", &[0])]),
+            (6001, In::Req(rid(7), ""), vec![named("h12 200 <body stream='{0}'><message", &[1])]),
+            (8000, In::Req(format!("{} stream='nope'", rid(8)), MSG), vec!["h13 200 <body type='terminate' condition='item-not-found' stream='nope'/>"]),
+            (8001, In::Req(format!("{} stream='nope'", rid(9)), ""), vec![]),
+            (8002, In::Req(rid(10), MSG), vec!["write <message"]),
+            (8003, In::WroteStreams(vec![]), vec!["h14 200 <body/>"]),
+            (
+                8004,
+                In::Req(format!("{} type='terminate' stream='{}'", rid(11), super::streams::stream_name("sid", 1)), "<presence type='unavailable'/>"),
+                vec!["write to 1 <presence"],
+            ),
+            (8005, In::WroteStreams(vec![]), vec!["close 1 ClientTerminate", named("h17 200 <body type='terminate' stream='{0}'/>", &[1])]),
+            (
+                8006,
+                In::Req(format!("{} stream='{}'", rid(12), super::streams::stream_name("sid", 1)), MSG),
+                vec![named("h19 200 <body type='terminate' condition='item-not-found' stream='{0}'/>", &[1])],
+            ),
+            (
+                8007,
+                In::Req(format!("{} type='terminate' stream='{}'", rid(13), super::streams::stream_name("sid", 0)), ""),
+                vec!["h15 200 <body type='terminate'/>", "h20 200 <body/>", "end ClientTerminate"],
+            ),
+        ],
+    });
+}
+
+/// BOSH-R-23, §16.6: the cap refuses the stream (policy-violation naming a fresh stream), a
+/// refusal by the shell (host-unknown, admission) likewise, a stream the server ends or
+/// whose connect fails gets its terminate naming it, and the session goes on until its last
+/// stream ends.
+#[test]
+fn stream_refusals_and_ends_spare_the_session() {
+    run(Case {
+        name: "stream ends",
+        rules: multi(2),
+        create: String::new(),
+        open: true,
+        steps: vec![
+            (0, In::Req(rid(2), ""), vec![]),
+            (2010, In::Req(format!("{} to='b.test' route='xmpp:b.test:5222'", rid(3)), ""), vec!["add 1 to b.test"]),
+            (2011, In::Wrote, vec![named("h2 200 <body stream='{0}' from='b.test'/>", &[1])]),
+            (4020, In::Req(format!("{} to='c.test'", rid(4)), ""), vec![named("h4 200 <body type='terminate' condition='policy-violation' stream='{0}'/>", &[2])]),
+            (
+                4030,
+                In::UpOn(1, STREAM_ERROR),
+                vec!["close 1 UpstreamStreamError", named("h1 200 <body type='terminate' condition='remote-stream-error' stream='{0}'><stream:error", &[1])],
+            ),
+            (4040, In::Req(format!("{} to='c.test'", rid(5)), ""), vec!["add 3 to c.test"]),
+            (4041, In::Refused(Error::HostUnknown), vec![named("h6 200 <body type='terminate' condition='host-unknown' stream='{0}'/>", &[3])]),
+            (4050, In::Req(format!("{} to='d.test'", rid(6)), ""), vec!["add 4 to d.test"]),
+            (4051, In::Wrote, vec![named("h8 200 <body stream='{0}' from='d.test'/>", &[4])]),
+            (4060, In::StreamFailed(4), vec!["close 4 UpstreamLost"]),
+            (6000, In::Req(rid(7), ""), vec![named("h11 200 <body type='terminate' condition='remote-connection-failed' stream='{0}'/>", &[4])]),
+            (6001, In::Deadline, vec!["deadline 36000"]),
+            // The last stream's end is the session's.
+            (6002, In::UpClose, vec!["end UpstreamClosed"]),
+            (6003, In::Req(rid(8), ""), vec!["h14 200 <body type='terminate'"]),
+        ],
+    });
+}
+
+/// XBOSH restart in a multi-stream session: with `stream` that stream, without it the oldest
+/// open one; a stream whose restart or write failed ends alone while others are open.
+#[test]
+fn restarts_go_to_one_stream() {
+    run(Case {
+        name: "restart",
+        rules: multi(3),
+        create: String::new(),
+        open: true,
+        steps: vec![
+            (0, In::Req(format!("{} to='b.test'", rid(2)), ""), vec!["add 1 to b.test"]),
+            (1, In::Wrote, vec![named("h1 200 <body stream='{0}' from='b.test'/>", &[1])]),
+            (
+                10,
+                In::Req(format!("{} stream='{}' xmpp:restart='true' xmlns:xmpp='urn:xmpp:xbosh'", rid(3), super::streams::stream_name("sid", 1)), ""),
+                vec!["restart 1 rid 3"],
+            ),
+            (11, In::WroteStreams(vec![]), vec![]),
+            (12, In::Req(format!("{} xmpp:restart='true' xmlns:xmpp='urn:xmpp:xbosh'", rid(4)), ""), vec!["restart 0 rid 4"]),
+            (
+                13,
+                In::WroteStreams(vec![FIRST]),
+                vec!["close 0 UpstreamLost", named("h3 200 <body type='terminate' condition='remote-connection-failed' stream='{0}'/>", &[0])],
+            ),
+            (14, In::UpOn(1, MSG), vec![named("h5 200 <body stream='{0}'><message", &[1])]),
         ],
     });
 }
