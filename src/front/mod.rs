@@ -374,8 +374,9 @@ mod tests {
         let size = std::mem::size_of_val(&fut);
         eprintln!("connection future: {size} bytes");
         // 1,728 bytes until issue 17; 1,008 with h1's `Request` built outside the loop's
-        // future and its rare and short states (431, a body still arriving, the write) boxed.
-        assert!(size <= 1008, "connection future is {size} bytes");
+        // future and its rare and short states (431, a body still arriving, the write) boxed
+        // (release; 1,032 in the test profile, which is what this checks).
+        assert!(size <= 1032, "connection future is {size} bytes");
     }
 
     /// Small reads (tungstenite's) get every byte in order, big ones too, and the bytes one
