@@ -35,6 +35,11 @@ async fn metrics(cm: &XmppCm) -> String {
     http_request("GET", &format!("{}/metrics", cm.admin_url()), &[], b"", Duration::from_secs(5)).await.expect("metrics").body
 }
 
+/// xmpp-cm's log lines saying why a session ended (its `kind` and the rule, at debug level).
+fn ends_logged(cm: &XmppCm) -> String {
+    cm.log().lines().filter(|l| l.contains("session ends")).collect::<Vec<_>>().join("\n")
+}
+
 /// The script's JSON result line.
 fn result(out: &support::NodeOutput) -> serde_json::Value {
     serde_json::from_str(out.result_line()).unwrap_or_default()
@@ -73,7 +78,7 @@ async fn strophe_js_keeps_its_session_through_cuts_drops_and_reloads() {
         .expect("node runner");
         let m = metrics(&cm).await;
         // The measurement: what the client saw and why sessions ended (shown with --nocapture).
-        println!("strophe-flaky reloads={reloads}: {}\n{}", out.result_line(), endings(&m));
+        println!("strophe-flaky reloads={reloads}: {}\n{}\n{}", out.result_line(), endings(&m), ends_logged(&cm));
         out.assert_ok(&format!("strophe.js on a flaky path, reloads {reloads}"));
         if reloads {
             assert!(result(&out)["reloads"].as_u64().is_some_and(|n| n > 0), "no reload happened: {}", out.result_line());
@@ -145,7 +150,7 @@ async fn converse_js_keeps_its_session_through_cuts_drops_and_reloads() {
     .await
     .expect("node runner");
     let m = metrics(&cm).await;
-    println!("converse-flaky: {}\n{}", out.result_line(), endings(&m));
+    println!("converse-flaky: {}\n{}\n{}", out.result_line(), endings(&m), ends_logged(&cm));
     out.assert_ok("converse.js on a flaky path with reloads");
     assert_eq!(result(&out)["sessions"], 1, "a reload did not restore the session: {}", out.result_line());
     assert_eq!(metric_sum(&m, "xmpp_cm_sessions_ended_total{transport=\"bosh\",side=\"client\",condition=\"policy_violation\"}"), 0.0, "{}", endings(&m));
