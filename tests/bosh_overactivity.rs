@@ -102,6 +102,9 @@ async fn empty_requests_in_a_tight_loop_are_stopped() {
         tokio::spawn(async move { post(&url, &body, t).await })
     };
     let mut held = send(b.rid + 1);
+    // Not a timing rule: only so that the loop's first request is held before its second leaves
+    // (each later one leaves after the previous answer, so after its predecessor arrived).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut ended_at = None;
     for n in 2..=10u64 {
         let next = send(b.rid + n);

@@ -35,8 +35,8 @@ stropheLogging(false);
 
 // The page: converse.js with auto_login and keepalive, nothing else on it.
 const PAGE = `<!doctype html><meta charset="utf-8"><title>converse flaky</title>
-<link rel="stylesheet" href="/dist/converse.min.css"><script src="/dist/converse.min.js"></script>
-<script>converse.initialize(${JSON.stringify({
+<link rel="stylesheet" href="/dist/converse.min.css"><script type="module" src="/dist/converse.min.js"></script>
+<script type="module">converse.initialize(${JSON.stringify({
   assets_path: '/dist/', view_mode: 'overlayed', i18n: 'en', locales: ['en'], loglevel: 'warn',
   authentication: 'login', auto_login: true, keepalive: true, auto_reconnect: true,
   jid: `${accA.user}@${domain}`, password: accA.pass, bosh_service_url: url,
@@ -65,6 +65,8 @@ run(async () => {
   const page = await (await browser.newContext()).newPage();
   const bodies = new Set();
   let deliveredSince = 0;
+  page.on('pageerror', (e) => log(`pageerror: ${e.message}`));
+  page.on('console', (m) => m.type() === 'error' && log(`console.error: ${m.text()}`));
   page.on('request', (r) => {
     const sid = /sid=["']([^"']+)/.exec(r.postData() || '')?.[1];
     if (r.method() === 'POST' && sid && !state.sids.includes(sid)) state.sids.push(sid);
@@ -73,8 +75,11 @@ run(async () => {
     if (r.request().method() !== 'POST') return;
     state.http[r.status()] = (state.http[r.status()] ?? 0) + 1;
     const text = await r.text().catch(() => '');
-    const cond = /type=["']terminate["'][^>]*?(?:condition=["']([^"']+))?/.exec(text);
-    if (cond) state.terminates[cond[1] ?? 'none'] = (state.terminates[cond[1] ?? 'none'] ?? 0) + 1;
+    const tag = /<body[^>]*type=["']terminate["'][^>]*>/.exec(text)?.[0];
+    if (tag) {
+      const cond = /condition=["']([^"']+)/.exec(tag)?.[1] ?? 'none';
+      state.terminates[cond] = (state.terminates[cond] ?? 0) + 1;
+    }
     for (const b of bodies) {
       if (text.includes(b)) {
         bodies.delete(b);
