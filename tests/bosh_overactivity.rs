@@ -35,6 +35,35 @@ async fn metrics(cm: &XmppCm) -> String {
     http_request("GET", &format!("{}/metrics", cm.admin_url()), &[], b"", Duration::from_secs(5)).await.expect("metrics").body
 }
 
+/// Prosody, xmpp-cm and, in front of it, HAProxy cutting requests held over 5 s and losing 3 %
+/// of requests and of responses; the BOSH URL through the proxy.
+fn flaky_stack() -> (Prosody, XmppCm, HaProxy, String) {
+    let p = prosody();
+    let cm = XmppCm::start(&XmppCm::config_for(&p));
+    let check_port = cm.admin_url().rsplit(':').next().and_then(|s| s.parse().ok()).expect("admin port");
+    let backend = Backend { addr: cm.http_addr().parse().expect("http addr"), check_port };
+    let proxy = HaProxy::start_flaky(&[backend], Flaky { server_timeout: Duration::from_secs(5), drop_percent: 3 });
+    let url = format!("{}{}", proxy.http_base(), cm.bosh_url().trim_start_matches(&cm.http_base()));
+    (p, cm, proxy, url)
+}
+
+/// `node tests/js/<script>` for alice and bob at `url` for `seconds` (plus `extra` arguments),
+/// off the runtime's threads, killed 120 s after `seconds`.
+async fn run_script(script: &'static str, url: &str, seconds: &str, extra: &[&str]) -> support::NodeOutput {
+    let timeout = Duration::from_secs(seconds.parse::<u64>().expect("XMPP_CM_OVERACT_SECONDS") + 120);
+    let args: Vec<String> = ["--url", url, "--domain", "localhost", "--a", "alice:alicepass", "--b", "bob:bobpass", "--seconds", seconds]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        support::node(script, &args, timeout)
+    })
+    .await
+    .expect("node runner")
+}
+
 /// xmpp-cm's log lines saying why a session ended (its `kind` and the rule, at debug level).
 fn ends_logged(cm: &XmppCm) -> String {
     cm.log().lines().filter(|l| l.contains("session ends")).collect::<Vec<_>>().join("\n")
@@ -58,24 +87,9 @@ fn endings(text: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strophe_js_keeps_its_session_through_cuts_drops_and_reloads() {
     let seconds = std::env::var("XMPP_CM_OVERACT_SECONDS").unwrap_or_else(|_| "20".into());
-    let p = prosody();
-    let cm = XmppCm::start(&XmppCm::config_for(&p));
-    let check_port = cm.admin_url().rsplit(':').next().and_then(|s| s.parse().ok()).expect("admin port");
-    let backend = Backend { addr: cm.http_addr().parse().expect("http addr"), check_port };
-    let proxy = HaProxy::start_flaky(&[backend], Flaky { server_timeout: Duration::from_secs(5), drop_percent: 3 });
-    let url = format!("{}{}", proxy.http_base(), cm.bosh_url().trim_start_matches(&cm.http_base()));
-    let timeout = Duration::from_secs(seconds.parse::<u64>().expect("XMPP_CM_OVERACT_SECONDS") + 120);
+    let (_p, cm, _proxy, url) = flaky_stack();
     for reloads in [false, true] {
-        let (url, seconds) = (url.clone(), seconds.clone());
-        let out = tokio::task::spawn_blocking(move || {
-            let mut args: Vec<&str> = vec!["--url", &url, "--domain", "localhost", "--a", "alice:alicepass", "--b", "bob:bobpass", "--seconds", &seconds];
-            if reloads {
-                args.push("--reloads");
-            }
-            support::node("strophe-flaky.mjs", &args, timeout)
-        })
-        .await
-        .expect("node runner");
+        let out = run_script("strophe-flaky.mjs", &url, &seconds, if reloads { &["--reloads"] } else { &[] }).await;
         let m = metrics(&cm).await;
         // The measurement: what the client saw and why sessions ended (shown with --nocapture).
         println!("strophe-flaky reloads={reloads}: {}\n{}\n{}", out.result_line(), endings(&m), ends_logged(&cm));
@@ -136,22 +150,8 @@ async fn empty_requests_in_a_tight_loop_are_stopped() {
 #[ignore]
 async fn converse_js_keeps_its_session_through_cuts_drops_and_reloads() {
     let seconds = std::env::var("XMPP_CM_OVERACT_SECONDS").unwrap_or_else(|_| "90".into());
-    let p = prosody();
-    let cm = XmppCm::start(&XmppCm::config_for(&p));
-    let check_port = cm.admin_url().rsplit(':').next().and_then(|s| s.parse().ok()).expect("admin port");
-    let backend = Backend { addr: cm.http_addr().parse().expect("http addr"), check_port };
-    let proxy = HaProxy::start_flaky(&[backend], Flaky { server_timeout: Duration::from_secs(5), drop_percent: 3 });
-    let url = format!("{}{}", proxy.http_base(), cm.bosh_url().trim_start_matches(&cm.http_base()));
-    let timeout = Duration::from_secs(seconds.parse::<u64>().expect("XMPP_CM_OVERACT_SECONDS") + 120);
-    let out = tokio::task::spawn_blocking(move || {
-        support::node(
-            "converse-flaky.mjs",
-            &["--url", &url, "--domain", "localhost", "--a", "alice:alicepass", "--b", "bob:bobpass", "--seconds", &seconds],
-            timeout,
-        )
-    })
-    .await
-    .expect("node runner");
+    let (_p, cm, _proxy, url) = flaky_stack();
+    let out = run_script("converse-flaky.mjs", &url, &seconds, &[]).await;
     let m = metrics(&cm).await;
     println!("converse-flaky: {}\n{}\n{}", out.result_line(), endings(&m), ends_logged(&cm));
     out.assert_ok("converse.js on a flaky path with reloads");
