@@ -41,6 +41,12 @@ pub use streams::{StreamId, FIRST};
 /// the response is probably still on its way.
 pub const REPORT_AFTER: Duration = Duration::from_secs(2);
 
+/// The too-soon empty request (XEP-0124 §11, BOSH-R-16 b) that ends a long-polling session:
+/// the third in a row. One comes from a client that gave a held request up (a page reload that
+/// restores the session), two from a second reload within `polling`; a loop produces one per
+/// round trip ([`Core::check_overactivity`]).
+const EMPTY_STREAK_LIMIT: u32 = 3;
+
 /// The session values the rules read (negotiated at creation, plus two configured limits).
 #[derive(Debug, Clone)]
 pub struct Rules {
@@ -156,6 +162,8 @@ pub struct Core<R> {
     repeats: (u64, u32),
     /// Arrival of the previous new request and whether it was empty (BOSH-R-16 b).
     prev_new: Option<(Instant, bool)>,
+    /// Too-soon empty requests in a row (BOSH-R-16 b, [`EMPTY_STREAK_LIMIT`]).
+    empty_streak: u32,
     /// When an empty request of a polling session was last answered empty (BOSH-R-16 a).
     last_empty_poll: Option<Instant>,
     /// Set when the session is over but the client has not fetched the final body yet.
@@ -200,6 +208,7 @@ impl<R> Core<R> {
             key: creation.newkey.as_deref().map(str::to_ascii_lowercase),
             repeats: (0, 0),
             prev_new: None,
+            empty_streak: 0,
             last_empty_poll: None,
             terminal: None,
             done: false,
@@ -410,19 +419,21 @@ impl<R> Core<R> {
         match self.window.classify(rid) {
             Class::TooHigh => self.end(Error::ItemNotFound("rid outside the window"), Some(reply), now, acts),
             Class::Repeat => self.on_repeat(rid, reply, now, acts),
-            Class::Early => {
+            Class::Early if self.parked.contains_key(&rid) => {
+                // A retransmission of a parked rid: the newest copy wins (BOSH-R-11).
                 if let Some((_, old)) = self.parked.insert(rid, (req, reply)) {
-                    // A retransmission of a parked rid: the newest copy wins (BOSH-R-11).
                     acts.push(Action::Reply(old, 200, recoverable()));
-                    return self.count_repeat(rid, now, acts);
                 }
-                if let Err(e) = self.check_overactivity(self.parked.get(&rid).map(|p| &p.0), now) {
-                    let trigger = self.parked.remove(&rid).map(|p| p.1);
-                    self.end(e, trigger, now, acts);
+                self.count_repeat(rid, now, acts);
+            }
+            Class::Early => {
+                if let Err(e) = self.check_overactivity(&req, now) {
+                    return self.end(e, Some(reply), now, acts);
                 }
+                self.parked.insert(rid, (req, reply));
             }
             Class::Next => {
-                if let Err(e) = self.check_overactivity(Some(&req), now) {
+                if let Err(e) = self.check_overactivity(&req, now) {
                     return self.end(e, Some(reply), now, acts);
                 }
                 self.process(req, reply, now, acts);
@@ -464,28 +475,56 @@ impl<R> Core<R> {
         }
     }
 
-    /// XEP-0124 §11: more unanswered new requests than `requests` (one more allowed when the
-    /// newest is a pause or terminate); and §11/§12 too-frequent empty polls.
-    fn check_overactivity(&self, newest: Option<&Request>, now: Instant) -> Result<(), Error> {
-        let Some(req) = newest else { return Ok(()) };
-        let pending = self.held.len() + self.parked.len() + usize::from(!self.parked.contains_key(&req.rid));
+    /// XEP-0124 §11 overactivity, for a new (not repeated) request before it is processed:
+    /// - more unanswered new requests than `requests` is `TooManyRequests` (one more allowed
+    ///   when the newest is a pause or terminate), BOSH-R-14;
+    /// - a polling session's empty request sooner than `polling` after an empty answer is
+    ///   `PollingTooFrequently` (§12, BOSH-R-16 a);
+    /// - an empty request that finds `requests` open, the previous new request empty and less
+    ///   than `polling` ago, is *too soon* (§11, BOSH-R-16 b); only the
+    ///   [`EMPTY_STREAK_LIMIT`]th too-soon request in a row is `EmptyRequestsTooFrequently`.
+    ///
+    /// Why a streak and not the first too-soon request, as §11 reads (measurements and commands:
+    /// bench/findings.md, "Issue 18: BOSH overactivity"). A long-polling client sends a new empty
+    /// request only when it has none outstanding, so one that finds an empty request still held
+    /// here has given that request up on its side: a page reload that restores the session
+    /// (strophe.js `restore`/`attach`, converse.js `keepalive`) continues with the next rid while
+    /// the old page's poll is still held, and a reload within `polling` of that poll was ended by
+    /// the first-request rule (Prosody and ejabberd keep such sessions: neither enforces §11 in
+    /// a long-poll session). Such a client sends one too-soon request and then waits on it for
+    /// up to `wait`, so the streak ends there. Retries after a failed HTTP exchange (a held
+    /// request cut by a proxy with 502/504, a reset, a lost response) repeat the rid (strophe.js
+    /// `_processRequest`, same rid with backoff) and never reach this check; they have their own
+    /// cap (BOSH-R-13). A client looping empty requests with two in flight, by contrast, is too
+    /// soon on every request, and is ended after [`EMPTY_STREAK_LIMIT`] of them; firing more
+    /// than `requests` at once is `TooManyRequests` at once. Any request that is not too soon
+    /// (a payload, a gap of `polling`, nothing else held) resets the streak.
+    fn check_overactivity(&mut self, req: &Request, now: Instant) -> Result<(), Error> {
+        // `req` is neither held nor parked yet.
+        let pending = self.held.len() + self.parked.len() + 1;
         let extra = u64::from(req.terminate || req.pause.is_some());
         if pending as u64 > self.rules.requests + extra {
             return Err(Error::PolicyViolation(Policy::TooManyRequests));
         }
-        if req.is_empty() && !req.terminate && req.pause.is_none() && !req.restart {
-            if self.rules.polling_session() {
-                if self.last_empty_poll.is_some_and(|t| now.duration_since(t) < self.rules.polling) {
-                    return Err(Error::PolicyViolation(Policy::PollingTooFrequently));
-                }
-            } else if pending as u64 == self.rules.requests
-                // In rid order the newest request is a parked one when any is parked: then the
-                // last two are not both this empty one and its predecessor (XEP-0124 §11).
-                && self.parked.range(req.rid + 1..).next().is_none()
-                && self.prev_new.is_some_and(|(t, empty)| empty && now.duration_since(t) < self.rules.polling)
-            {
-                return Err(Error::PolicyViolation(Policy::EmptyRequestsTooFrequently));
+        // Adding a stream (a multi-stream session's empty request with `to`, §16.2) asks for
+        // something: it is not an idle poll.
+        let adds = self.multi.is_some() && req.to.is_some();
+        let idle = req.is_empty() && !req.terminate && req.pause.is_none() && !req.restart && !adds;
+        if self.rules.polling_session() {
+            if idle && self.last_empty_poll.is_some_and(|t| now.duration_since(t) < self.rules.polling) {
+                return Err(Error::PolicyViolation(Policy::PollingTooFrequently));
             }
+            return Ok(());
+        }
+        let too_soon = idle
+            && pending as u64 == self.rules.requests
+            // In rid order the newest request is a parked one when any is parked: then the
+            // last two are not both this empty one and its predecessor (XEP-0124 §11).
+            && self.parked.range(req.rid + 1..).next().is_none()
+            && self.prev_new.is_some_and(|(t, empty)| empty && now.duration_since(t) < self.rules.polling);
+        self.empty_streak = if too_soon { self.empty_streak + 1 } else { 0 };
+        if self.empty_streak >= EMPTY_STREAK_LIMIT {
+            return Err(Error::PolicyViolation(Policy::EmptyRequestsTooFrequently));
         }
         Ok(())
     }

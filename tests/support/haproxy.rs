@@ -6,7 +6,8 @@
 //! (120 s) and WebSocket tunnels (1 h). Its own temp dir, free loopback ports, killed by PID on
 //! drop. A stats page (`/stats;csv`) on a second port tells which servers are up and how many
 //! requests each got. [`Opts`] can make it refuse WebSocket upgrades, like a proxy on a
-//! network that lets only plain HTTP through.
+//! network that lets only plain HTTP through; [`Flaky`] makes it cut held BOSH requests and lose
+//! some requests and responses, like a badly tuned proxy on a bad network path.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -49,6 +50,20 @@ pub struct Opts {
     pub refuse_websocket: bool,
 }
 
+/// A flaky path through HAProxy, for [`HaProxy::start_flaky`]: what a real network and a badly
+/// tuned proxy do to BOSH requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Flaky {
+    /// `timeout server`: when shorter than the BOSH `wait`, a held request is cut after it with
+    /// HAProxy's own 504 (and its backend connection closed), as a proxy with a short read
+    /// timeout does.
+    pub server_timeout: Duration,
+    /// Percent of requests closed without a response before they reach the backend
+    /// (`http-request reject`), and, drawn separately, percent of backend responses replaced by
+    /// HAProxy's 502 (`http-response deny`: the backend answered, the client never sees it).
+    pub drop_percent: u8,
+}
+
 /// A running HAProxy: a configuration of [`Server`] (killed by PID on drop, temp dir removed after).
 pub struct HaProxy {
     server: Server,
@@ -66,6 +81,15 @@ impl HaProxy {
 
     /// [`Self::start`] with `opts`.
     pub fn start_with(backends: &[Backend], opts: Opts) -> HaProxy {
+        Self::launch(backends, opts, None)
+    }
+
+    /// [`Self::start`] with the cuts and drops of `flaky` on every request.
+    pub fn start_flaky(backends: &[Backend], flaky: Flaky) -> HaProxy {
+        Self::launch(backends, Opts::default(), Some(flaky))
+    }
+
+    fn launch(backends: &[Backend], opts: Opts, flaky: Option<Flaky>) -> HaProxy {
         if !Path::new(BIN).is_file() {
             panic!("HAProxy is not installed (no {BIN}): run scripts/test.sh, which installs it");
         }
@@ -74,7 +98,7 @@ impl HaProxy {
         let stats_port = free_port();
         let config = dir.path().join("haproxy.cfg");
         let log = dir.path().join("haproxy.log");
-        std::fs::write(&config, config_text(port, stats_port, backends, opts)).expect("write haproxy config");
+        std::fs::write(&config, config_text(port, stats_port, backends, opts, flaky)).expect("write haproxy config");
         let spawn = Spawn::new(BIN, &log).arg("-f").arg(&config).arg("-db");
         let server = Server::start(Launch {
             name: "haproxy",
@@ -142,7 +166,7 @@ impl HaProxy {
 
 server_handle!(HaProxy);
 
-fn config_text(port: u16, stats_port: u16, backends: &[Backend], opts: Opts) -> String {
+fn config_text(port: u16, stats_port: u16, backends: &[Backend], opts: Opts, flaky: Option<Flaky>) -> String {
     let mut servers = String::new();
     for (i, b) in backends.iter().enumerate() {
         servers.push_str(&format!(
@@ -154,6 +178,18 @@ fn config_text(port: u16, stats_port: u16, backends: &[Backend], opts: Opts) -> 
         "    # Opts::refuse_websocket: no WebSocket through here.\n    http-request deny deny_status 403 if { hdr(upgrade) -m str -i websocket }\n"
     } else {
         ""
+    };
+    let (server_timeout, drops) = match flaky {
+        Some(f) => (
+            format!("{}ms", f.server_timeout.as_millis()),
+            format!(
+                "    # Flaky: requests lost before the backend, answers lost after it.\n    \
+                 http-request reject if {{ rand(100) lt {p} }}\n    \
+                 http-response deny deny_status 502 if {{ rand(100) lt {p} }}\n",
+                p = f.drop_percent
+            ),
+        ),
+        None => ("120s".to_string(), String::new()),
     };
     format!(
         r#"# written by tests/support/haproxy.rs
@@ -167,7 +203,7 @@ defaults
     option httplog
     timeout connect 2s
     timeout client 120s
-    timeout server 120s
+    timeout server {server_timeout}
     timeout http-request 10s
     timeout http-keep-alive 120s
     timeout tunnel 1h
@@ -188,7 +224,7 @@ backend replicas
     # (no prefer-last-server, no stick tables, no cookies).
     balance roundrobin
     http-reuse always
-    option httpchk GET /readyz
+{drops}    option httpchk GET /readyz
     http-check expect status 200
 {servers}
 frontend stats

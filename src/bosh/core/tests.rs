@@ -497,26 +497,33 @@ fn too_many_requests() {
     });
 }
 
-/// BOSH-R-16 b: in a long-polling session, an empty request while `requests` are open and the
-/// previous new request was empty and less than `polling` ago is policy-violation.
+/// BOSH-R-16 b: in a long-polling session, an empty request that finds `requests` open and
+/// follows an empty one by less than `polling` is too soon; the third too soon in a row (a
+/// client looping empty requests with two in flight) is policy-violation. The same loop at
+/// `polling` intervals never is.
 #[test]
 fn two_empty_requests_too_soon() {
-    let case = |ms: u64, want: Vec<&'static str>| Case {
-        name: "two empty",
+    let case = |gap: u64, last: Vec<&'static str>| Case {
+        name: "empty loop",
         rules: rules(),
         create: String::new(),
         open: true,
-        steps: vec![(0, In::Req(rid(2), ""), vec![]), (ms, In::Req(rid(3), ""), want)],
+        steps: vec![
+            (0, In::Req(rid(2), ""), vec![]),
+            (gap, In::Req(rid(3), ""), vec!["h1 200 <body/>"]),
+            (2 * gap, In::Req(rid(4), ""), vec!["h2 200 <body/>"]),
+            (3 * gap, In::Req(rid(5), ""), last),
+        ],
     };
     run(case(
-        1999,
+        10,
         vec![
             "end PolicyViolation(EmptyRequestsTooFrequently)",
-            "h1 200 <body type='terminate' condition='other-request'/>",
-            "h2 200 <body type='terminate' condition='policy-violation'/>",
+            "h3 200 <body type='terminate' condition='other-request'/>",
+            "h4 200 <body type='terminate' condition='policy-violation'/>",
         ],
     ));
-    run(case(2000, vec!["h1 200 <body/>"]));
+    run(case(2000, vec!["h3 200 <body/>"]));
 }
 
 /// BOSH-R-16 a: a polling session's new empty request sooner than `polling` after an empty
@@ -925,6 +932,86 @@ fn restarts_go_to_one_stream() {
                 vec!["close 0 UpstreamLost", named("h3 200 <body type='terminate' condition='remote-connection-failed' stream='{0}'/>", &[0])],
             ),
             (14, In::UpOn(1, MSG), vec![named("h5 200 <body stream='{0}'><message", &[1])]),
+        ],
+    });
+}
+
+/// BOSH-R-15, R-16 b (issue 18): a client that gave its held empty request up and goes on with
+/// the next rid (a page reload restoring the session: the old page's poll is still held) sends
+/// one too-soon empty request, then waits on it; the session goes on. Later too-soon requests
+/// count from zero again once a request was not too soon.
+#[test]
+fn a_request_given_up_by_the_client_is_not_overactivity() {
+    run(Case {
+        name: "reload",
+        rules: rules(),
+        create: String::new(),
+        open: true,
+        steps: vec![
+            (0, In::Req(rid(2), ""), vec![]),
+            // The new page's first request, 300 ms after the old page's poll.
+            (300, In::Req(rid(3), ""), vec!["h1 200 <body/>"]),
+            (300, In::Up(MSG), vec!["h2 200 <body><message"]),
+            (310, In::Req(rid(4), ""), vec![]),
+            // Two reloads in quick succession: too soon twice in a row, still fine.
+            (400, In::Req(rid(5), ""), vec!["h4 200 <body/>"]),
+            (500, In::Req(rid(6), ""), vec!["h5 200 <body/>"]),
+            (500, In::Up(MSG), vec!["h6 200 <body><message"]),
+            (510, In::Req(rid(7), ""), vec![]),
+            (60_510, In::Tick, vec!["h8 200 <body/>"]),
+        ],
+    });
+}
+
+/// BOSH-R-16 b: a request with a payload is not too soon (payloads are the upstream's and the
+/// throttle's to police) and resets the streak: the empty requests after it count from one.
+#[test]
+fn a_payload_resets_the_empty_streak() {
+    run(Case {
+        name: "payload resets",
+        rules: rules(),
+        create: String::new(),
+        open: true,
+        steps: vec![
+            (0, In::Req(rid(2), ""), vec![]),
+            (10, In::Req(rid(3), ""), vec!["h1 200 <body/>"]),
+            (20, In::Req(rid(4), ""), vec!["h2 200 <body/>"]),
+            (30, In::Req(rid(5), "<message id='m5'/>"), vec!["write"]),
+            (30, In::Wrote, vec!["h3 200 <body/>"]),
+            (40, In::Req(rid(6), ""), vec!["h4 200 <body/>"]),
+            (50, In::Req(rid(7), ""), vec!["h6 200 <body/>"]),
+            (60, In::Req(rid(8), ""), vec!["h7 200 <body/>"]),
+            (
+                70,
+                In::Req(rid(9), ""),
+                vec![
+                    "end PolicyViolation(EmptyRequestsTooFrequently)",
+                    "h8 200 <body type='terminate' condition='other-request'/>",
+                    "h9 200 <body type='terminate' condition='policy-violation'/>",
+                ],
+            ),
+        ],
+    });
+}
+
+/// BOSH-R-16 b with multiple streams (§16.2): adding streams asks for something, so adds in
+/// quick succession while a poll is held are not too-soon empty requests.
+#[test]
+fn adding_streams_is_not_an_idle_poll() {
+    let add = |r: u64, d: &str| In::Req(format!("{} to='{d}'", rid(r)), "");
+    run(Case {
+        name: "quick adds",
+        rules: multi(4),
+        create: String::new(),
+        open: true,
+        steps: vec![
+            (0, In::Req(rid(2), ""), vec![]),
+            (10, add(3, "b1.test"), vec!["add 1 to b1.test"]),
+            (11, In::Wrote, vec![named("h2 200 <body stream='{0}' from='b1.test'/>", &[1])]),
+            (20, add(4, "b2.test"), vec!["add 2 to b2.test"]),
+            (21, In::Wrote, vec![named("h4 200 <body stream='{0}' from='b2.test'/>", &[2])]),
+            (30, add(5, "b3.test"), vec!["add 3 to b3.test"]),
+            (31, In::Wrote, vec![named("h6 200 <body stream='{0}' from='b3.test'/>", &[3])]),
         ],
     });
 }
