@@ -172,6 +172,47 @@ async fn two_streams_to_two_domains() {
     m.poll_on(&first, "on-localhost").await;
     m.poll_on(&second, "on-second").await;
     assert!(!m.got.iter().any(|(s, x)| (s == &first && x.contains("on-second")) || (s == &second && x.contains("on-localhost"))), "{:?}", m.got);
+
+}
+
+/// A reload that stops serving an added stream's domain ends that stream alone, with
+/// host-gone naming it, and the first stream keeps working. The second domain is reached by
+/// an allow-listed BOSH `route` on the add-stream request (`upstream.allow_route`), so the
+/// reload only has to take it out of `upstream.domains`.
+#[tokio::test]
+async fn a_reload_ends_the_stream_of_a_domain_no_longer_served() {
+    let p1 = Prosody::start(ProsodyOpts::default());
+    let p2 = Prosody::start(ProsodyOpts { domain: "second.test".into(), ..Default::default() });
+    let route = format!("xmpp:127.0.0.1:{}", p2.c2s_port());
+    let allow = format!("[\"{route}\"]");
+    let cm = XmppCm::start(&streams_config(
+        &p1,
+        "2",
+        &[("upstream.tls", "\"none\""), ("upstream.domains", "[\"localhost\", \"second.test\"]"), ("upstream.allow_route", &allow)],
+    ));
+    let mut m = Multi::create(&cm.bosh_url(), "localhost").await;
+    let first = m.first.clone();
+    let a1 = m.login_on(&first, "localhost", "alice", "alicepass").await;
+    let a = m.send(&format!("to='second.test' route='{route}' xml:lang='en'"), "").await;
+    let second = a.attr("stream").unwrap_or_else(|| panic!("stream refused: {}", a.raw));
+    m.login_on(&second, "second.test", "alice", "alicepass").await;
+    assert_eq!(bosh_sessions_active(&cm).await, "2");
+
+    cm.rewrite_config(&[("upstream.domains", "[\"localhost\"]")]);
+    cm.signal("HUP");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let ended = loop {
+        let a = m.send("", "").await;
+        assert!(!(a.is_terminate() && a.attr("stream").is_none()), "the session ended: {}", a.raw);
+        if a.is_terminate() && a.attr("stream").as_deref() == Some(second.as_str()) {
+            break a;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the second stream did not end after the reload");
+    };
+    assert_eq!(ended.condition().as_deref(), Some("host-gone"), "{}", ended.raw);
+    m.send(&format!("stream='{first}'"), &chat(&a1, "after-reload")).await;
+    m.poll_on(&first, "after-reload").await;
+    assert_eq!(bosh_sessions_active(&cm).await, "1");
 }
 
 /// BOSH-R-23, SEC-04: the cap refuses the stream with policy-violation naming it, a domain not

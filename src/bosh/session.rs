@@ -184,6 +184,9 @@ struct Added {
     id: StreamId,
     up: Up,
     open: OpenParams,
+    /// Cancelled when a reload stops serving this stream's domain (`AppState::domain_token`;
+    /// the drain is the session's, not the stream's); `None` once it fired.
+    gone: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
     metrics: crate::metrics::SessionGuard,
     _permit: crate::limits::Permit,
 }
@@ -201,7 +204,7 @@ impl Extra {
 
     /// The next connect result, or (with `room` for the client's queue) the next event of an
     /// open stream. Cancel-safe: `Link::next` is.
-    fn next_event(&mut self, room: bool) -> impl Future<Output = AddedEvent> + '_ {
+    fn next_event<'a>(&'a mut self, room: bool, draining: &'a tokio_util::sync::CancellationToken) -> impl Future<Output = AddedEvent> + 'a {
         std::future::poll_fn(move |cx| {
             if let Poll::Ready(Some((id, res))) = self.connecting.poll_next_unpin(cx) {
                 return Poll::Ready(AddedEvent::Connected(id, res));
@@ -209,6 +212,16 @@ impl Extra {
             let n = self.streams.len();
             if !room || n == 0 {
                 return Poll::Pending;
+            }
+            for a in &mut self.streams {
+                let Some(gone) = a.gone.as_mut() else { continue };
+                if gone.as_mut().poll(cx).is_ready() {
+                    a.gone = None;
+                    if !draining.is_cancelled() {
+                        // A reload stopped serving this stream's domain: it ends alone.
+                        return Poll::Ready(AddedEvent::Upstream(a.id, Err(Error::HostGone)));
+                    }
+                }
             }
             for k in 0..n {
                 let i = (self.turn + k) % n;
@@ -334,7 +347,7 @@ impl Session {
                 _ => None,
             };
             let reading = OptionFuture::from(link.map(Link::next));
-            let added = OptionFuture::from(self.extra.as_deref_mut().map(|x| x.next_event(room)));
+            let added = OptionFuture::from(self.extra.as_deref_mut().map(|x| x.next_event(room, &self.state.shutdown)));
             let paused_until = self.throttle.as_ref().and_then(|t| t.paused_until());
             tokio::select! {
                 biased;
@@ -618,12 +631,14 @@ impl Session {
             client: self.open.client,
         };
         let (up_ctx, connect_open) = (self.state.live().upstream.clone(), open.clone());
+        let gone = Some(Box::pin(self.state.domain_token(&open.domain).cancelled_owned()));
         let extra = self.extra.get_or_insert_with(Default::default);
         extra.connecting.push(Box::pin(async move { (id, Box::new(Link::open(&up_ctx, &connect_open, route).await)) }));
         extra.streams.push(Added {
             id,
             up: Up::Connecting(Vec::new()),
             open,
+            gone,
             metrics: crate::metrics::metrics().session_started(crate::metrics::Transport::Bosh),
             _permit: permit,
         });
