@@ -161,11 +161,12 @@ impl Link {
     }
 
     /// End the stream because the session ends for `why`, by [`Error::teardown`]. `undelivered`
-    /// is what the server sent that the client was never given (bounced by
-    /// `BounceThenClose`). A drop or abort is done when this returns (an abort within about
+    /// gives what the server sent that the client was never given; it is called only for
+    /// `BounceThenClose`, the one teardown that bounces it (a BOSH queue is parsed back into
+    /// elements for that). A drop or abort is done when this returns (an abort within about
     /// 2 s); a close runs on `tracker`, bounded by `CLOSE_GRACE` twice, so the session ends
     /// now and the drain still waits for it.
-    pub async fn end(self, why: &Error, undelivered: &[Element], tracker: &TaskTracker) {
+    pub async fn end(self, why: &Error, undelivered: impl FnOnce() -> Vec<Element>, tracker: &TaskTracker) {
         let Link { mut writer, mut reader, resumable, .. } = self;
         match why.teardown(resumable) {
             Teardown::Drop => {}
@@ -176,7 +177,7 @@ impl Link {
                 });
             }
             Teardown::BounceThenClose => {
-                let bounces: Vec<Element> = undelivered.iter().filter_map(relay::bounce).collect();
+                let bounces: Vec<Element> = undelivered().iter().filter_map(relay::bounce).collect();
                 tracker.spawn(async move {
                     let closed = async {
                         for b in &bounces {
@@ -245,7 +246,7 @@ mod tests {
 
     async fn end_with(link: Link, why: Error, undelivered: &[Element]) {
         let tracker = TaskTracker::new();
-        link.end(&why, undelivered, &tracker).await;
+        link.end(&why, || undelivered.to_vec(), &tracker).await;
         tracker.close();
         tokio::time::timeout(STEP, tracker.wait()).await.expect("the teardown is bounded");
     }

@@ -582,12 +582,12 @@ impl Session {
             for mut a in extra.streams {
                 a.metrics.end(&why);
                 if let Up::Open(link) = a.up {
-                    link.end(&why, &undelivered(&self.core.take_undelivered_of(a.id)), &self.state.tracker).await;
+                    link.end(&why, || undelivered(&self.core.take_undelivered_of(a.id)), &self.state.tracker).await;
                 }
             }
         }
         let Up::Open(link) = std::mem::replace(&mut self.up, Up::Closed) else { return };
-        link.end(&why, &undelivered(&self.core.take_undelivered()), &self.state.tracker).await;
+        link.end(&why, || undelivered(&self.core.take_undelivered()), &self.state.tracker).await;
     }
 
     // ------------------------------------------------------------------ multiple streams
@@ -749,7 +749,7 @@ impl Session {
             a.up
         };
         if let Up::Open(link) = up {
-            link.end(&why, &[], &self.state.tracker).await;
+            link.end(&why, Vec::new, &self.state.tracker).await;
         }
     }
 }

@@ -329,7 +329,7 @@ impl Session {
         // Nothing can be bounced through a stream that is gone.
         self.owed.clear();
         if let Some(link) = self.link.take() {
-            link.end(&why, &[], &self.hub.state.tracker).await;
+            link.end(&why, Vec::new, &self.hub.state.tracker).await;
         }
         self.metrics.end(&why);
     }
@@ -346,7 +346,7 @@ impl Session {
         }
         self.done = true;
         if let Some(link) = self.link.take() {
-            link.end(&why, &std::mem::take(&mut self.owed), &self.hub.state.tracker).await;
+            link.end(&why, || std::mem::take(&mut self.owed), &self.hub.state.tracker).await;
         }
     }
 }

@@ -597,7 +597,7 @@ where
         if let Some(up) = self.up.take() {
             // Nothing the server sent is still held here: every element went to the client as
             // it arrived, so there is nothing to bounce.
-            up.end(&error, &[], &self.state.tracker).await;
+            up.end(&error, Vec::new, &self.state.tracker).await;
         }
         let bye = async {
             if tell_client {
